@@ -1,0 +1,44 @@
+# certop: `make demo`, `make test`, `make bench`. Each installs what it needs and is safe to
+# run twice: Debian packages when missing, a .venv with the project and its test tools.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT := DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get
+PYTEST_ARGS ?=
+
+.PHONY: demo test lint unit bench deps-debian venv clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# Debian's pebble ships `pebble` and `pebble-challtestsrv`; curl is used by the demo.
+deps-debian:
+	@if ! command -v pebble >/dev/null || ! command -v pebble-challtestsrv >/dev/null \
+	    || ! command -v curl >/dev/null; then \
+	  echo "installing Debian packages: pebble curl"; \
+	  $(APT) update -qq && $(APT) install -y -qq pebble curl >/dev/null; \
+	fi
+
+demo: venv deps-debian
+	$(BIN)/python examples/demo.py
+
+lint: venv
+	$(BIN)/ruff check certop solvers tests pebble examples bench
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+test: lint deps-debian
+	$(BIN)/pytest -q $(PYTEST_ARGS)
+
+bench: venv deps-debian
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -1,0 +1,124 @@
+"""ACME accounts: one per (directory, email), key persisted before first use and reused forever.
+
+Who calls: the order driver, to get a `ClientV2` bound to a registered account. Registration
+happens once per process and issuer (`Account.ensure_registered`); a crash between saving the
+key and registering is healed by RFC 8555 section 7.3.1: registering an existing key answers
+with that account's URL.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from typing import Any
+
+from josepy.jwa import ES256
+from josepy.jwk import JWK, JWKEC
+from acme import client, errors, messages
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from certop import crypto
+from certop.acme.network import RetryingNetwork
+from certop.core.models import AcmeIssuer, KeyAlgorithm
+from certop.store.ports import AccountStore
+
+log = logging.getLogger(__name__)
+USER_AGENT = "certop/0.1"
+
+
+def account_id(server: str, email: str | None) -> str:
+    digest = hashlib.sha256(f"{server}\n{email or ''}".encode()).hexdigest()[:16]
+    return digest
+
+
+class Account:
+    """A registered ACME account; `client()` gives a fresh ClientV2 for one issuance."""
+
+    def __init__(self, issuer: AcmeIssuer, store: AccountStore, verify: bool | str,
+                 timeout: int = 30) -> None:
+        self.issuer = issuer
+        self.store = store
+        self.verify = verify
+        self.timeout = timeout
+        self.id = account_id(issuer.server, issuer.email)
+        self._lock = threading.Lock()
+        self._jwk: JWKEC | None = None
+        self._regr: messages.RegistrationResource | None = None
+        self._directory: messages.Directory | None = None
+
+    def _network(self, jwk: JWK) -> RetryingNetwork:
+        return RetryingNetwork(
+            key=jwk, alg=ES256, verify_ssl=self.verify, user_agent=USER_AGENT,
+            timeout=self.timeout,
+        )
+
+    def _load_or_create_key(self) -> tuple[JWKEC, dict[str, Any]]:
+        found = self.store.load_account(self.id)
+        if found is not None:
+            key_pem, info = found
+            key = crypto.key_from_pem(key_pem)
+            if not isinstance(key, ec.EllipticCurvePrivateKey):
+                raise crypto.CertificateUnreadable("the ACME account key is not an ECDSA key")
+            return JWKEC(key=key), info
+        key = crypto.generate_key(KeyAlgorithm.ECDSA_P256)
+        assert isinstance(key, ec.EllipticCurvePrivateKey)
+        self.store.save_account_key(self.id, crypto.key_to_pem(key))
+        return JWKEC(key=key), {}
+
+    def ensure_registered(self) -> None:
+        """Load or create the key and the registration; network only on first use."""
+        with self._lock:
+            if self._regr is not None:
+                return
+            jwk, info = self._load_or_create_key()
+            net = self._network(jwk)
+            directory = client.ClientV2.get_directory(self.issuer.server, net)
+            uri = info.get("uri")
+            if uri and info.get("server") == self.issuer.server:
+                regr = messages.RegistrationResource(uri=uri, body=messages.Registration())
+            else:
+                regr = self._register(client.ClientV2(directory, net), jwk, directory)
+                self.store.save_account_info(
+                    self.id, {"uri": regr.uri, "server": self.issuer.server,
+                              "email": self.issuer.email},
+                )
+                log.info("registered ACME account %s at %s", regr.uri, self.issuer.server)
+            self._jwk, self._regr, self._directory = jwk, regr, directory
+
+    def _register(self, acme: client.ClientV2, jwk: JWK,
+                  directory: messages.Directory) -> messages.RegistrationResource:
+        eab = None
+        if self.issuer.eab is not None:
+            eab = messages.ExternalAccountBinding.from_data(
+                account_public_key=jwk.public_key(),
+                kid=self.issuer.eab.key_id,
+                hmac_key=self.issuer.eab.hmac_key_b64,
+                directory=directory,
+            )
+        reg = messages.NewRegistration.from_data(
+            email=self.issuer.email,
+            terms_of_service_agreed=True,
+            external_account_binding=eab,
+        )
+        try:
+            return acme.new_account(reg)
+        except errors.ConflictError as exc:
+            # The key is already registered (a crash after saving it): reuse that account.
+            return messages.RegistrationResource(uri=exc.location, body=messages.Registration())
+
+    def client(self) -> client.ClientV2:
+        """A ClientV2 with its own network (nonce pool, session) for one issuance."""
+        self.ensure_registered()
+        assert self._jwk is not None and self._directory is not None
+        net = self._network(self._jwk)
+        net.account = self._regr
+        return client.ClientV2(self._directory, net)
+
+    @property
+    def jwk(self) -> JWKEC:
+        assert self._jwk is not None, "ensure_registered() first"
+        return self._jwk
+
+    def key_authorization(self, chall: messages.ChallengeBody) -> str:
+        return str(chall.chall.key_authorization(self.jwk))

@@ -1,0 +1,235 @@
+"""One certificate order, driven one bounded step at a time (RFC 8555 section 7.4).
+
+`OrderSession.step()` does one round of network work and returns either the issued chain or
+when to look again; the caller schedules that next look (it never sleeps here). State that must
+survive a crash goes to the `OrderJournal` before it matters:
+
+1. a fresh private key and the hosts, then the order URL right after `newOrder` answers;
+2. on restart, a journalled order is fetched and continued (`pending` -> challenges, `ready` ->
+   finalize with the journalled key, `processing` -> poll, `valid` -> download), so no second
+   certificate is issued for the same identifiers; an `invalid` order is abandoned cleanly.
+
+Polling starts at `poll_min` and grows by half each time up to `poll_max`, honouring the CA's
+Retry-After: the library's own 1 s floor does not apply.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from acme import challenges, client, messages
+
+from certop import crypto
+from certop.acme.accounts import Account
+from certop.acme.network import parse_retry_after
+from certop.core.errors import ChallengeFailed, OrderFailed, TemporaryError
+from certop.core.models import CertificateSpec
+from certop.store.ports import OrderJournal
+from solvers.base import Solver
+
+log = logging.getLogger(__name__)
+SELF_CHECK_TRIES = 20
+
+
+@dataclass(frozen=True)
+class Step:
+    """Result of one step: the chain when done, else seconds until the next step."""
+
+    fullchain_pem: bytes | None = None
+    key_pem: bytes | None = None
+    after: float = 0.0
+
+    @property
+    def done(self) -> bool:
+        return self.fullchain_pem is not None
+
+
+class OrderSession:
+    def __init__(self, spec: CertificateSpec, account: Account, solver: Solver,
+                 journal: OrderJournal, *, poll_min: float = 0.02, poll_max: float = 2.0) -> None:
+        self.spec = spec
+        self.account = account
+        self.solver = solver
+        self.journal = journal
+        self.poll_min = poll_min
+        self.poll_max = poll_max
+        self._interval = poll_min
+        self._acme: client.ClientV2 | None = None
+        self._entry: dict[str, Any] | None = None
+        self._presented: dict[str, str] = {}  # token -> identifier
+        self._answered: set[str] = set()
+        self._self_checks: dict[str, int] = {}
+        self.resumed = False
+        self._look_at_authorizations = False
+
+    # -- helpers -------------------------------------------------------------------------
+
+    @property
+    def acme(self) -> client.ClientV2:
+        if self._acme is None:
+            self._acme = self.account.client()
+        return self._acme
+
+    @property
+    def requests_sent(self) -> int:
+        net = self._acme.net if self._acme else None
+        return int(getattr(net, "requests_sent", 0))
+
+    def _save(self, entry: dict[str, Any]) -> None:
+        self._entry = entry
+        self.journal.save(self.spec.namespace, self.spec.secret_name, entry)
+
+    def _abandon(self) -> None:
+        self._entry = None
+        self.journal.clear(self.spec.namespace, self.spec.secret_name)
+
+    def _poll(self, retry_after: float | None = None) -> Step:
+        after = self._interval
+        self._interval = min(self._interval * 1.5, self.poll_max)
+        if retry_after is not None:
+            after = max(after, min(retry_after, 60.0))
+        return Step(after=after)
+
+    def _start_entry(self) -> dict[str, Any]:
+        """The journalled order for this spec, or a new entry with a fresh key (saved first)."""
+        entry = self.journal.load(self.spec.namespace, self.spec.secret_name)
+        if (
+            entry
+            and entry.get("hosts") == list(self.spec.hosts)
+            and entry.get("server") == self.account.issuer.server
+            and entry.get("account") == self.account.id
+            and entry.get("key_algorithm") == self.spec.key_algorithm.value
+            and entry.get("key_pem")
+        ):
+            if entry.get("order_url"):
+                self.resumed = self._look_at_authorizations = True
+                log.info("%s: resuming order %s", self.spec, entry["order_url"])
+            return entry
+        key = crypto.generate_key(self.spec.key_algorithm)
+        entry = {
+            "hosts": list(self.spec.hosts),
+            "server": self.account.issuer.server,
+            "account": self.account.id,
+            "key_algorithm": self.spec.key_algorithm.value,
+            "key_pem": crypto.key_to_pem(key).decode(),
+            "order_url": None,
+        }
+        self._save(entry)
+        return entry
+
+    def _csr(self) -> bytes:
+        assert self._entry is not None
+        return crypto.make_csr(crypto.key_from_pem(self._entry["key_pem"].encode()),
+                               self.spec.hosts)
+
+    # -- the step ------------------------------------------------------------------------
+
+    def step(self) -> Step:
+        if self._entry is None:
+            self._entry = self._start_entry()
+        entry = self._entry
+        if not entry.get("order_url"):
+            orderr = self.acme.new_order(self._csr())
+            self._save({**entry, "order_url": orderr.uri})
+            log.info("%s: placed order %s", self.spec, orderr.uri)
+            self._work_authorizations(orderr.authorizations)
+            return self._poll()
+        return self._advance(entry["order_url"])
+
+    def _fetch_order(self, url: str) -> tuple[messages.Order, float | None]:
+        response = self.acme._post_as_get(url)
+        return (messages.Order.from_json(response.json()),
+                parse_retry_after(response.headers.get("Retry-After")))
+
+    def _fetch_authz(self, url: str) -> messages.AuthorizationResource:
+        return self.acme._authzr_from_response(self.acme._post_as_get(url), uri=url)
+
+    def _advance(self, url: str) -> Step:
+        body, retry_after = self._fetch_order(url)
+        status = body.status
+        if status == messages.STATUS_PENDING:
+            if self._look_at_authorizations:
+                # A resumed order, or a self-check to repeat: present and answer what is pending.
+                self._look_at_authorizations = False
+                self._work_authorizations([self._fetch_authz(u) for u in body.authorizations])
+            return self._poll(retry_after)
+        if status == messages.STATUS_READY:
+            orderr = messages.OrderResource(body=body, uri=url, csr_pem=self._csr())
+            self.acme.begin_finalization(orderr)
+            self._interval = self.poll_min
+            return self._poll()
+        if status == messages.STATUS_PROCESSING:
+            return self._poll(retry_after)
+        if status == messages.STATUS_VALID and body.certificate:
+            fullchain = self.acme._post_as_get(body.certificate).text.encode()
+            assert self._entry is not None
+            key_pem = self._entry["key_pem"].encode()
+            self.cleanup()
+            self._abandon()
+            return Step(fullchain_pem=fullchain, key_pem=key_pem)
+        if status == messages.STATUS_VALID:
+            return self._poll(retry_after)
+        # invalid (or unknown): find out why, then start over next time.
+        error = self._failure(body)
+        self.cleanup()
+        self._abandon()
+        raise error
+
+    def _failure(self, body: messages.Order) -> Exception:
+        for authz_url in body.authorizations:
+            try:
+                authzr = self._fetch_authz(authz_url)
+            except TemporaryError:
+                continue
+            for challb in authzr.body.challenges:
+                if challb.error is not None:
+                    err = challb.error
+                    detail = err.detail or err.description or str(err)
+                    return ChallengeFailed(authzr.body.identifier.value, detail)
+        if body.error is not None:
+            detail = body.error.detail or str(body.error)
+            return OrderFailed(f"order for {', '.join(self.spec.hosts)} failed: {detail}")
+        return OrderFailed(f"order for {', '.join(self.spec.hosts)} became {body.status}")
+
+    def _work_authorizations(self, authzrs: list[messages.AuthorizationResource]) -> None:
+        for authzr in authzrs:
+            authz = authzr.body
+            identifier = authz.identifier.value
+            if authz.status == messages.STATUS_VALID:
+                continue  # reused authorization (Pebble's AUTHZREUSE, Let's Encrypt's reuse)
+            if authz.status != messages.STATUS_PENDING:
+                detail = next((c.error.detail for c in authz.challenges if c.error), None)
+                raise ChallengeFailed(identifier, detail or f"authorization is {authz.status}")
+            challb = next(
+                (c for c in authz.challenges
+                 if isinstance(c.chall, challenges.HTTP01)
+                 and self.solver.challenge_type == "http-01"),
+                None,
+            )
+            if challb is None:
+                raise ChallengeFailed(identifier, "the CA offers no http-01 challenge")
+            token = challb.chall.encode("token")
+            key_auth = self.account.key_authorization(challb)
+            self.solver.present(identifier, token, key_auth)
+            self._presented[token] = identifier
+            if challb.status != messages.STATUS_PENDING or challb.uri in self._answered:
+                self._answered.add(challb.uri)
+                continue
+            if not self.solver.check(identifier, token, key_auth):
+                tries = self._self_checks.get(identifier, 0) + 1
+                self._self_checks[identifier] = tries
+                if tries >= SELF_CHECK_TRIES:
+                    raise ChallengeFailed(identifier, "self-check failed: certop's own HTTP "
+                                          "listener does not serve the challenge token")
+                self._look_at_authorizations = True
+                continue
+            self.acme.answer_challenge(challb, challb.chall.response(self.account.jwk))
+            self._answered.add(challb.uri)
+
+    def cleanup(self) -> None:
+        """Remove every presented token; safe to call on every exit path, more than once."""
+        for token, identifier in list(self._presented.items()):
+            self.solver.cleanup(identifier, token)
+        self._presented.clear()

@@ -1,0 +1,107 @@
+"""From Ingresses to the certificates they need (cert-manager's ingress-shim, made pure).
+
+One `CertificateSpec` per `spec.tls[]` entry with a `secretName`; entries naming the same Secret
+with the same hosts (in any Ingress of the namespace) share one certificate, so identical host
+sets never cause duplicate orders. The same Secret with different hosts is an error naming both
+places. Who calls: the standalone loader and the operator's Ingress shim.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+
+from certop.core import annotations as ann
+from certop.core.errors import ConfigError
+from certop.core.models import (
+    AcmeIssuer,
+    CertificateSpec,
+    Fqdn,
+    Ingress,
+)
+
+
+@dataclass(frozen=True)
+class Desired:
+    specs: tuple[CertificateSpec, ...]
+    warnings: tuple[str, ...]
+
+
+def _served_by_rule(host: str, ingress: Ingress) -> bool:
+    return any(rule.host == host for rule in ingress.rules)
+
+
+def certificate_specs(
+    ingresses: Iterable[Ingress],
+    issuers: Mapping[str, AcmeIssuer],
+    default_issuer: str | None,
+    *,
+    require_annotation: bool = False,
+) -> Desired:
+    """The certificates needed; raises ConfigError for the first unusable entry.
+
+    `require_annotation` is cluster mode (only annotated Ingresses trigger); standalone mode
+    gives every `tls[]` entry a certificate from the chosen or default issuer.
+    """
+    by_key: dict[tuple[str, str], tuple[CertificateSpec, str]] = {}
+    warnings: list[str] = []
+    for ing in ingresses:
+        choice = ann.issuer_choice(ing.annotations)
+        if choice is None and require_annotation:
+            continue
+        where = f"{ing.ref.source}: {ing.ref}" if ing.ref.source else str(ing.ref)
+        issuer_name = choice.name if choice and choice.name else default_issuer
+        for i, tls in enumerate(ing.tls):
+            field = f"spec.tls[{i}]"
+            if tls.secret_name is None or not tls.hosts:
+                continue
+            if issuer_name is None:
+                raise ConfigError(
+                    ing.ref.source, str(ing.ref), "metadata.annotations",
+                    "an issuer: annotate certop.dev/cluster-issuer, load a ClusterIssuer, "
+                    "or pass --acme-directory",
+                )
+            issuer = issuers.get(issuer_name)
+            if issuer is None:
+                raise ConfigError(
+                    ing.ref.source, str(ing.ref),
+                    f"metadata.annotations[{choice.annotation}]" if choice and choice.annotation
+                    else "metadata.annotations",
+                    f"the name of a known ClusterIssuer, not {issuer_name!r} "
+                    f"(known: {', '.join(sorted(issuers)) or 'none'})",
+                )
+            algo, bad = ann.key_algorithm(ing.annotations)
+            if bad is not None:
+                raise ConfigError(ing.ref.source, str(ing.ref), f"metadata.annotations[{bad}]",
+                                  "ECDSA (256) or RSA (2048, 3072, 4096)")
+            for j, host in enumerate(tls.hosts):
+                if host.startswith("*.") and "dns-01" not in issuer.solver_types:
+                    raise ConfigError(
+                        ing.ref.source, str(ing.ref), f"{field}.hosts[{j}]",
+                        f"a wildcard host ({host}) needs a DNS-01 solver; issuer "
+                        f"{issuer_name!r} has only HTTP-01",
+                    )
+                if not _served_by_rule(host, ing):
+                    warnings.append(f"{where}: {field}.hosts[{j}]: {host} is served by no rule")
+            hosts = tuple(sorted({Fqdn(h) for h in tls.hosts}))
+            spec = CertificateSpec(
+                namespace=ing.ref.namespace,
+                secret_name=tls.secret_name,
+                hosts=hosts,
+                issuer=issuer_name,
+                key_algorithm=algo,
+                owners=(ing.ref,),
+            )
+            prior = by_key.get(spec.key)
+            if prior is None:
+                by_key[spec.key] = (spec, f"{where}: {field}")
+                continue
+            old, old_where = prior
+            if old.hosts != spec.hosts or old.issuer != spec.issuer:
+                raise ConfigError(
+                    ing.ref.source, str(ing.ref), f"{field}.secretName",
+                    f"Secret {tls.secret_name!r} is already used with other hosts or issuer "
+                    f"at {old_where}; one Secret holds one certificate",
+                )
+            by_key[spec.key] = (replace(old, owners=(*old.owners, ing.ref)), old_where)
+    return Desired(tuple(s for s, _ in by_key.values()), tuple(warnings))

@@ -1,0 +1,131 @@
+"""Plain immutable values shared by the core and the shells.
+
+These are what Kubernetes objects become once parsed and checked (see `ingress.py`,
+`issuers.py`); nothing here knows where a value came from beyond the `source` string that error
+messages quote.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import NewType
+
+Fqdn = NewType("Fqdn", str)
+SecretName = NewType("SecretName", str)
+OrderUrl = NewType("OrderUrl", str)
+
+
+class PathType(enum.Enum):
+    """networking.k8s.io/v1 HTTPIngressPath.pathType."""
+
+    EXACT = "Exact"
+    PREFIX = "Prefix"
+    IMPLEMENTATION_SPECIFIC = "ImplementationSpecific"
+
+
+class KeyAlgorithm(enum.Enum):
+    """Private key types certop can generate for a certificate."""
+
+    ECDSA_P256 = "ECDSA-P256"
+    RSA2048 = "RSA-2048"
+    RSA3072 = "RSA-3072"
+    RSA4096 = "RSA-4096"
+
+
+@dataclass(frozen=True)
+class ObjectRef:
+    """namespace/name of a Kubernetes object, plus the file it came from (standalone)."""
+
+    kind: str
+    namespace: str
+    name: str
+    source: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True)
+class ServiceBackend:
+    """An Ingress backend: a Service in the Ingress's namespace and a port number or name."""
+
+    namespace: str
+    name: str
+    port: int | str
+
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.name}:{self.port}"
+
+
+@dataclass(frozen=True)
+class IngressPath:
+    path: str
+    path_type: PathType
+    backend: ServiceBackend
+
+
+@dataclass(frozen=True)
+class IngressRule:
+    host: str | None
+    paths: tuple[IngressPath, ...]
+
+
+@dataclass(frozen=True)
+class IngressTLS:
+    hosts: tuple[str, ...]
+    secret_name: SecretName | None
+
+
+@dataclass(frozen=True)
+class Ingress:
+    """A parsed, validated networking.k8s.io/v1 Ingress."""
+
+    ref: ObjectRef
+    annotations: dict[str, str] = field(hash=False, compare=True)
+    ingress_class: str | None
+    rules: tuple[IngressRule, ...]
+    tls: tuple[IngressTLS, ...]
+    default_backend: ServiceBackend | None
+    creation: str = ""
+    """creationTimestamp (RFC 3339) or load order; the older Ingress wins a conflict."""
+
+
+@dataclass(frozen=True)
+class ExternalAccountBinding:
+    key_id: str
+    hmac_key_b64: str
+
+
+@dataclass(frozen=True)
+class AcmeIssuer:
+    """An ACME (Cluster)Issuer: where to get certificates and how to prove control."""
+
+    ref: ObjectRef
+    server: str
+    email: str | None
+    ca_bundle_pem: bytes | None = None
+    skip_tls_verify: bool = False
+    account_key_secret: str | None = None
+    eab: ExternalAccountBinding | None = None
+    solver_types: tuple[str, ...] = ("http-01",)
+    http01_path_type: PathType = PathType.EXACT
+
+
+@dataclass(frozen=True)
+class CertificateSpec:
+    """What one certificate must be: one per `spec.tls[]` entry (shared when identical)."""
+
+    namespace: str
+    secret_name: SecretName
+    hosts: tuple[Fqdn, ...]
+    issuer: str
+    key_algorithm: KeyAlgorithm = KeyAlgorithm.ECDSA_P256
+    owners: tuple[ObjectRef, ...] = ()
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.namespace, self.secret_name)
+
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.secret_name} [{', '.join(self.hosts)}]"

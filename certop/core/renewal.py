@@ -1,0 +1,88 @@
+"""When a certificate must be (re-)issued: a pure function of what exists, what is wanted and now.
+
+Renewal point: `renewBefore` when given, else 2/3 of the lifetime (1/2 for certificates under
+10 days), as cert-manager and Let's Encrypt's guidance for short-lived certificates; an ARI
+window (RFC 9773) takes precedence when the caller has one.
+"""
+
+from __future__ import annotations
+
+import datetime
+import enum
+from dataclasses import dataclass
+
+from certop.core.models import CertificateSpec, KeyAlgorithm
+
+SHORT_LIVED = datetime.timedelta(days=10)
+
+
+class Reason(enum.StrEnum):
+    """Why a certificate is (not) issued now; stable strings for logs, events and conditions."""
+
+    UP_TO_DATE = "UpToDate"
+    MISSING = "Missing"
+    INVALID = "Invalid"
+    HOSTS_CHANGED = "HostsChanged"
+    KEY_CHANGED = "KeyAlgorithmChanged"
+    EXPIRED = "Expired"
+    RENEWAL_DUE = "RenewalDue"
+    FORCED = "Forced"
+
+
+@dataclass(frozen=True)
+class CertFacts:
+    """What certop knows about a stored certificate, read by the shell that loaded it."""
+
+    hosts: frozenset[str]
+    not_before: datetime.datetime
+    not_after: datetime.datetime
+    key_algorithm: KeyAlgorithm | None
+    issuer_ok: bool = True
+    """False when the certificate was not issued by the expected CA (foreign file)."""
+
+
+@dataclass(frozen=True)
+class Decision:
+    issue: bool
+    reason: Reason
+    renew_at: datetime.datetime | None = None
+    """When to look again (the renewal point) when nothing is to be done now."""
+
+
+def renewal_time(
+    not_before: datetime.datetime,
+    not_after: datetime.datetime,
+    renew_before: datetime.timedelta | None = None,
+) -> datetime.datetime:
+    lifetime = not_after - not_before
+    if renew_before is not None and renew_before < lifetime:
+        return not_after - renew_before
+    fraction = 1 / 2 if lifetime < SHORT_LIVED else 2 / 3
+    return not_before + lifetime * fraction
+
+
+def decide(
+    spec: CertificateSpec,
+    facts: CertFacts | None,
+    now: datetime.datetime,
+    *,
+    renew_before: datetime.timedelta | None = None,
+    ari_renew_at: datetime.datetime | None = None,
+    forced: bool = False,
+) -> Decision:
+    if forced:
+        return Decision(True, Reason.FORCED)
+    if facts is None:
+        return Decision(True, Reason.MISSING)
+    if not facts.issuer_ok:
+        return Decision(True, Reason.INVALID)
+    if facts.hosts != frozenset(spec.hosts):
+        return Decision(True, Reason.HOSTS_CHANGED)
+    if facts.key_algorithm is not spec.key_algorithm:
+        return Decision(True, Reason.KEY_CHANGED)
+    if now >= facts.not_after:
+        return Decision(True, Reason.EXPIRED)
+    at = ari_renew_at or renewal_time(facts.not_before, facts.not_after, renew_before)
+    if now >= at:
+        return Decision(True, Reason.RENEWAL_DUE, at)
+    return Decision(False, Reason.UP_TO_DATE, at)

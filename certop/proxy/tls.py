@@ -1,0 +1,114 @@
+"""TLS termination by SNI, with certificates swapped in place and last-known-good kept.
+
+A `CertBook` maps host names to the `SSLContext` of the Secret that serves them. The listening
+socket's context has an SNI callback that hands each new connection the right context; open
+connections keep the context they started with, so a renewal never drops a connection.
+A pair that fails to load keeps the previous good context for its hosts and never touches other
+hosts (ingress-nginx #3834); unknown SNI gets the default certificate.
+TLS 1.2+ only, the standard library's secure cipher defaults, ALPN http/1.1.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import ssl
+import tempfile
+from dataclasses import dataclass
+
+from certop import crypto
+from certop.core.routing import normalize_host
+from certop.store.ports import StoredCert
+
+log = logging.getLogger(__name__)
+SecretKey = tuple[str, str]
+
+
+def context_for(pair: StoredCert) -> ssl.SSLContext:
+    """A server context for one certificate/key pair; raises CertificateUnreadable."""
+    crypto.load_pair(pair.fullchain_pem, pair.key_pem)  # a clear reason before ssl's terse one
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_alpn_protocols(["http/1.1"])
+    ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
+    with tempfile.TemporaryDirectory(prefix="certop-tls-") as tmp:
+        # ssl loads keys from files only; the directory is private (0700) and removed at once.
+        cert_path = os.path.join(tmp, "tls.crt")
+        key_path = os.path.join(tmp, "tls.key")
+        with open(cert_path, "wb") as fh:
+            fh.write(pair.fullchain_pem)
+        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(pair.key_pem)
+        try:
+            ctx.load_cert_chain(cert_path, key_path)
+        except ssl.SSLError as exc:
+            raise crypto.CertificateUnreadable(f"TLS library refused the pair: {exc}") from exc
+    return ctx
+
+
+@dataclass
+class _Entry:
+    pair: StoredCert
+    context: ssl.SSLContext
+
+
+class CertBook:
+    def __init__(self, default: StoredCert | None = None) -> None:
+        if default is None:
+            cert, key = crypto.self_signed(("certop.invalid",))
+            default = StoredCert(cert, key)
+        self.default_context = context_for(default)
+        self.default_context.sni_callback = self._sni
+        self._entries: dict[SecretKey, _Entry] = {}
+        self._hosts: dict[str, SecretKey] = {}
+        self.errors: dict[SecretKey, str] = {}
+
+    @property
+    def server_context(self) -> ssl.SSLContext:
+        """The context to listen with; it dispatches on SNI."""
+        return self.default_context
+
+    def _sni(self, sslobj: ssl.SSLObject, server_name: str | None,
+             _ctx: ssl.SSLContext) -> int | None:
+        if server_name:
+            ctx = self.context_for_host(normalize_host(server_name))
+            if ctx is not None:
+                sslobj.context = ctx
+        return None
+
+    def context_for_host(self, host: str) -> ssl.SSLContext | None:
+        key = self._hosts.get(host)
+        if key is None:
+            dot = host.find(".")
+            if dot > 0:
+                key = self._hosts.get("*" + host[dot:])
+        if key is None:
+            return None
+        entry = self._entries.get(key)
+        return entry.context if entry else None
+
+    def put(self, key: SecretKey, pair: StoredCert) -> bool:
+        """Load a pair for a Secret; on failure keep the previous one. True if now in use."""
+        entry = self._entries.get(key)
+        if entry is not None and entry.pair == pair:
+            return True
+        try:
+            ctx = context_for(pair)
+        except crypto.CertificateUnreadable as exc:
+            self.errors[key] = str(exc)
+            log.warning("TLS Secret %s/%s unusable (%s); %s", key[0], key[1], exc,
+                        "keeping the previous certificate" if entry else "hosts use the default")
+            return False
+        self._entries[key] = _Entry(pair, ctx)
+        self.errors.pop(key, None)
+        return True
+
+    def set_hosts(self, hosts: dict[str, SecretKey]) -> None:
+        """Which Secret serves which SNI host name (from the Ingresses' spec.tls)."""
+        self._hosts = dict(hosts)
+        for key in set(self._entries) - set(hosts.values()):
+            del self._entries[key]
+
+    def has(self, key: SecretKey) -> bool:
+        return key in self._entries

@@ -1,0 +1,1 @@
+"""Standalone mode: Ingress YAML in, certificates on disk, the built-in proxy serving them."""

@@ -1,0 +1,379 @@
+"""Standalone mode's loop: manifests -> routes and certificates -> the proxy, kept current.
+
+Owns the schedule: which certificate is issued when (renewal policy with the injected clock),
+one order at a time per certificate, failures backing off with jitter (never under the CA's
+Retry-After), and the hand-over of each new certificate to the store and to the proxy.
+The ACME work is blocking and runs in a thread pool; this loop only decides and waits.
+Edited manifest files are picked up by polling their modification times; a bad edit is logged
+and the last good configuration stays in force.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import datetime
+import logging
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from certop import crypto
+from certop.acme.accounts import Account
+from certop.acme.orders import OrderSession
+from certop.core import routing
+from certop.core.backoff import Backoff
+from certop.core.clock import Clock
+from certop.core.desired import certificate_specs
+from certop.core.errors import CertopError, ConfigError
+from certop.core.models import AcmeIssuer, CertificateSpec
+from certop.core.renewal import CertFacts, decide, renewal_time
+from certop.proxy.server import Proxy
+from certop.standalone import loader
+from certop.standalone.services import StaticBackends
+from certop.store.files import write_atomic
+from certop.store.ports import AccountStore, CertStore, OrderJournal, StoredCert
+from solvers.http01 import Http01Solver
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StandaloneSettings:
+    files: tuple[Path, ...]
+    """Manifest files or directories (-f)."""
+    state_dir: Path
+    """Where accounts, certificates, keys and the order journal live."""
+    services: tuple[str, ...] = ()
+    """--service NAME[:PORT]=HOST:PORT flags."""
+    cli_issuer: AcmeIssuer | None = None
+    """The issuer given by --acme-directory/--email, named 'default'."""
+    ca_bundle: Path | None = None
+    """Trust for the ACME server's own TLS (--acme-ca-bundle)."""
+    check_interval: float = 3600.0
+    """Seconds between routine looks at every certificate's renewal time."""
+    watch_interval: float = 1.0
+    """Seconds between checks of the manifest files for edits."""
+    workers: int = 32
+    """Threads for blocking ACME work (concurrent orders)."""
+    self_check_addr: tuple[str, int] | None = None
+    """Where the HTTP-01 self-check connects (certop's own HTTP listener)."""
+
+
+@dataclass(frozen=True)
+class Config:
+    """A loaded, checked configuration: everything derived from the manifest files."""
+
+    manifests: loader.Manifests
+    issuers: dict[str, AcmeIssuer]
+    default_issuer: str | None
+    specs: tuple[CertificateSpec, ...]
+    table: routing.RouteTable
+    backends: StaticBackends
+    warnings: tuple[str, ...]
+
+
+def load_config(settings: StandaloneSettings) -> Config:
+    """Everything the files say, checked; raises ConfigError naming file, object and field."""
+    manifests = loader.load(settings.files)
+    issuers = dict(manifests.issuers)
+    if settings.cli_issuer is not None:
+        issuers.setdefault("default", settings.cli_issuer)
+    if settings.cli_issuer is not None:
+        default: str | None = "default"
+    elif len(manifests.issuers) == 1:
+        default = next(iter(manifests.issuers))
+    else:
+        default = None
+    backends = StaticBackends.from_flags(settings.services)
+    backends.check(manifests.ingresses)
+    desired = certificate_specs(manifests.ingresses, issuers, default)
+    table = routing.build(manifests.ingresses)
+    warnings = desired.warnings + table.conflicts
+    return Config(manifests, issuers, default, desired.specs, table, backends, warnings)
+
+
+@dataclass
+class _CertState:
+    spec: CertificateSpec
+    facts: CertFacts | None = None
+    task: asyncio.Task[None] | None = None
+    failures: int = 0
+    not_before_attempt: float = 0.0
+    """Monotonic time before which no new attempt is made (backoff)."""
+    forced: bool = False
+
+
+@dataclass
+class Stats:
+    orders: int = 0
+    issued: int = 0
+    failures: int = 0
+    acme_requests: int = 0
+    resumed: int = 0
+    events: list[str] = field(default_factory=list)
+
+
+class Standalone:
+    def __init__(
+        self,
+        settings: StandaloneSettings,
+        proxy: Proxy,
+        certs: CertStore,
+        accounts: AccountStore,
+        journal: OrderJournal,
+        clock: Clock,
+        backoff: Backoff | None = None,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self.settings = settings
+        self.proxy = proxy
+        self.certs = certs
+        self.accounts_store = accounts
+        self.journal = journal
+        self.clock = clock
+        self.backoff = backoff or Backoff()
+        self.rand = rand
+        self.config: Config | None = None
+        self.stats = Stats()
+        self._states: dict[tuple[str, str], _CertState] = {}
+        self._accounts: dict[str, Account] = {}
+        self._wake = asyncio.Event()
+        self._issued = asyncio.Condition()
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=settings.workers, thread_name_prefix="certop-acme"
+        )
+        self.solver = Http01Solver(proxy.tokens, settings.self_check_addr)
+        self._file_stamp: tuple[tuple[str, float, int], ...] = ()
+
+    # -- configuration -----------------------------------------------------------------
+
+    def apply(self, config: Config) -> None:
+        """Make `config` current: routes, SNI map, certificate states. Never blocks."""
+        for warning in config.warnings:
+            log.warning("%s", warning)
+        self.config = config
+        self.proxy.balancer.backends = config.backends
+        sni: dict[str, tuple[str, str]] = {}
+        for ing in config.manifests.ingresses:
+            for tls in ing.tls:
+                if tls.secret_name:
+                    for host in tls.hosts:
+                        sni.setdefault(host, (ing.ref.namespace, tls.secret_name))
+        self.proxy.certs.set_hosts(sni)
+        wanted = {spec.key: spec for spec in config.specs}
+        for key in list(self._states):
+            if key not in wanted:
+                gone = self._states.pop(key)
+                if gone.task is not None:
+                    gone.task.cancel()
+        for key, spec in wanted.items():
+            existing = self._states.get(key)
+            if existing is None:
+                state = self._states[key] = _CertState(spec)
+                self._load_stored(state)
+                continue
+            state = existing
+            if state.spec != spec:
+                if state.task is not None and state.spec.hosts != spec.hosts:
+                    state.task.cancel()
+                state.spec = spec
+                state.failures = 0
+                state.not_before_attempt = 0.0
+        self.proxy.routes = config.table
+        self._wake.set()
+
+    def _load_stored(self, state: _CertState) -> None:
+        spec = state.spec
+        stored = self.certs.load(spec.namespace, spec.secret_name)
+        if stored is None:
+            return
+        try:
+            loaded = crypto.load_pair(stored.fullchain_pem, stored.key_pem)
+        except crypto.CertificateUnreadable as exc:
+            log.warning("%s: stored certificate unusable (%s): issuing a new one", spec, exc)
+            return
+        state.facts = loaded.facts
+        # Serve what exists (even expired or for other hosts) until its replacement is ready.
+        self.proxy.certs.put(spec.key, stored)
+
+    # -- accounts ----------------------------------------------------------------------
+
+    def _account(self, issuer_name: str) -> Account:
+        account = self._accounts.get(issuer_name)
+        if account is None:
+            assert self.config is not None
+            issuer = self.config.issuers[issuer_name]
+            verify: bool | str = not issuer.skip_tls_verify
+            if issuer.ca_bundle_pem:
+                path = self.settings.state_dir / "ca" / f"{issuer_name}.pem"
+                write_atomic(path, issuer.ca_bundle_pem, 0o644)
+                verify = str(path)
+            elif self.settings.ca_bundle is not None and issuer_name == "default":
+                verify = str(self.settings.ca_bundle)
+            account = Account(issuer, self.accounts_store, verify)
+            self._accounts[issuer_name] = account
+        return account
+
+    # -- scheduling --------------------------------------------------------------------
+
+    def force_renew(self, namespace: str, name: str) -> None:
+        state = self._states.get((namespace, name))
+        if state is not None:
+            state.forced = True
+            self._wake.set()
+
+    def wake(self) -> None:
+        """Look at every certificate now (after a clock change, a file edit, ...)."""
+        self._wake.set()
+
+    def _reconcile(self) -> float:
+        """Start the orders that are due; return seconds until the next look is needed."""
+        now = self.clock.now()
+        mono = self.clock.monotonic()
+        next_look = self.settings.check_interval
+        for state in self._states.values():
+            if state.task is not None:
+                continue
+            if state.not_before_attempt > mono:
+                next_look = min(next_look, state.not_before_attempt - mono)
+                continue
+            decision = decide(state.spec, state.facts, now, forced=state.forced)
+            if decision.issue:
+                log.info("%s: issuing (%s)", state.spec, decision.reason)
+                state.task = asyncio.create_task(self._issue(state))
+            elif decision.renew_at is not None:
+                next_look = min(next_look, (decision.renew_at - now).total_seconds())
+        return max(next_look, 0.0)
+
+    async def _issue(self, state: _CertState) -> None:
+        spec = state.spec
+        loop = asyncio.get_running_loop()
+        session: OrderSession | None = None
+        try:
+            account = self._account(spec.issuer)
+            session = OrderSession(spec, account, self.solver, self.journal)
+            self.stats.orders += 1
+            while True:
+                step = await loop.run_in_executor(self._executor, session.step)
+                if step.done:
+                    break
+                await asyncio.sleep(step.after)  # the order's next check, scheduled
+            assert step.fullchain_pem is not None and step.key_pem is not None
+            pair = StoredCert(step.fullchain_pem, step.key_pem)
+            loaded = crypto.load_pair(pair.fullchain_pem, pair.key_pem)
+            await loop.run_in_executor(self._executor, self.certs.save, spec.namespace,
+                                       spec.secret_name, pair)
+            self.proxy.certs.put(spec.key, pair)
+            state.facts = loaded.facts
+            state.failures = 0
+            state.forced = False
+            self.stats.issued += 1
+            renew_at = renewal_time(loaded.facts.not_before, loaded.facts.not_after)
+            log.info("%s: certificate issued, valid until %s, renewal at %s", spec,
+                     loaded.facts.not_after.isoformat(), renew_at.isoformat())
+        except asyncio.CancelledError:
+            raise
+        except (CertopError, crypto.CertificateUnreadable, OSError) as exc:
+            self._failed(state, exc, getattr(exc, "retry_after", None))
+        except Exception as exc:  # a bug must not stop the other certificates
+            log.exception("%s: unexpected error", spec)
+            self._failed(state, exc, None)
+        finally:
+            if session is not None:
+                session.cleanup()
+                self.stats.acme_requests += session.requests_sent
+                self.stats.resumed += int(session.resumed)
+            state.task = None
+            self._wake.set()
+            async with self._issued:
+                self._issued.notify_all()
+
+    def _failed(self, state: _CertState, exc: BaseException, retry_after: float | None) -> None:
+        state.failures += 1
+        self.stats.failures += 1
+        delay = self.backoff.delay(state.failures, self.rand(), retry_after)
+        state.not_before_attempt = self.clock.monotonic() + delay
+        at = self.clock.now() + datetime.timedelta(seconds=delay)
+        message = f"{state.spec}: {exc}; attempt {state.failures} failed, next attempt in " \
+                  f"{delay:.0f}s (at {at.strftime('%H:%M:%S')} UTC)"
+        self.stats.events.append(message)
+        log.warning("%s", message)
+
+    async def wait_ready(self, keys: Sequence[tuple[str, str]] | None = None,
+                         timeout: float = 60.0) -> None:
+        """Until every (or each given) certificate is issued and current; for tools and tests."""
+        async def ready() -> None:
+            async with self._issued:
+                await self._issued.wait_for(self._all_ready(keys))
+
+        await asyncio.wait_for(ready(), timeout)
+
+    def _all_ready(self, keys: Sequence[tuple[str, str]] | None) -> Callable[[], bool]:
+        def check() -> bool:
+            now = self.clock.now()
+            for key, state in self._states.items():
+                if keys is not None and key not in keys:
+                    continue
+                if state.task is not None or state.facts is None:
+                    return False
+                if decide(state.spec, state.facts, now, forced=state.forced).issue:
+                    return False
+            return True
+
+        return check
+
+    # -- files -------------------------------------------------------------------------
+
+    def _stamp(self) -> tuple[tuple[str, float, int], ...]:
+        stamps: list[tuple[str, float, int]] = []
+        for path in self.settings.files:
+            candidates = sorted(path.iterdir()) if path.is_dir() else [path]
+            for p in candidates:
+                with contextlib.suppress(OSError):
+                    st = p.stat()
+                    stamps.append((str(p), st.st_mtime, st.st_size))
+        return tuple(stamps)
+
+    async def _watch_files(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._file_stamp = await loop.run_in_executor(self._executor, self._stamp)
+        while True:
+            await asyncio.sleep(self.settings.watch_interval)
+            stamp = await loop.run_in_executor(self._executor, self._stamp)
+            if stamp == self._file_stamp:
+                continue
+            self._file_stamp = stamp
+            try:
+                config = await loop.run_in_executor(self._executor, load_config, self.settings)
+            except ConfigError as exc:
+                log.error("manifests changed but are invalid, keeping the last good ones: %s",
+                          exc)
+                continue
+            log.info("manifests changed: %d Ingresses, %d certificates",
+                     len(config.manifests.ingresses), len(config.specs))
+            self.apply(config)
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        """Reconcile until `stop` is set (or the task is cancelled)."""
+        watcher = asyncio.create_task(self._watch_files())
+        stop = stop or asyncio.Event()
+        stopper = asyncio.create_task(stop.wait())
+        try:
+            while not stop.is_set():
+                self._wake.clear()
+                timeout = self._reconcile()
+                waker = asyncio.create_task(self._wake.wait())
+                await asyncio.wait({waker, stopper}, timeout=timeout,
+                                   return_when=asyncio.FIRST_COMPLETED)
+                waker.cancel()
+        finally:
+            stopper.cancel()
+            watcher.cancel()
+            tasks = [s.task for s in self._states.values() if s.task is not None]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(watcher, stopper, *tasks, return_exceptions=True)
+            self._executor.shutdown(wait=False, cancel_futures=True)
