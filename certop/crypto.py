@@ -120,10 +120,12 @@ def facts_of(cert: x509.Certificate) -> CertFacts:
     )
 
 
-def self_signed(hosts: tuple[str, ...], days: int = 365) -> tuple[bytes, bytes]:
-    """A self-signed ECDSA certificate (for the default certificate on unknown SNI)."""
+def self_signed(hosts: tuple[str, ...], days: int = 365,
+                now: datetime.datetime | None = None) -> tuple[bytes, bytes]:
+    """A self-signed ECDSA certificate valid from `now` for `days` (the default certificate
+    for unknown SNI; tests)."""
     key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.UTC)
+    now = now or datetime.datetime.now(datetime.UTC)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])])
     cert = (
         x509.CertificateBuilder()

@@ -13,10 +13,10 @@ import logging
 import threading
 from typing import Any
 
-from josepy.jwa import ES256
-from josepy.jwk import JWK, JWKEC
 from acme import client, errors, messages
 from cryptography.hazmat.primitives.asymmetric import ec
+from josepy.jwa import ES256
+from josepy.jwk import JWK, JWKEC
 
 from certop import crypto
 from certop.acme.network import RetryingNetwork

@@ -214,6 +214,7 @@ class OrderSession:
             key_auth = self.account.key_authorization(challb)
             self.solver.present(identifier, token, key_auth)
             self._presented[token] = identifier
+            log.info("%s: presented %s for %s", self.spec, self.solver.challenge_type, identifier)
             if challb.status != messages.STATUS_PENDING or challb.uri in self._answered:
                 self._answered.add(challb.uri)
                 continue

@@ -16,7 +16,7 @@ import contextlib
 import datetime
 import logging
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -113,6 +113,7 @@ class Stats:
     failures: int = 0
     acme_requests: int = 0
     resumed: int = 0
+    reload_errors: int = 0
     events: list[str] = field(default_factory=list)
 
 
@@ -274,6 +275,13 @@ class Standalone:
             renew_at = renewal_time(loaded.facts.not_before, loaded.facts.not_after)
             log.info("%s: certificate issued, valid until %s, renewal at %s", spec,
                      loaded.facts.not_after.isoformat(), renew_at.isoformat())
+            again = decide(spec, loaded.facts, self.clock.now())
+            if again.issue:
+                # Never a hot loop: a fresh certificate that is already due means the clock
+                # is ahead of the CA's or the lifetime is too short for the policy.
+                self._failed(state, RuntimeError(
+                    f"the new certificate is already due ({again.reason}): is this machine's "
+                    "clock ahead of the CA's?"), None)
         except asyncio.CancelledError:
             raise
         except (CertopError, crypto.CertificateUnreadable, OSError) as exc:
@@ -288,8 +296,7 @@ class Standalone:
                 self.stats.resumed += int(session.resumed)
             state.task = None
             self._wake.set()
-            async with self._issued:
-                self._issued.notify_all()
+            await self._notify()
 
     def _failed(self, state: _CertState, exc: BaseException, retry_after: float | None) -> None:
         state.failures += 1
@@ -302,28 +309,30 @@ class Standalone:
         self.stats.events.append(message)
         log.warning("%s", message)
 
-    async def wait_ready(self, keys: Sequence[tuple[str, str]] | None = None,
-                         timeout: float = 60.0) -> None:
-        """Until every (or each given) certificate is issued and current; for tools and tests."""
-        async def ready() -> None:
+    async def wait_until(self, predicate: Callable[[], bool], timeout: float = 60.0) -> None:
+        """Until `predicate()` holds; re-checked after every finished order and file reload."""
+        async def until() -> None:
             async with self._issued:
-                await self._issued.wait_for(self._all_ready(keys))
+                await self._issued.wait_for(predicate)
 
-        await asyncio.wait_for(ready(), timeout)
+        await asyncio.wait_for(until(), timeout)
 
-    def _all_ready(self, keys: Sequence[tuple[str, str]] | None) -> Callable[[], bool]:
-        def check() -> bool:
-            now = self.clock.now()
-            for key, state in self._states.items():
-                if keys is not None and key not in keys:
-                    continue
-                if state.task is not None or state.facts is None:
-                    return False
-                if decide(state.spec, state.facts, now, forced=state.forced).issue:
-                    return False
-            return True
+    async def wait_ready(self, timeout: float = 60.0) -> None:
+        """Until every wanted certificate is issued and current (for tools and tests)."""
+        await self.wait_until(self.all_ready, timeout)
 
-        return check
+    def all_ready(self) -> bool:
+        now = self.clock.now()
+        for state in self._states.values():
+            if state.task is not None or state.facts is None:
+                return False
+            if decide(state.spec, state.facts, now, forced=state.forced).issue:
+                return False
+        return True
+
+    async def _notify(self) -> None:
+        async with self._issued:
+            self._issued.notify_all()
 
     # -- files -------------------------------------------------------------------------
 
@@ -351,10 +360,13 @@ class Standalone:
             except ConfigError as exc:
                 log.error("manifests changed but are invalid, keeping the last good ones: %s",
                           exc)
+                self.stats.reload_errors += 1
+                await self._notify()
                 continue
             log.info("manifests changed: %d Ingresses, %d certificates",
                      len(config.manifests.ingresses), len(config.specs))
             self.apply(config)
+            await self._notify()
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Reconcile until `stop` is set (or the task is cancelled)."""

@@ -1,0 +1,171 @@
+"""Shared fixtures: a real Pebble per session, in-process standalone runs, TLS clients.
+
+Rules: everything listens on loopback; servers are stopped by the handle that started them;
+no test sleeps to wait for something, it waits for the condition itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http.client
+import socket
+import ssl
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pebblectl
+import pytest
+from fakeclock import FakeClock
+
+from certop.core.clock import Clock, SystemClock
+from certop.core.models import AcmeIssuer, ObjectRef
+from certop.proxy.server import Proxy
+from certop.proxy.tls import CertBook
+from certop.standalone.runner import Standalone, StandaloneSettings, load_config
+from certop.store.files import FileAccountStore, FileCertStore, FileOrderJournal
+from solvers.http01 import TokenStore
+
+
+@pytest.fixture(autouse=True)
+async def no_leaked_tasks() -> AsyncIterator[None]:
+    """Fail a test that leaves asyncio tasks running behind it."""
+    yield
+    current = asyncio.current_task()
+    leaked = [t for t in asyncio.all_tasks() if t is not current and not t.done()]
+    for task in leaked:
+        task.cancel()
+    assert not leaked, f"test leaked asyncio tasks: {leaked}"
+
+
+@pytest.fixture(scope="session")
+def pebble(tmp_path_factory: pytest.TempPathFactory) -> Iterator[pebblectl.PebbleInfo]:
+    """One Pebble for the session; certop's HTTP port for HTTP-01 is `info.http_port`."""
+    workdir = tmp_path_factory.mktemp("pebble")
+    with pebblectl.running(workdir, http_port=pebblectl.free_port()) as info:
+        yield info
+
+
+@pytest.fixture(scope="session")
+def pebble_root(pebble: pebblectl.PebbleInfo) -> str:
+    return pebble.root_pem()
+
+
+def write_ingress(path: Path, name: str, hosts: list[str], secret: str,
+                  service: str = "web", extra_annotations: dict[str, str] | None = None) -> Path:
+    annotations = "".join(f"\n    {k}: \"{v}\"" for k, v in (extra_annotations or {}).items())
+    rules = "".join(
+        f"""
+    - host: {h}
+      http:
+        paths:
+          - path: /
+            pathType: Prefix
+            backend:
+              service:
+                name: {service}
+                port:
+                  number: 80""" for h in hosts)
+    path.write_text(f"""apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: {name}
+  namespace: default
+  annotations:
+    certop.dev/cluster-issuer: default{annotations}
+spec:
+  tls:
+    - hosts: [{", ".join(hosts)}]
+      secretName: {secret}
+  rules:{rules}
+""")
+    return path
+
+
+@dataclass
+class Running:
+    runner: Standalone
+    proxy: Proxy
+    http_port: int
+    https_port: int
+    state_dir: Path
+    task: asyncio.Task[None]
+    stop: asyncio.Event
+
+
+class LoopbackHTTPS(http.client.HTTPSConnection):
+    """HTTPS to a host name (SNI, verification, Host header) over a loopback connection."""
+
+    def __init__(self, host: str, port: int, root_pem: str, timeout: float = 10) -> None:
+        super().__init__(host, port, context=ssl.create_default_context(cadata=root_pem),
+                         timeout=timeout)
+
+    def connect(self) -> None:
+        sock = socket.create_connection(("127.0.0.1", self.port), self.timeout)
+        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)  # type: ignore[attr-defined]
+
+    def get(self, path: str = "/") -> tuple[int, bytes]:
+        self.request("GET", path)
+        resp = self.getresponse()
+        return resp.status, resp.read()
+
+    def peer_serial(self) -> int:
+        assert self.sock is not None
+        der = self.sock.getpeercert(binary_form=True)
+        from cryptography import x509
+
+        return x509.load_der_x509_certificate(der).serial_number
+
+
+def https_request(port: int, host: str, root_pem: str, path: str = "/") -> tuple[int, bytes]:
+    """(status, body) of one HTTPS request for `host`, verified against `root_pem`."""
+    conn = LoopbackHTTPS(host, port, root_pem)
+    try:
+        return conn.get(path)
+    finally:
+        conn.close()
+
+
+@contextlib.asynccontextmanager
+async def standalone(
+    pebble: pebblectl.PebbleInfo,
+    state_dir: Path,
+    files: list[Path],
+    services: list[str],
+    clock: Clock | None = None,
+    watch_interval: float = 0.05,
+    http_port: int | None = None,
+    directory_url: str | None = None,
+    cli_issuer: bool = True,
+) -> AsyncIterator[Running]:
+    """certop standalone in this process (same code path as the CLI), on free ports."""
+    http_port = http_port or pebble.http_port
+    https_port = pebblectl.free_port()
+    issuer = AcmeIssuer(ObjectRef("ClusterIssuer", "", "default", "test"),
+                        directory_url or pebble.directory_url, "test@certop.test")
+    settings = StandaloneSettings(
+        files=tuple(files), state_dir=state_dir, services=tuple(services),
+        cli_issuer=issuer if cli_issuer else None,
+        ca_bundle=Path(pebble.api_ca), watch_interval=watch_interval,
+        self_check_addr=("127.0.0.1", http_port),
+    )
+    config = load_config(settings)
+    proxy = Proxy(CertBook(), TokenStore(), config.backends)
+    await proxy.start("127.0.0.1", http_port, https_port)
+    runner = Standalone(settings, proxy, FileCertStore(state_dir), FileAccountStore(state_dir),
+                        FileOrderJournal(state_dir), clock or SystemClock())
+    runner.apply(config)
+    stop = asyncio.Event()
+    task = asyncio.create_task(runner.run(stop))
+    try:
+        yield Running(runner, proxy, http_port, https_port, state_dir, task, stop)
+    finally:
+        stop.set()
+        await task
+        await proxy.close()
+
+
+@pytest.fixture
+def fake_clock() -> FakeClock:
+    return FakeClock()
