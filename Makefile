@@ -9,7 +9,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT := DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint unit bench deps-debian venv clean
+.PHONY: demo test lint bench deps-debian deps-bench venv clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,8 +37,20 @@ lint: venv
 test: lint deps-debian
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
-bench: venv deps-debian
-	$(BIN)/python bench/run.py
+CERTBOT_VENV := bench/.venv-certbot
+
+# Peers for the side-by-side benchmarks: lego and Caddy from Debian, certbot from PyPI in a
+# venv of its own (it pins its own `acme`).
+deps-bench: deps-debian
+	@if ! command -v lego >/dev/null || ! command -v caddy >/dev/null; then \
+	  echo "installing Debian packages: lego caddy"; \
+	  $(APT) update -qq && $(APT) install -y -qq lego caddy >/dev/null; \
+	fi
+	@[ -x $(CERTBOT_VENV)/bin/certbot ] || { $(PYTHON) -m venv $(CERTBOT_VENV) && \
+	  $(CERTBOT_VENV)/bin/pip install --quiet --disable-pip-version-check certbot==5.8.0; }
+
+bench: venv deps-bench
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

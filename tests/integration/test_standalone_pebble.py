@@ -314,3 +314,19 @@ async def test_edited_manifests_are_picked_up_without_a_restart(
         await run.runner.wait_until(lambda: run.runner.stats.reload_errors == 1, timeout=30)
         status, _ = await asyncio.to_thread(https_request, run.https_port, second, pebble_root)
         assert status == 200
+
+
+async def test_an_invalid_challenge_names_the_host_and_carries_the_cas_detail(
+        tmp_path: Path, backend: Echo) -> None:
+    # Pebble validates on a port where nothing listens; certop's own self-check passes.
+    certop_http = pebblectl.free_port()
+    with pebblectl.running(tmp_path / "pebble", http_port=pebblectl.free_port()) as info:
+        files = [write_ingress(tmp_path / "web.yaml", "web", [HOST], "web-tls")]
+        async with standalone(info, tmp_path / "state", files,
+                              [f"web=127.0.0.1:{backend.port}"], http_port=certop_http) as run:
+            await run.runner.wait_until(lambda: run.runner.stats.failures == 1)
+            event = run.runner.stats.events[0]
+            assert f"challenge for {HOST} failed" in event
+            assert "connection refused" in event.lower()
+            assert "next attempt in" in event
+            assert not (tmp_path / "state/orders/default/web-tls.json").exists()

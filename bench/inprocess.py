@@ -1,0 +1,63 @@
+"""certop's issuance measured inside one process: from the runner's start to all certificates
+stored, without interpreter start-up. Prints one JSON line: seconds, orders, ACME requests.
+
+Usage: inprocess.py DIRECTORY_URL CA_PEM HTTP_PORT WORKDIR HOST [HOST ...]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from certop.core.clock import SystemClock
+from certop.core.models import AcmeIssuer, ObjectRef
+from certop.proxy.server import Proxy
+from certop.proxy.tls import CertBook
+from certop.standalone.runner import Standalone, StandaloneSettings, load_config
+from certop.store.files import FileAccountStore, FileCertStore, FileOrderJournal
+from solvers.http01 import TokenStore
+
+
+async def main(directory: str, ca: str, http_port: int, work: Path, names: list[str]) -> None:
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    docs = [
+        f"apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {{name: i{i}}}\n"
+        f"spec:\n  tls: [{{hosts: [{h}], secretName: s{i}}}]\n  rules:\n  - host: {h}\n"
+        f"    http:\n      paths:\n      - {{path: /, pathType: Prefix, backend: "
+        f"{{service: {{name: web, port: {{number: 80}}}}}}}}\n"
+        for i, h in enumerate(names)
+    ]
+    (work / "ing.yaml").write_text("---\n".join(docs))
+    settings = StandaloneSettings(
+        files=(work / "ing.yaml",), state_dir=work / "state", services=("web=127.0.0.1:9",),
+        cli_issuer=AcmeIssuer(ObjectRef("ClusterIssuer", "", "default"), directory, None),
+        ca_bundle=Path(ca), self_check_addr=("127.0.0.1", http_port),
+    )
+    config = load_config(settings)
+    proxy = Proxy(CertBook(), TokenStore(), config.backends)
+    await proxy.start("127.0.0.1", http_port, None)
+    state = work / "state"
+    runner = Standalone(settings, proxy, FileCertStore(state), FileAccountStore(state),
+                        FileOrderJournal(state), SystemClock())
+    runner.apply(config)
+    stop = asyncio.Event()
+    start = time.monotonic()
+    task = asyncio.create_task(runner.run(stop))
+    await runner.wait_ready(timeout=600)
+    took = time.monotonic() - start
+    stop.set()
+    await task
+    await proxy.close()
+    stats = runner.stats
+    print(json.dumps({"seconds": took, "issued": stats.issued, "failures": stats.failures,
+                      "acme_requests": stats.acme_requests}))
+
+
+if __name__ == "__main__":
+    asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3]), Path(sys.argv[4]),
+                     sys.argv[5:]))

@@ -1,0 +1,53 @@
+"""Small SVG charts for docs/benchmarks.md (no plotting library needed)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+COLORS = {"certop": "#2b8a3e", "lego": "#1971c2", "certbot": "#e8590c", "caddy": "#7048e8"}
+
+
+def issuance_svg(results: dict[str, object], path: Path) -> None:
+    """Grouped horizontal bars: seconds per tool for one certificate and each host count,
+    on a log scale (the tools differ by orders of magnitude)."""
+    table = results["tools"]
+    sizes = results["sizes"]
+    assert isinstance(table, dict) and isinstance(sizes, list)
+    groups = [("1 host (median)", "one_median")] + [(f"{n} hosts", f"total_{n}") for n in sizes]
+    values = [row[key] for row in table.values() for _, key in groups if row.get(key)]
+    lo = 10 ** math.floor(math.log10(min(values)))
+    hi = 10 ** math.ceil(math.log10(max(values)))
+    left, width, bar, gap = 130, 520, 14, 12
+    tools = list(table)
+    height = 40 + len(groups) * (len(tools) * bar + gap) + 30
+
+    def x(v: float) -> float:
+        return left + width * (math.log10(v) - math.log10(lo)) / (math.log10(hi) -
+                                                                   math.log10(lo))
+
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + width + 90}" '
+             f'height="{height}" font-family="sans-serif" font-size="12">',
+             f'<text x="{left}" y="18" font-weight="bold">Time to valid certificates '
+             '(seconds, log scale; shorter is better)</text>']
+    decade = lo
+    while decade <= hi:
+        parts.append(f'<line x1="{x(decade):.1f}" y1="28" x2="{x(decade):.1f}" '
+                     f'y2="{height - 25}" stroke="#ddd"/>')
+        parts.append(f'<text x="{x(decade):.1f}" y="{height - 10}" text-anchor="middle">'
+                     f'{decade:g}</text>')
+        decade *= 10
+    y = 36
+    for label, key in groups:
+        parts.append(f'<text x="8" y="{y + len(tools) * bar / 2 + 4}">{label}</text>')
+        for tool in tools:
+            v = table[tool].get(key)
+            if v:
+                parts.append(f'<rect x="{left}" y="{y}" width="{x(v) - left:.1f}" '
+                             f'height="{bar - 2}" fill="{COLORS.get(tool, "#888")}"/>')
+                parts.append(f'<text x="{x(v) + 4:.1f}" y="{y + bar - 4}">{tool} '
+                             f'{v:.2f}</text>')
+            y += bar
+        y += gap
+    parts.append("</svg>")
+    path.write_text("\n".join(parts) + "\n")

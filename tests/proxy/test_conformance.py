@@ -1,0 +1,192 @@
+"""The kubernetes-sigs ingress-controller-conformance scenarios and the spec's path table,
+through the real proxy on loopback with echo backends (../shared/notes/anchors.md section 4b)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http.client
+import json
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from echo import Echo
+
+from certop.core import routing
+from certop.proxy.server import Proxy
+from certop.proxy.tls import CertBook
+from certop.standalone import loader
+from certop.standalone.services import StaticBackends
+from solvers.http01 import TokenStore
+
+SERVICES = ["echo-service", "wildcard-foo-com", "foo-bar-com", "foo-exact", "foo-prefix",
+            "aaa-slash-bbb-prefix", "aaa-prefix", "aaa-slash-bbb-slash-prefix",
+            "foo-slash-exact"]
+
+
+def backend(name: str, port: str = "number: 8080") -> str:
+    return f"backend: {{service: {{name: {name}, port: {{{port}}}}}}}"
+
+
+MANIFESTS = f"""
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {{name: host-rules, namespace: conformance}}
+spec:
+  rules:
+    - host: "*.foo.com"
+      http:
+        paths: [{{path: /, pathType: Prefix, {backend("wildcard-foo-com")}}}]
+    - host: foo.bar.com
+      http:
+        paths: [{{path: /, pathType: Prefix, {backend("foo-bar-com", "name: http")}}}]
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {{name: path-rules, namespace: conformance}}
+spec:
+  rules:
+    - host: exact-path-rules
+      http:
+        paths: [{{path: /foo, pathType: Exact, {backend("foo-exact")}}}]
+    - host: prefix-path-rules
+      http:
+        paths:
+          - {{path: /foo, pathType: Prefix, {backend("foo-prefix")}}}
+          - {{path: /aaa/bbb, pathType: Prefix, {backend("aaa-slash-bbb-prefix")}}}
+          - {{path: /aaa, pathType: Prefix, {backend("aaa-prefix")}}}
+    - host: mixed-path-rules
+      http:
+        paths:
+          - {{path: /foo, pathType: Prefix, {backend("foo-prefix")}}}
+          - {{path: /foo, pathType: Exact, {backend("foo-exact")}}}
+    - host: trailing-slash-path-rules
+      http:
+        paths:
+          - {{path: /aaa/bbb/, pathType: Prefix, {backend("aaa-slash-bbb-slash-prefix")}}}
+          - {{path: /foo/, pathType: Exact, {backend("foo-slash-exact")}}}
+"""
+
+DEFAULT_BACKEND = """
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: default-backend, namespace: conformance}
+spec:
+  defaultBackend: {service: {name: echo-service, port: {number: 8080}}}
+"""
+
+
+class Client:
+    def __init__(self, port: int) -> None:
+        self.port = port
+
+    def request(self, host: str | None, path: str, method: str = "GET"
+                ) -> tuple[int, dict[str, object] | None, http.client.HTTPResponse]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        try:
+            conn.putrequest(method, path, skip_host=True)
+            if host is not None:
+                conn.putheader("Host", host)
+            conn.putheader("User-Agent", "Go-http-client/1.1")
+            conn.endheaders()
+            resp = conn.getresponse()
+            body = resp.read()
+            data = json.loads(body) if resp.getheader("Content-Type") == "application/json" \
+                else None
+            return resp.status, data, resp
+        finally:
+            conn.close()
+
+
+async def serve(tmp: Path, manifests: str, echoes: dict[str, Echo]) -> tuple[Proxy, int]:
+    path = tmp / "ingresses.yaml"
+    path.write_text(manifests)
+    found = loader.load([path])
+    flags = [f"{name}=127.0.0.1:{echo.port}" for name, echo in echoes.items()]
+    backends = StaticBackends.from_flags(flags)
+    backends.check(found.ingresses)
+    proxy = Proxy(CertBook(), TokenStore(), backends)
+    proxy.routes = routing.build(found.ingresses)
+    await proxy.start("127.0.0.1", 0, None)
+    return proxy, proxy.ports()[0]
+
+
+@pytest.fixture(scope="module")
+def echoes() -> Iterator[dict[str, Echo]]:
+    with contextlib.ExitStack() as stack:
+        yield {name: stack.enter_context(Echo(name)) for name in SERVICES}
+
+
+@pytest.fixture
+async def rules(tmp_path: Path, echoes: dict[str, Echo]) -> AsyncIterator[Client]:
+    proxy, port = await serve(tmp_path, MANIFESTS, echoes)
+    yield Client(port)
+    await proxy.close()
+
+
+@pytest.fixture
+async def default_backend(tmp_path: Path, echoes: dict[str, Echo]) -> AsyncIterator[Client]:
+    proxy, port = await serve(tmp_path, DEFAULT_BACKEND, echoes)
+    yield Client(port)
+    await proxy.close()
+
+
+@pytest.mark.parametrize(
+    ("host", "path", "expected"),
+    [
+        pytest.param("foo.bar.com", "/", "foo-bar-com", id="host-exact"),
+        pytest.param("subdomain.bar.com", "/", None, id="host-unknown"),
+        pytest.param("bar.foo.com", "/", "wildcard-foo-com", id="host-wildcard"),
+        pytest.param("baz.bar.foo.com", "/", None, id="host-wildcard-two-labels"),
+        pytest.param("foo.com", "/", None, id="host-wildcard-apex"),
+        pytest.param("exact-path-rules", "/foo", "foo-exact", id="exact"),
+        pytest.param("exact-path-rules", "/foo/", None, id="exact-trailing-slash"),
+        pytest.param("exact-path-rules", "/FOO", None, id="exact-case"),
+        pytest.param("exact-path-rules", "/bar", None, id="exact-other"),
+        pytest.param("prefix-path-rules", "/foo", "foo-prefix", id="prefix"),
+        pytest.param("prefix-path-rules", "/foo/", "foo-prefix", id="prefix-trailing"),
+        pytest.param("prefix-path-rules", "/FOO", None, id="prefix-case"),
+        pytest.param("prefix-path-rules", "/aaa/bbb", "aaa-slash-bbb-prefix", id="prefix-long"),
+        pytest.param("prefix-path-rules", "/aaa/bbb/ccc", "aaa-slash-bbb-prefix",
+                     id="prefix-subpath"),
+        pytest.param("prefix-path-rules", "/aaa/ccc", "aaa-prefix", id="prefix-shorter"),
+        pytest.param("prefix-path-rules", "/aaaccc", None, id="prefix-not-element"),
+        pytest.param("mixed-path-rules", "/foo", "foo-exact", id="mixed-exact-wins"),
+        pytest.param("trailing-slash-path-rules", "/aaa/bbb", "aaa-slash-bbb-slash-prefix",
+                     id="trailing-rule-without"),
+        pytest.param("trailing-slash-path-rules", "/aaa/bbb/", "aaa-slash-bbb-slash-prefix",
+                     id="trailing-rule-with"),
+        pytest.param("trailing-slash-path-rules", "/foo", None, id="exact-slash-rule"),
+    ],
+)
+async def test_host_and_path_rules(rules: Client, host: str, path: str,
+                                   expected: str | None) -> None:
+    status, seen, _ = await asyncio.to_thread(rules.request, host, path)
+    if expected is None:
+        assert status == 404
+    else:
+        assert status == 200 and seen is not None
+        assert seen["service"] == expected
+        assert seen["path"] == path
+        headers = seen["headers"]
+        assert isinstance(headers, dict) and headers["host"] == host
+
+
+@pytest.mark.parametrize(
+    ("method", "host", "path"),
+    [("GET", "my-host", "/"), ("GET", "my-host", "/sub-path"), ("POST", "some-host", "/"),
+     ("PUT", "127.0.0.1", "/resource"), ("DELETE", "some-host", "/resource"),
+     ("PATCH", "my-host", "/resource")],
+)
+async def test_default_backend_serves_everything(default_backend: Client, method: str,
+                                                 host: str | None, path: str) -> None:
+    status, seen, resp = await asyncio.to_thread(default_backend.request, host, path, method)
+    assert status == 200 and seen is not None
+    assert seen["service"] == "echo-service" and seen["method"] == method
+    assert seen["path"] == path
+    headers = seen["headers"]
+    assert isinstance(headers, dict) and headers["user-agent"] == "Go-http-client/1.1"
+    assert resp.version == 11
+    for name in ("Content-Length", "Content-Type", "Date", "Server"):
+        assert resp.getheader(name), name
