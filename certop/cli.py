@@ -13,16 +13,21 @@ import contextlib
 import logging
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from certop import __version__
+from certop.core import annotations as ann
 from certop.core.clock import SystemClock
 from certop.core.errors import ConfigError
 from certop.core.models import AcmeIssuer, ObjectRef
-from certop.proxy.server import Proxy
+from certop.proxy.admin import Admin
+from certop.proxy.server import Proxy, ProxySettings
 from certop.proxy.tls import CertBook
+from certop.standalone import supplied
 from certop.standalone.runner import Standalone, StandaloneSettings, load_config
 from certop.store.files import FileAccountStore, FileCertStore, FileOrderJournal, ensure_dir
+from certop.store.ports import StoredCert
 from solvers.http01 import TokenStore
 
 log = logging.getLogger("certop")
@@ -51,6 +56,29 @@ def _standalone_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser])
                    help="where an Ingress backend Service lives (repeatable)")
     p.add_argument("--check-interval", type=float, default=3600.0, metavar="SECONDS",
                    help="how often every certificate's renewal time is looked at")
+    p.add_argument("--certificate", action="append", default=[],
+                   metavar="SECRET=CERT.pem,KEY.pem",
+                   help="serve this certificate for the tls[] entries naming SECRET (no ACME "
+                        "order for them; repeatable; SECRET may be namespace/name)")
+    p.add_argument("--default-certificate", metavar="CERT.pem,KEY.pem",
+                   help="certificate for unknown SNI (default: a generated self-signed one)")
+    p.add_argument("--hsts", action="store_true",
+                   help="send Strict-Transport-Security (max-age=31536000; includeSubDomains) "
+                        "on HTTPS responses unless an Ingress turns it off")
+    p.add_argument("--max-body-size", default="0", metavar="SIZE",
+                   help="largest request body (8m, 512k, 1g; 0 = no limit); per Ingress: "
+                        "nginx.ingress.kubernetes.io/proxy-body-size")
+    p.add_argument("--admin-port", type=int, metavar="PORT",
+                   help="serve /healthz, /readyz and Prometheus /metrics on this port")
+    p.add_argument("--access-log", action="store_true", help="log one line per request")
+
+
+def _loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    if name == "uvloop":
+        import uvloop
+
+        return uvloop.new_event_loop
+    return None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"certop {__version__}")
     parser.add_argument("--log-level", default="info",
                         choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--event-loop", default="uvloop", choices=["uvloop", "asyncio"],
+                        help="event loop implementation (uvloop is faster)")
     sub = parser.add_subparsers(dest="command", required=True)
     _standalone_parser(sub)
     return parser
@@ -80,6 +110,8 @@ def _settings(args: argparse.Namespace) -> StandaloneSettings:
     if args.listen == "::":
         check_host = "::1"
     return StandaloneSettings(
+        certificates=tuple(args.certificate),
+        hsts=args.hsts,
         files=tuple(args.file),
         state_dir=args.state_dir,
         services=tuple(args.service),
@@ -90,12 +122,31 @@ def _settings(args: argparse.Namespace) -> StandaloneSettings:
     )
 
 
-async def run_standalone(settings: StandaloneSettings, listen: str, http_port: int,
-                         https_port: int) -> int:
+def _proxy_settings(args: argparse.Namespace) -> ProxySettings:
+    try:
+        limit = ann.body_limit({ann.BODY_SIZE[0]: args.max_body_size})
+    except ann.AnnotationError as exc:
+        raise ConfigError("--max-body-size", "", "", exc.expected) from None
+    return ProxySettings(body_limit=limit or None, access_log=args.access_log)
+
+
+def _default_certificate(args: argparse.Namespace) -> StoredCert | None:
+    if not args.default_certificate:
+        return None
+    cert, comma, key = args.default_certificate.partition(",")
+    if not comma:
+        raise ConfigError("--default-certificate", args.default_certificate, "",
+                          "CERT.pem,KEY.pem")
+    return supplied.read_pair(Path(cert), Path(key), "--default-certificate")
+
+
+async def run_standalone(settings: StandaloneSettings, args: argparse.Namespace) -> int:
+    listen, http_port, https_port = args.listen, args.http_port, args.https_port
     config = load_config(settings)
     ensure_dir(settings.state_dir)
     tokens = TokenStore()
-    proxy = Proxy(CertBook(), tokens, config.backends)
+    proxy = Proxy(CertBook(_default_certificate(args)), tokens, config.backends,
+                  _proxy_settings(args))
     try:
         await proxy.start(listen, http_port, https_port)
     except OSError as exc:
@@ -108,6 +159,11 @@ async def run_standalone(settings: StandaloneSettings, listen: str, http_port: i
         SystemClock(),
     )
     runner.apply(config)
+    admin = Admin(proxy, lambda: runner.config is not None)
+    if args.admin_port is not None:
+        port = await admin.start(listen if listen not in ("0.0.0.0", "::") else "127.0.0.1",
+                                 args.admin_port)
+        log.info("admin endpoints on port %d: /healthz /readyz /metrics", port)
     log.info("serving %d Ingresses on %s: HTTP %d, HTTPS %d; %d certificates",
              len(config.manifests.ingresses), listen, http_port, https_port, len(config.specs))
     stop = asyncio.Event()
@@ -118,6 +174,7 @@ async def run_standalone(settings: StandaloneSettings, listen: str, http_port: i
         await runner.run(stop)
     finally:
         log.info("stopping: draining connections")
+        await admin.close()
         await proxy.close()
     return 0
 
@@ -132,8 +189,10 @@ def main(argv: list[str] | None = None) -> int:
         settings = _settings(args)
         # Check the input before anything is written or bound.
         load_config(settings)
-        return asyncio.run(run_standalone(settings, args.listen, args.http_port,
-                                          args.https_port))
+        _proxy_settings(args)
+        _default_certificate(args)
+        with asyncio.Runner(loop_factory=_loop_factory(args.event_loop)) as runner:
+            return runner.run(run_standalone(settings, args))
     except ConfigError as exc:
         print(f"certop: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

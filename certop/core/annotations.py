@@ -17,7 +17,16 @@ TLS_ACME = "kubernetes.io/tls-acme"
 KEY_ALGORITHM = ("certop.dev/private-key-algorithm", "cert-manager.io/private-key-algorithm")
 KEY_SIZE = ("certop.dev/private-key-size", "cert-manager.io/private-key-size")
 SSL_REDIRECT = ("certop.dev/ssl-redirect", "nginx.ingress.kubernetes.io/ssl-redirect")
-FORCE_SSL_REDIRECT = "nginx.ingress.kubernetes.io/force-ssl-redirect"
+FORCE_SSL_REDIRECT = ("certop.dev/force-ssl-redirect",
+                      "nginx.ingress.kubernetes.io/force-ssl-redirect")
+BODY_SIZE = ("certop.dev/proxy-body-size", "nginx.ingress.kubernetes.io/proxy-body-size")
+HSTS = "certop.dev/hsts"
+NGINX_HSTS = "nginx.ingress.kubernetes.io/hsts"
+NGINX_HSTS_MAX_AGE = "nginx.ingress.kubernetes.io/hsts-max-age"
+NGINX_HSTS_SUBDOMAINS = "nginx.ingress.kubernetes.io/hsts-include-subdomains"
+NGINX_HSTS_PRELOAD = "nginx.ingress.kubernetes.io/hsts-preload"
+DEFAULT_HSTS = "max-age=31536000; includeSubDomains"
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 
 
 @dataclass(frozen=True)
@@ -71,3 +80,65 @@ def ssl_redirect(annotations: Mapping[str, str]) -> bool:
     """Whether plain-HTTP requests for this Ingress's TLS hosts are redirected (default yes)."""
     found = _first(annotations, SSL_REDIRECT)
     return not (found and found[1].lower() == "false")
+
+
+def force_ssl_redirect(annotations: Mapping[str, str]) -> bool:
+    """Redirect to HTTPS even for hosts without a TLS section (ingress-nginx semantics)."""
+    found = _first(annotations, FORCE_SSL_REDIRECT)
+    return bool(found and found[1].lower() == "true")
+
+
+class AnnotationError(ValueError):
+    """An annotation value certop cannot use; `key` names it."""
+
+    def __init__(self, key: str, expected: str) -> None:
+        super().__init__(expected)
+        self.key = key
+        self.expected = expected
+
+
+def body_limit(annotations: Mapping[str, str]) -> int | None:
+    """Largest request body for this Ingress in bytes; None when not set; 0 = no limit.
+    nginx size syntax: `8m`, `512k`, `1g`, `1048576`."""
+    found = _first(annotations, BODY_SIZE)
+    if not found:
+        return None
+    key, raw = found
+    text = raw.strip().lower()
+    unit = text[-1:] if text[-1:] in ("k", "m", "g") else ""
+    number = text[: len(text) - len(unit)]
+    if not number.isdigit():
+        raise AnnotationError(key, "a size like 8m, 512k, 1g or a number of bytes (0 = no limit)")
+    return int(number) * _SIZE_UNITS[unit]
+
+
+def hsts(annotations: Mapping[str, str], default: str | None) -> str | None:
+    """The Strict-Transport-Security value for this Ingress's HTTPS responses, or None.
+    `certop.dev/hsts` takes a header value, "true" (the default policy) or "false";
+    ingress-nginx's hsts, hsts-max-age, hsts-include-subdomains and hsts-preload keys are
+    honoured as written."""
+    own = annotations.get(HSTS)
+    if own is not None:
+        value = own.strip()
+        if value.lower() == "false":
+            return None
+        if value.lower() == "true":
+            return DEFAULT_HSTS
+        if not value.lower().startswith("max-age="):
+            raise AnnotationError(HSTS, '"true", "false" or a header value "max-age=N[; ...]"')
+        return value
+    nginx = annotations.get(NGINX_HSTS)
+    if nginx is None and not any(k in annotations for k in (
+            NGINX_HSTS_MAX_AGE, NGINX_HSTS_SUBDOMAINS, NGINX_HSTS_PRELOAD)):
+        return default
+    if nginx is not None and nginx.lower() == "false":
+        return None
+    max_age = annotations.get(NGINX_HSTS_MAX_AGE, "31536000")
+    if not max_age.isdigit():
+        raise AnnotationError(NGINX_HSTS_MAX_AGE, "a number of seconds")
+    value = f"max-age={max_age}"
+    if annotations.get(NGINX_HSTS_SUBDOMAINS, "true").lower() == "true":
+        value += "; includeSubDomains"
+    if annotations.get(NGINX_HSTS_PRELOAD, "false").lower() == "true":
+        value += "; preload"
+    return value

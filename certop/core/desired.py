@@ -37,11 +37,13 @@ def certificate_specs(
     default_issuer: str | None,
     *,
     require_annotation: bool = False,
+    supplied: frozenset[tuple[str, str]] = frozenset(),
 ) -> Desired:
     """The certificates needed; raises ConfigError for the first unusable entry.
 
     `require_annotation` is cluster mode (only annotated Ingresses trigger); standalone mode
-    gives every `tls[]` entry a certificate from the chosen or default issuer.
+    gives every `tls[]` entry a certificate from the chosen or default issuer. Entries whose
+    (namespace, secretName) is in `supplied` are served with what the user brought: no order.
     """
     by_key: dict[tuple[str, str], tuple[CertificateSpec, str]] = {}
     warnings: list[str] = []
@@ -54,6 +56,12 @@ def certificate_specs(
         for i, tls in enumerate(ing.tls):
             field = f"spec.tls[{i}]"
             if tls.secret_name is None or not tls.hosts:
+                continue
+            if (ing.ref.namespace, tls.secret_name) in supplied:
+                for j, host in enumerate(tls.hosts):
+                    if not _served_by_rule(host, ing):
+                        warnings.append(f"{where}: {field}.hosts[{j}]: {host} is served by "
+                                        "no rule")
                 continue
             if issuer_name is None:
                 raise ConfigError(

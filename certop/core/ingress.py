@@ -11,6 +11,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from certop.core import annotations as ann
 from certop.core.errors import ConfigError
 from certop.core.models import Ingress as IngressModel
 from certop.core.models import (
@@ -143,6 +144,11 @@ def parse_ingress(doc: Mapping[str, Any], source: str = "") -> IngressModel:
         if not isinstance(val, str):
             raise f.error(f"metadata.annotations[{key}]", "a string (quote it in YAML)")
         annotations[str(key)] = val
+    try:
+        ann.body_limit(annotations)
+        ann.hsts(annotations, None)
+    except ann.AnnotationError as exc:
+        raise f.error(f"metadata.annotations[{exc.key}]", exc.expected) from None
     spec = f.mapping(doc.get("spec"), "spec", required=True)
 
     rules: list[IngressRule] = []

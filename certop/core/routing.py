@@ -32,6 +32,10 @@ class Route:
     ingress: ObjectRef
     path: str
     path_type: PathType
+    body_limit: int | None = None
+    """Largest request body in bytes (proxy-body-size); None: the proxy's default; 0: none."""
+    hsts: bytes | None = None
+    """Strict-Transport-Security value for HTTPS responses, if any."""
 
 
 @dataclass
@@ -111,8 +115,9 @@ def _order(ing: Ingress) -> tuple[str, str, str]:
     return (ing.creation, ing.ref.namespace, ing.ref.name)
 
 
-def build(ingresses: Iterable[Ingress]) -> RouteTable:
-    """Merge Ingresses (in any order) into one deterministic table."""
+def build(ingresses: Iterable[Ingress], hsts_default: str | None = None) -> RouteTable:
+    """Merge Ingresses (in any order) into one deterministic table. Annotations were
+    checked when the Ingresses were parsed."""
     hosts: dict[str, HostRoutes] = {}
     wildcards: dict[str, HostRoutes] = {}
     catch_all = HostRoutes()
@@ -128,8 +133,12 @@ def build(ingresses: Iterable[Ingress]) -> RouteTable:
     for ing in sorted(ingresses, key=_order):
         tls_hosts = {h for t in ing.tls for h in t.hosts}
         redirect = ann.ssl_redirect(ing.annotations)
+        force = ann.force_ssl_redirect(ing.annotations)
+        limit = ann.body_limit(ing.annotations)
+        hsts_value = ann.hsts(ing.annotations, hsts_default)
+        hsts = hsts_value.encode() if hsts_value else None
         default = (
-            Route(ing.default_backend, ing.ref, "", PathType.PREFIX)
+            Route(ing.default_backend, ing.ref, "", PathType.PREFIX, limit, hsts)
             if ing.default_backend
             else None
         )
@@ -138,7 +147,7 @@ def build(ingresses: Iterable[Ingress]) -> RouteTable:
             routes = slot(rule.host)
             touched.append(routes)
             for p in rule.paths:
-                route = Route(p.backend, ing.ref, p.path, p.path_type)
+                route = Route(p.backend, ing.ref, p.path, p.path_type, limit, hsts)
                 if p.path_type is PathType.EXACT:
                     table, key = routes.exact, p.path
                 else:
@@ -155,6 +164,10 @@ def build(ingresses: Iterable[Ingress]) -> RouteTable:
         for routes in [*touched, catch_all]:
             if default is not None and routes.default is None:
                 routes.default = default
+        if force:
+            for routes in touched:
+                if routes is not catch_all:
+                    routes.redirect = True
         for host in tls_hosts:
             routes = slot(host)
             routes.tls = True

@@ -9,7 +9,6 @@ bad chunk sizes. A head over the limit is 431 (request) or 502 (response).
 
 from __future__ import annotations
 
-import asyncio
 import re
 from dataclasses import dataclass
 
@@ -21,7 +20,6 @@ HOP_BY_HOP = frozenset({
     b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
     b"transfer-encoding", b"upgrade", b"proxy-authenticate", b"proxy-authorization",
 })
-CHUNK_LIMIT = 1 << 16
 
 
 class HttpError(Exception):
@@ -33,41 +31,51 @@ class HttpError(Exception):
         self.reason = reason
 
 
-@dataclass
 class Head:
-    start: tuple[bytes, bytes, bytes]
-    """(method, target, version) of a request, (version, status, reason) of a response."""
-    headers: list[tuple[bytes, bytes]]
-    """Names lower-cased, values stripped, in order."""
+    """A parsed message head. Header names are lower-cased, values stripped, order kept."""
+
+    __slots__ = ("_conn", "first", "headers", "start")
+
+    def __init__(self, start: tuple[bytes, bytes, bytes],
+                 headers: list[tuple[bytes, bytes]]) -> None:
+        self.start = start
+        """(method, target, version) of a request, (version, status, reason) of a response."""
+        self.headers = headers
+        self.first: dict[bytes, bytes] = {}
+        for name, value in reversed(headers):
+            self.first[name] = value
+        self._conn: frozenset[bytes] | None = None
 
     def get(self, name: bytes) -> bytes | None:
-        for k, v in self.headers:
-            if k == name:
-                return v
-        return None
+        return self.first.get(name)
 
     def get_all(self, name: bytes) -> list[bytes]:
+        if name not in self.first:
+            return []
         return [v for k, v in self.headers if k == name]
 
-    def connection_tokens(self) -> set[bytes]:
-        return {t.strip().lower() for v in self.get_all(b"connection") for t in v.split(b",")}
+    def connection_tokens(self) -> frozenset[bytes]:
+        tokens = self._conn
+        if tokens is None:
+            tokens = self._conn = frozenset(
+                t.strip().lower() for v in self.get_all(b"connection") for t in v.split(b",")
+            ) if b"connection" in self.first else frozenset()
+        return tokens
 
 
-async def read_head(reader: asyncio.StreamReader, limit: int, *, request: bool) -> Head | None:
-    """The next head, or None on a clean EOF before any byte. Raises HttpError."""
-    try:
-        raw = await reader.readuntil(b"\r\n\r\n")
-    except asyncio.IncompleteReadError as exc:
-        if not exc.partial.strip():
-            return None
-        raise HttpError(400, "incomplete head") from None
-    except asyncio.LimitOverrunError:
-        raise HttpError(431 if request else 502, "head too large") from None
-    if len(raw) > limit:
-        raise HttpError(431 if request else 502, "head too large")
-    # Tolerate (and skip) empty lines before a request line (RFC 9112 section 2.2).
-    lines = raw[:-4].lstrip(b"\r\n").split(CRLF)
-    first = lines[0]
+# One C-level match checks every header line of a head: a token, a colon, and a value
+# without CR, LF or NUL. Obsolete line folding (a line starting with SP/HTAB) fails it.
+_HEADER_BLOCK = re.compile(rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\r\n\x00]*\r\n)*\Z")
+
+
+def parse_head(raw: bytes, *, request: bool) -> Head | None:
+    """Parse a complete head (ending with CRLF CRLF); None when it holds only empty lines.
+    Raises HttpError (400 for a request, 502 for a response)."""
+    text = raw.lstrip(b"\r\n")  # RFC 9112 section 2.2: skip empty lines before a request
+    if not text:
+        return None
+    eol = text.find(b"\r\n")
+    first = text[:eol]
     if request:
         m = _REQUEST_LINE.match(first)
         if not m:
@@ -78,17 +86,13 @@ async def read_head(reader: asyncio.StreamReader, limit: int, *, request: bool) 
         if not m:
             raise HttpError(502, "bad status line from upstream")
         start = (m.group(1), m.group(2), m.group(3) or b"")
+    block = text[eol + 2 : -2]
+    if not _HEADER_BLOCK.match(block):
+        raise HttpError(400 if request else 502, "bad header line")
     headers: list[tuple[bytes, bytes]] = []
-    for line in lines[1:]:
-        if not line or line[:1] in (b" ", b"\t"):
-            raise HttpError(400 if request else 502, "obsolete line folding")
-        name, sep, value = line.partition(b":")
-        if not sep or not _TOKEN.match(name):
-            raise HttpError(400 if request else 502, "bad header line")
-        value = value.strip(b" \t")
-        if b"\r" in value or b"\n" in value or b"\x00" in value:
-            raise HttpError(400 if request else 502, "bad header value")
-        headers.append((name.lower(), value))
+    for line in block.split(b"\r\n")[:-1]:
+        name, _, value = line.partition(b":")
+        headers.append((name.lower(), value.strip(b" \t")))
     return Head(start, headers)
 
 
@@ -143,80 +147,58 @@ def _content_length(values: list[bytes], status: int) -> int:
     return int(value)
 
 
-async def relay_body(
-    reader: asyncio.StreamReader,
-    writer: asyncio.StreamWriter,
-    framing: Framing,
-    *,
-    max_size: int | None = None,
-    bad_status: int = 400,
-) -> int:
-    """Copy one body from reader to writer as it arrives; returns the payload size."""
-    total = 0
-    if framing.chunked:
-        while True:
-            line = await _readline(reader, bad_status)
-            size_part = line.split(b";", 1)[0].strip()
-            if not size_part or len(size_part) > 16 or not all(
-                c in b"0123456789abcdefABCDEF" for c in size_part
-            ):
-                raise HttpError(bad_status, "bad chunk size")
-            size = int(size_part, 16)
-            total += size
-            if max_size is not None and total > max_size:
-                raise HttpError(413, "body too large")
-            writer.write(line)
-            if size == 0:
-                # trailers, then the final CRLF
-                while True:
-                    trailer = await _readline(reader, bad_status)
-                    writer.write(trailer)
-                    if trailer == CRLF:
-                        return total
-            remaining = size
-            while remaining:
-                data = await reader.read(min(remaining, CHUNK_LIMIT))
-                if not data:
-                    raise HttpError(bad_status, "body ended early")
-                remaining -= len(data)
-                writer.write(data)
-                await writer.drain()
-            if await _readexactly(reader, 2, bad_status) != CRLF:
-                raise HttpError(bad_status, "bad chunk end")
-            writer.write(CRLF)
-    if framing.until_close:
-        while data := await reader.read(CHUNK_LIMIT):
-            total += len(data)
-            writer.write(data)
-            await writer.drain()
-        return total
-    remaining = framing.length or 0
-    if max_size is not None and remaining > max_size:
-        raise HttpError(413, "body too large")
-    while remaining:
-        data = await reader.read(min(remaining, CHUNK_LIMIT))
-        if not data:
-            raise HttpError(bad_status, "body ended early")
-        remaining -= len(data)
-        total += len(data)
-        writer.write(data)
-        if remaining:
-            await writer.drain()
-    return total
+_HEX = frozenset(b"0123456789abcdefABCDEF")
+_SIZE, _DATA, _DATA_END, _TRAILER = range(4)
 
 
-async def _readline(reader: asyncio.StreamReader, bad_status: int) -> bytes:
-    try:
-        line = await reader.readuntil(CRLF)
-    except (asyncio.IncompleteReadError, asyncio.LimitOverrunError):
-        raise HttpError(bad_status, "bad chunked framing") from None
-    if len(line) > 4096:
-        raise HttpError(bad_status, "chunk line too long")
-    return line
+class ChunkScanner:
+    """Finds where a chunked body ends, without changing a byte (bodies pass through as
+    they are). `feed` returns (bytes used, finished); bad framing raises HttpError."""
 
+    def __init__(self, bad_status: int = 400, line_limit: int = 4096) -> None:
+        self.state = _SIZE
+        self.line = bytearray()
+        self.left = 0
+        self.payload = 0
+        self.bad = bad_status
+        self.line_limit = line_limit
 
-async def _readexactly(reader: asyncio.StreamReader, n: int, bad_status: int) -> bytes:
-    try:
-        return await reader.readexactly(n)
-    except asyncio.IncompleteReadError:
-        raise HttpError(bad_status, "body ended early") from None
+    def feed(self, data: bytes) -> tuple[int, bool]:
+        i, n = 0, len(data)
+        while i < n:
+            state = self.state
+            if state == _DATA:
+                take = min(self.left, n - i)
+                i += take
+                self.left -= take
+                if self.left == 0:
+                    self.state = _DATA_END
+                continue
+            # A line (size line, CRLF after data, or trailer line).
+            nl = data.find(b"\n", i)
+            if nl < 0:
+                self.line += data[i:]
+                if len(self.line) > self.line_limit:
+                    raise HttpError(self.bad, "chunk line too long")
+                return n, False
+            self.line += data[i : nl + 1]
+            i = nl + 1
+            line = bytes(self.line)
+            self.line.clear()
+            if not line.endswith(b"\r\n"):
+                raise HttpError(self.bad, "bare LF in chunked framing")
+            line = line[:-2]
+            if state == _DATA_END:
+                if line:
+                    raise HttpError(self.bad, "bad chunk end")
+                self.state = _SIZE
+            elif state == _SIZE:
+                size = line.split(b";", 1)[0]
+                if not size or len(size) > 16 or not _HEX.issuperset(size):
+                    raise HttpError(self.bad, "bad chunk size")
+                self.left = int(size, 16)
+                self.payload += self.left
+                self.state = _DATA if self.left else _TRAILER
+            elif not line:  # _TRAILER: the empty line ends the message
+                return i, True
+        return n, False

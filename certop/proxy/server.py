@@ -1,12 +1,11 @@
-"""The proxy: HTTP and HTTPS listeners that route requests by the Ingress table.
+"""The proxy: listeners, per-request decisions, and the bytes of heads it writes.
 
 Per request on the plain-HTTP port: an ACME challenge token certop holds is answered first (no
 user route can shadow it); then a host with TLS is redirected to HTTPS with 308 (except
 `/.well-known/acme-challenge/`); otherwise, and on the HTTPS port, the request goes to the
-matched backend: keep-alive pool, `Host` preserved, hop-by-hop headers dropped,
-`X-Forwarded-For/-Proto/-Host/-Port` set, bodies streamed both ways, `Expect: 100-continue` and
-`Upgrade` relayed. Routes and certificates are swapped by assigning new immutable values; nothing
-here blocks the event loop.
+matched backend with `Host` preserved, hop-by-hop headers dropped and
+`X-Forwarded-For/-Proto/-Host/-Port` set. The data path itself is in `engine.py`.
+Routes and certificates are swapped by assigning new immutable values; nothing here blocks.
 """
 
 from __future__ import annotations
@@ -15,28 +14,26 @@ import asyncio
 import contextlib
 import logging
 import posixpath
-import ssl
+import socket
+import time
 from dataclasses import dataclass
 from email.utils import formatdate
 from urllib.parse import unquote
 
 from certop.core.models import ServiceBackend
 from certop.core.routing import ACME_CHALLENGE_PREFIX, RouteTable, normalize_host
-from certop.proxy.http1 import (
-    HOP_BY_HOP,
-    Framing,
-    Head,
-    HttpError,
-    read_head,
-    relay_body,
-    request_framing,
-    response_framing,
-)
+from certop.proxy.engine import ClientConn, Exchange, UpstreamConn
+from certop.proxy.http1 import HOP_BY_HOP, Framing, Head, HttpError
+from certop.proxy.metrics import Metrics
 from certop.proxy.tls import CertBook
-from certop.proxy.upstream import Address, Backends, Balancer, Conn, Pool
+from certop.proxy.upstream import Address, Backends, Balancer, Pool
 from solvers.http01.tokens import TokenStore
 
 log = logging.getLogger(__name__)
+access = logging.getLogger("certop.access")
+
+TICK = 0.5
+"""Seconds between timeout sweeps."""
 
 REASONS = {
     200: b"OK", 308: b"Permanent Redirect", 400: b"Bad Request", 404: b"Not Found",
@@ -49,39 +46,51 @@ REASONS = {
 @dataclass(frozen=True)
 class ProxySettings:
     header_limit: int = 32 * 1024
-    """Largest request head, bytes (431 above)."""
+    """Largest request or response head, bytes (431 / 502 above)."""
     body_limit: int | None = None
     """Largest request body, bytes (413 above); None for no limit."""
     header_timeout: float = 30.0
-    """Seconds to receive a complete request head on an open connection."""
+    """Seconds for a complete request head, also the keep-alive idle timeout."""
     connect_timeout: float = 5.0
     """Seconds to connect to an upstream endpoint (502 after)."""
     read_timeout: float = 60.0
     """Seconds to wait for an upstream response head (504 after)."""
-    server_name: bytes = b"certop"
+    access_log: bool = False
+    """Log one line per request to the `certop.access` logger."""
 
 
-def _simple(status: int, body: bytes = b"", extra: list[tuple[bytes, bytes]] | None = None,
-            close: bool = False) -> bytes:
-    reason = REASONS.get(status, b"Error")
-    if not body and status >= 400:
-        body = b"%d %s\n" % (status, reason)
-    lines = [b"HTTP/1.1 %d %s" % (status, reason),
-             b"Server: certop",
-             b"Date: " + formatdate(usegmt=True).encode(),
-             b"Content-Type: text/plain; charset=utf-8",
-             b"Content-Length: %d" % len(body)]
-    for k, v in extra or []:
-        lines.append(k + b": " + v)
-    if close:
-        lines.append(b"Connection: close")
-    return b"\r\n".join(lines) + b"\r\n\r\n" + body
+@dataclass(frozen=True)
+class Decision:
+    """What to do with one request: reply locally, or forward to a backend."""
+
+    local: bytes | None = None
+    backend: ServiceBackend | None = None
+    upgrade: bytes | None = None
+    body_limit: int | None = None
+    hsts: bytes | None = None
+    label: str = "*"
+    """The host as a metrics label (a known host, or "*")."""
+
+
+class _Date:
+    """The Date header value, formatted at most once per second."""
+
+    def __init__(self) -> None:
+        self.second = -1
+        self.value = b""
+
+    def get(self, now: float) -> bytes:
+        second = int(now)
+        if second != self.second:
+            self.second = second
+            self.value = formatdate(second, usegmt=True).encode()
+        return self.value
 
 
 def clean_path(target: bytes) -> str | None:
     """The routing path of a request target: dot segments removed, percent-decoding of
-    unreserved characters only. Encoded slashes (%2F) stay encoded, so they never split a
-    path element. None when the target is unusable."""
+    everything but `/` (an encoded slash, %2F, stays encoded and never splits a path element),
+    so `/public/../admin` routes as `/admin`. None when the target is unusable."""
     if target.startswith((b"http://", b"https://")):
         rest = target.split(b"://", 1)[1]
         slash = rest.find(b"/")
@@ -115,155 +124,162 @@ class Proxy:
         self.balancer = Balancer(backends)
         self.pool = Pool()
         self.https_port = 443
-        self._servers: list[asyncio.Server] = []
-        self._conns: set[asyncio.Task[None]] = set()
+        self.http_port = 80
+        self.connections: set[ClientConn] = set()
+        self.upstreams: set[UpstreamConn] = set()
+        self.closing = False
+        self._servers: list[asyncio.AbstractServer] = []
+        self._connects: set[asyncio.Task[None]] = set()
+        self._drained: asyncio.Event | None = None
+        self._date = _Date()
+        self.metrics = Metrics()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._sweeper: asyncio.TimerHandle | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
 
-    async def start(self, listen: str, http_port: int | None, https_port: int | None) -> None:
+    async def start(self, listen: str, http_port: int | None, https_port: int | None,
+                    reuse_port: bool = False) -> None:
+        loop = self.loop = asyncio.get_running_loop()
+        if self._sweeper is None:
+            self._sweeper = loop.call_later(TICK, self._sweep)
         if https_port is not None:
-            self.https_port = https_port
-            self._servers.append(await asyncio.start_server(
-                self._on_https, listen, https_port, ssl=self.certs.server_context,
-                reuse_address=True, limit=self.settings.header_limit + 1024,
-                ssl_handshake_timeout=self.settings.header_timeout,
-            ))
+            server = await loop.create_server(
+                lambda: ClientConn(self, True), listen, https_port,
+                ssl=self.certs.server_context, reuse_address=True, reuse_port=reuse_port,
+                backlog=1024, ssl_handshake_timeout=self.settings.header_timeout,
+            )
+            self._servers.append(server)
+            self.https_port = _port(server) or https_port
         if http_port is not None:
-            self._servers.append(await asyncio.start_server(
-                self._on_http, listen, http_port, reuse_address=True,
-                limit=self.settings.header_limit + 1024,
-            ))
+            server = await loop.create_server(
+                lambda: ClientConn(self, False), listen, http_port, reuse_address=True,
+                reuse_port=reuse_port, backlog=1024,
+            )
+            self._servers.append(server)
+            self.http_port = _port(server) or http_port
 
     def ports(self) -> list[int]:
-        return [int(s.sockets[0].getsockname()[1]) for s in self._servers if s.sockets]
+        return [p for p in (_port(s) for s in self._servers) if p]
 
     async def close(self, grace: float = 5.0) -> None:
+        """Stop accepting, let requests in flight finish (bounded by `grace`), then close."""
+        self.closing = True
         for server in self._servers:
             server.close()
-        if self._conns:
-            _, pending = await asyncio.wait(self._conns, timeout=grace)
-            for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.wait(pending)
+        for conn in list(self.connections):
+            if conn.exchange is None and not conn.buf:
+                conn.close()
+        if self.connections:
+            self._drained = asyncio.Event()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._drained.wait(), grace)
+            for conn in list(self.connections):
+                if conn.transport is not None:
+                    conn.transport.abort()
+        for task in list(self._connects):
+            task.cancel()
+        if self._connects:
+            await asyncio.gather(*self._connects, return_exceptions=True)
         for server in self._servers:
             await server.wait_closed()
         self.pool.close()
+        for upstream in list(self.upstreams):
+            upstream.abort()
+        # Transports close on the next turns of the loop: let them, so no socket outlives us.
+        for _ in range(100):
+            if not self.upstreams and not self.connections:
+                break
+            await asyncio.sleep(0)
         self._servers.clear()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
 
-    # -- connections -------------------------------------------------------------------
+    def _sweep(self) -> None:
+        """Timeouts of all connections, checked every TICK seconds (cheaper than a timer
+        per request; a timeout fires up to TICK late)."""
+        assert self.loop is not None
+        now = self.loop.time()
+        for conn in [c for c in self.connections if c.deadline <= now]:
+            conn.timed_out()
+        self._sweeper = self.loop.call_later(TICK, self._sweep)
 
-    async def _on_http(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await self._track(self._serve(reader, writer, tls=False))
+    def drained(self) -> None:
+        if self._drained is not None and not self.connections:
+            self._drained.set()
 
-    async def _on_https(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await self._track(self._serve(reader, writer, tls=True))
+    # -- decisions ---------------------------------------------------------------------
 
-    async def _track(self, coro: object) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._conns.add(task)
-        try:
-            await coro  # type: ignore[misc]
-        finally:
-            self._conns.discard(task)
+    def simple(self, status: int, body: bytes = b"", extra: list[tuple[bytes, bytes]] | None
+               = None, close: bool = False) -> bytes:
+        reason = REASONS.get(status, b"Error")
+        if not body and status >= 400:
+            body = b"%d %s\n" % (status, reason)
+        lines = [b"HTTP/1.1 %d %s" % (status, reason), b"Server: certop",
+                 b"Date: " + self._date.get(time.time()),
+                 b"Content-Type: text/plain; charset=utf-8",
+                 b"Content-Length: %d" % len(body)]
+        for k, v in extra or ():
+            lines.append(k + b": " + v)
+        if close:
+            lines.append(b"Connection: close")
+        return b"\r\n".join(lines) + b"\r\n\r\n" + body
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                     tls: bool) -> None:
-        peer = writer.get_extra_info("peername")
-        client_ip = peer[0] if isinstance(peer, tuple) else ""
-        try:
-            while True:
-                try:
-                    head = await asyncio.wait_for(
-                        read_head(reader, self.settings.header_limit, request=True),
-                        self.settings.header_timeout,
-                    )
-                except TimeoutError:
-                    break
-                except HttpError as exc:
-                    writer.write(_simple(exc.status, close=True))
-                    break
-                if head is None:
-                    break
-                try:
-                    keep = await self._request(head, reader, writer, tls, client_ip)
-                except HttpError as exc:
-                    writer.write(_simple(exc.status, close=True))
-                    keep = False
-                if not keep:
-                    break
-                await writer.drain()
-            with contextlib.suppress(ConnectionError, ssl.SSLError):
-                await writer.drain()
-        except (ConnectionError, ssl.SSLError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            writer.close()
-            with contextlib.suppress(ConnectionError, ssl.SSLError, TimeoutError):
-                await asyncio.wait_for(writer.wait_closed(), 1.0)
-
-    async def _request(self, head: Head, reader: asyncio.StreamReader,
-                       writer: asyncio.StreamWriter, tls: bool, client_ip: str) -> bool:
+    def decide(self, head: Head, tls: bool, framing: Framing, keep: bool = True) -> Decision:
         _method, target, version = head.start
-        host_values = head.get_all(b"host")
-        if len(host_values) > 1 or (version == b"1.1" and not host_values):
+        hosts = head.get_all(b"host")
+        if len(hosts) > 1 or (version == b"1.1" and not hosts):
             raise HttpError(400, "exactly one Host header")
-        host_raw = host_values[0].decode("latin-1") if host_values else ""
-        host = normalize_host(host_raw)
+        host = normalize_host(hosts[0].decode("latin-1")) if hosts else ""
         path = clean_path(target)
         if path is None:
             raise HttpError(400, "bad request target")
-        framing = request_framing(head)
-        keep = version == b"1.1" and b"close" not in head.connection_tokens()
-
+        close = version != b"1.1" or b"close" in head.connection_tokens()
+        routes = self.routes.lookup(host)
+        label = host if routes is not self.routes.catch_all else "*"
         if not tls:
             if path.startswith(ACME_CHALLENGE_PREFIX):
                 answer = self.tokens.answer(path)
                 if answer is not None:
-                    await self._drain_body(reader, framing)
-                    writer.write(_simple(200, answer.encode(), close=not keep))
-                    return keep
-            routes = self.routes.lookup(host)
-            if routes.redirect and not path.startswith(ACME_CHALLENGE_PREFIX):
-                await self._drain_body(reader, framing)
+                    self.count(label, 200)
+                    return Decision(local=self.simple(200, answer.encode(), close=close))
+            elif routes.redirect:
                 port = "" if self.https_port == 443 else f":{self.https_port}"
                 location = f"https://{host}{port}".encode() + target
-                writer.write(_simple(308, b"", [(b"Location", location)], close=not keep))
-                return keep
-        else:
-            routes = self.routes.lookup(host)
+                self.count(label, 308)
+                return Decision(local=self.simple(308, b"", [(b"Location", location)], close))
         route = routes.match(path)
         if route is None:
-            await self._drain_body(reader, framing)
-            writer.write(_simple(404, close=not keep))
-            return keep
-        return await self._forward(head, framing, reader, writer, route.backend, tls,
-                                   client_ip, host_raw, keep)
+            self.count(label, 404)
+            return Decision(local=self.simple(404, close=close))
+        upgrade = head.get(b"upgrade") if b"upgrade" in head.connection_tokens() else None
+        limit = self.settings.body_limit if route.body_limit is None else (
+            route.body_limit or None)
+        return Decision(backend=route.backend, upgrade=upgrade, body_limit=limit,
+                        hsts=route.hsts if tls else None, label=label)
 
-    async def _drain_body(self, reader: asyncio.StreamReader, framing: Framing) -> None:
-        if framing.length == 0 and not framing.chunked:
-            return
-        sink = _NullWriter()
-        await relay_body(reader, sink, framing, max_size=self.settings.body_limit)  # type: ignore[arg-type]
-
-    def _upstream_head(self, head: Head, framing: Framing, tls: bool, client_ip: str,
-                       host: str, upgrade: bytes | None) -> bytes:
+    def upstream_head(self, head: Head, framing: Framing, tls: bool, client_ip: bytes,
+                      upgrade: bytes | None) -> bytes:
         method, target, _ = head.start
-        drop = HOP_BY_HOP | head.connection_tokens()
+        drop = HOP_BY_HOP | head.connection_tokens() if head.get(b"connection") else HOP_BY_HOP
         out = [method + b" " + target + b" HTTP/1.1"]
         xff = b""
+        host = b""
         for name, value in head.headers:
-            if name in drop or name.startswith(b"x-forwarded-"):
+            if name in drop:
+                continue
+            if name[:12] == b"x-forwarded-":
                 if name == b"x-forwarded-for":
                     xff = value + b", "
                 continue
+            if name == b"host":
+                host = value
             out.append(name + b": " + value)
-        out.append(b"X-Forwarded-For: " + xff + client_ip.encode())
-        out.append(b"X-Forwarded-Proto: " + (b"https" if tls else b"http"))
-        out.append(b"X-Forwarded-Host: " + host.encode("latin-1"))
-        sock_port = str(self.https_port if tls else self._http_port()).encode()
-        out.append(b"X-Forwarded-Port: " + sock_port)
+        out.append(b"X-Forwarded-For: " + xff + client_ip)
+        out.append(b"X-Forwarded-Proto: https" if tls else b"X-Forwarded-Proto: http")
+        out.append(b"X-Forwarded-Host: " + host)
+        out.append(b"X-Forwarded-Port: %d" % (self.https_port if tls else self.http_port))
         if framing.chunked:
             out.append(b"Transfer-Encoding: chunked")
         elif framing.length:
@@ -271,130 +287,17 @@ class Proxy:
         if upgrade is not None:
             out.append(b"Connection: upgrade")
             out.append(b"Upgrade: " + upgrade)
-        return b"\r\n".join(out) + b"\r\n\r\n"
+        out.append(b"\r\n")
+        return b"\r\n".join(out)
 
-    def _http_port(self) -> int:
-        for server in self._servers:
-            if server.sockets and server.sockets[0].getsockname()[1] != self.https_port:
-                return int(server.sockets[0].getsockname()[1])
-        return 80
-
-    async def _forward(self, head: Head, framing: Framing, reader: asyncio.StreamReader,
-                       writer: asyncio.StreamWriter, backend: ServiceBackend, tls: bool,
-                       client_ip: str, host: str, keep: bool) -> bool:
-        upgrade = head.get(b"upgrade") if b"upgrade" in head.connection_tokens() else None
-        out_head = self._upstream_head(head, framing, tls, client_ip, host, upgrade)
-        candidates = self.balancer.candidates(backend)
-        if not candidates:
-            await self._drain_body(reader, framing)
-            writer.write(_simple(503, close=not keep))
-            return keep
-        conn: Conn | None = None
-        addr: Address | None = None
-        reused = False
-        for addr in candidates[:3]:
-            try:
-                conn, reused = await self.pool.acquire(addr, self.settings.connect_timeout)
-                break
-            except (OSError, TimeoutError):
-                self.balancer.failed(addr)
-        if conn is None or addr is None:
-            await self._drain_body(reader, framing)
-            writer.write(_simple(502, close=True))
-            return False
-        up_reader, up_writer = conn
-        has_body = framing.chunked or bool(framing.length)
-        try:
-            up_writer.write(out_head)
-            body_task = (
-                asyncio.create_task(relay_body(reader, up_writer, framing,
-                                               max_size=self.settings.body_limit))
-                if has_body else None
-            )
-            try:
-                resp = await self._response_head(up_reader, writer, reused, body_task)
-            except _StaleConnection:
-                # An idle pooled connection the upstream had closed: retry once on a new one.
-                up_writer.close()
-                if has_body:
-                    writer.write(_simple(502, close=True))
-                    return False
-                conn, _ = await self.pool.acquire(addr, self.settings.connect_timeout)
-                up_reader, up_writer = conn
-                up_writer.write(out_head)
-                resp = await self._response_head(up_reader, writer, False, None)
-        except (OSError, asyncio.IncompleteReadError):
-            self.balancer.failed(addr)
-            up_writer.close()
-            writer.write(_simple(502, close=True))
-            return False
-        except TimeoutError:
-            up_writer.close()
-            writer.write(_simple(504, close=True))
-            return False
-        except HttpError as exc:
-            up_writer.close()
-            writer.write(_simple(exc.status, close=True))
-            return False
-        self.balancer.succeeded(addr)
-        status = int(resp.start[1])
-        if status == 101 and upgrade is not None:
-            writer.write(self._downstream_head(resp, Framing(length=0), keep=True, upgrade=True))
-            await self._tunnel(reader, writer, up_reader, up_writer)
-            return False
-        rframing = response_framing(resp, head.start[0])
-        up_keep = not rframing.until_close and b"close" not in resp.connection_tokens()
-        keep = keep and not rframing.until_close
-        writer.write(self._downstream_head(resp, rframing, keep=keep, upgrade=False))
-        try:
-            await relay_body(up_reader, writer, rframing, bad_status=502)
-            if body_task is not None:
-                await body_task
-        except HttpError:
-            up_writer.close()
-            return False
-        finally:
-            if body_task is not None and not body_task.done():
-                body_task.cancel()
-                up_keep = False
-        if up_keep:
-            self.pool.release(addr, (up_reader, up_writer))
-        else:
-            up_writer.close()
-        return keep
-
-    async def _response_head(self, up_reader: asyncio.StreamReader,
-                             writer: asyncio.StreamWriter, reused: bool,
-                             body_task: asyncio.Task[int] | None) -> Head:
-        """The final response head; 1xx interim responses (100 Continue) go to the client."""
-        while True:
-            try:
-                resp = await asyncio.wait_for(
-                    read_head(up_reader, self.settings.header_limit, request=False),
-                    self.settings.read_timeout,
-                )
-            except (ConnectionResetError, asyncio.IncompleteReadError):
-                if reused and body_task is None:
-                    raise _StaleConnection() from None
-                raise
-            if resp is None:
-                if reused and body_task is None:
-                    raise _StaleConnection()
-                raise asyncio.IncompleteReadError(b"", None)
-            status = int(resp.start[1])
-            if 100 <= status < 200 and status != 101:
-                writer.write(b"HTTP/1.1 %d %s\r\n\r\n" % (status, resp.start[2]))
-                continue
-            return resp
-
-    def _downstream_head(self, resp: Head, framing: Framing, keep: bool, upgrade: bool) -> bytes:
+    def downstream_head(self, resp: Head, framing: Framing, keep: bool, upgrade: bool,
+                        hsts: bytes | None = None) -> bytes:
         _, status, reason = resp.start
-        drop = HOP_BY_HOP | resp.connection_tokens()
+        drop = HOP_BY_HOP | resp.connection_tokens() if resp.get(b"connection") else HOP_BY_HOP
         out = [b"HTTP/1.1 " + status + b" " + (reason or REASONS.get(int(status), b""))]
         for name, value in resp.headers:
-            if name in drop:
-                continue
-            out.append(name + b": " + value)
+            if name not in drop:
+                out.append(name + b": " + value)
         if upgrade:
             out.append(b"Connection: upgrade")
             up = resp.get(b"upgrade")
@@ -405,31 +308,84 @@ class Proxy:
                 out.append(b"Transfer-Encoding: chunked")
             if not keep:
                 out.append(b"Connection: close")
-        return b"\r\n".join(out) + b"\r\n\r\n"
+        if hsts is not None and b"strict-transport-security" not in resp.first:
+            out.append(b"Strict-Transport-Security: " + hsts)
+        out.append(b"\r\n")
+        return b"\r\n".join(out)
 
-    async def _tunnel(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                      up_reader: asyncio.StreamReader, up_writer: asyncio.StreamWriter) -> None:
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(ConnectionError, ssl.SSLError):
-                while data := await src.read(1 << 16):
-                    dst.write(data)
-                    await dst.drain()
-                if dst.can_write_eof():
-                    dst.write_eof()
+    # -- upstreams ---------------------------------------------------------------------
 
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-        up_writer.close()
+    def dispatch(self, client: ClientConn, backend: ServiceBackend) -> None:
+        candidates = self.balancer.candidates(backend)
+        if not candidates:
+            client.upstream_failed(503)
+            return
+        conn = self.pool.take(candidates[0])
+        if conn is not None:
+            assert client.exchange is not None
+            client.exchange.addr = candidates[0]
+            conn.begin(client, fresh=False)
+            return
+        self._connect(client, candidates[:3])
+
+    def retry(self, client: ClientConn) -> None:
+        """The pooled connection was stale: the same request on a new connection."""
+        exchange = client.exchange
+        assert exchange is not None and exchange.addr is not None
+        self._connect(client, [exchange.addr])
+
+    def _connect(self, client: ClientConn, candidates: list[Address]) -> None:
+        task = asyncio.ensure_future(self._open(client, candidates))
+        self._connects.add(task)
+        task.add_done_callback(self._connects.discard)
+
+    async def _open(self, client: ClientConn, candidates: list[Address]) -> None:
+        assert self.loop is not None
+        for addr in candidates:
+            try:
+                _, conn = await asyncio.wait_for(
+                    self.loop.create_connection(lambda a=addr: UpstreamConn(self, a),  # type: ignore[misc]
+                                                addr[0], addr[1]),
+                    self.settings.connect_timeout,
+                )
+            except (OSError, TimeoutError):
+                self.balancer.failed(addr)
+                continue
+            assert isinstance(conn, UpstreamConn)
+            sock = conn.transport.get_extra_info("socket") if conn.transport else None
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if client.exchange is None or client.transport is None or \
+                    client.transport.is_closing():
+                self.pool.release(conn)
+                return
+            client.exchange.addr = addr
+            conn.begin(client, fresh=True)
+            return
+        if client.exchange is not None:
+            client.upstream_failed(502)
+
+    # -- observation -------------------------------------------------------------------
+
+    def count(self, host: str, status: int) -> None:
+        """One request answered with `status` (by certop itself or by an upstream)."""
+        self.metrics.request(host, status)
+
+    def observe(self, exchange: Exchange, status: int) -> None:
+        """An upstream response head arrived for `exchange`."""
+        assert self.loop is not None
+        elapsed = self.loop.time() - exchange.started
+        self.metrics.request(exchange.label, status)
+        self.metrics.upstream_latency(elapsed)
+        if self.settings.access_log:
+            access.info('%s "%s %s" %d %.3f %s', exchange.client.client_ip.decode(),
+                        exchange.method.decode(), exchange.target.decode("latin-1"), status,
+                        elapsed, exchange.addr)
 
 
-class _StaleConnection(Exception):
-    pass
-
-
-class _NullWriter:
-    """A writer that discards: used to consume a request body we answer without forwarding."""
-
-    def write(self, data: bytes) -> None:
-        pass
-
-    async def drain(self) -> None:
-        pass
+def _port(server: asyncio.AbstractServer) -> int | None:
+    sockets = getattr(server, "sockets", None)
+    if sockets:
+        return int(sockets[0].getsockname()[1])
+    return None

@@ -27,6 +27,10 @@ SecretKey = tuple[str, str]
 def context_for(pair: StoredCert) -> ssl.SSLContext:
     """A server context for one certificate/key pair; raises CertificateUnreadable."""
     crypto.load_pair(pair.fullchain_pem, pair.key_pem)  # a clear reason before ssl's terse one
+    return _context(pair)
+
+
+def _context(pair: StoredCert) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.set_alpn_protocols(["http/1.1"])
@@ -51,6 +55,7 @@ def context_for(pair: StoredCert) -> ssl.SSLContext:
 class _Entry:
     pair: StoredCert
     context: ssl.SSLContext
+    not_after: float
 
 
 class CertBook:
@@ -94,13 +99,14 @@ class CertBook:
         if entry is not None and entry.pair == pair:
             return True
         try:
-            ctx = context_for(pair)
+            loaded = crypto.load_pair(pair.fullchain_pem, pair.key_pem)
+            ctx = _context(pair)
         except crypto.CertificateUnreadable as exc:
             self.errors[key] = str(exc)
             log.warning("TLS Secret %s/%s unusable (%s); %s", key[0], key[1], exc,
                         "keeping the previous certificate" if entry else "hosts use the default")
             return False
-        self._entries[key] = _Entry(pair, ctx)
+        self._entries[key] = _Entry(pair, ctx, loaded.facts.not_after.timestamp())
         self.errors.pop(key, None)
         return True
 
@@ -112,3 +118,7 @@ class CertBook:
 
     def has(self, key: SecretKey) -> bool:
         return key in self._entries
+
+    def expiry(self) -> dict[SecretKey, float]:
+        """notAfter (Unix time) of every certificate in use."""
+        return {key: entry.not_after for key, entry in self._entries.items()}

@@ -7,15 +7,16 @@ request and skips endpoints that failed recently. `Pool` keeps idle connections 
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import time
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from certop.core.models import ServiceBackend
+
+if TYPE_CHECKING:
+    from certop.proxy.engine import UpstreamConn
 
 Address = tuple[str, int]
 FAIL_HOLD = 5.0
@@ -57,36 +58,37 @@ class Balancer:
         self._failed.pop(addr, None)
 
 
-Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]
-
-
 class Pool:
-    def __init__(self, max_idle_per_endpoint: int = 64) -> None:
-        self.max_idle = max_idle_per_endpoint
-        self._idle: dict[Address, deque[Conn]] = {}
+    """Idle keep-alive upstream connections per endpoint (most recently used first)."""
 
-    async def acquire(self, addr: Address, connect_timeout: float) -> tuple[Conn, bool]:
-        """(connection, reused?)."""
+    def __init__(self, max_idle_per_endpoint: int = 256) -> None:
+        self.max_idle = max_idle_per_endpoint
+        self._idle: dict[Address, list[UpstreamConn]] = {}
+
+    def take(self, addr: Address) -> UpstreamConn | None:
         idle = self._idle.get(addr)
         while idle:
-            reader, writer = idle.pop()
-            if not reader.at_eof() and not writer.is_closing():
-                return (reader, writer), True
-            writer.close()
-        conn = await asyncio.wait_for(
-            asyncio.open_connection(addr[0], addr[1], limit=1 << 16), connect_timeout
-        )
-        return conn, False
+            conn = idle.pop()
+            if conn.connected and conn.transport is not None and not conn.transport.is_closing():
+                return conn
+        return None
 
-    def release(self, addr: Address, conn: Conn) -> None:
-        idle = self._idle.setdefault(addr, deque())
-        if len(idle) >= self.max_idle or conn[1].is_closing():
-            conn[1].close()
+    def release(self, conn: UpstreamConn) -> None:
+        idle = self._idle.setdefault(conn.addr, [])
+        if len(idle) >= self.max_idle:
+            if conn.transport is not None:
+                conn.transport.close()
             return
         idle.append(conn)
 
+    def forget(self, conn: UpstreamConn) -> None:
+        idle = self._idle.get(conn.addr)
+        if idle and conn in idle:
+            idle.remove(conn)
+
     def close(self) -> None:
         for idle in self._idle.values():
-            for _, writer in idle:
-                writer.close()
+            for conn in idle:
+                if conn.transport is not None:
+                    conn.transport.close()
         self._idle.clear()

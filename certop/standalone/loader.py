@@ -31,6 +31,7 @@ class Manifests:
     issuers: Mapping[str, AcmeIssuer] = field(default_factory=dict)
     secrets: Mapping[tuple[str, str], Mapping[str, bytes]] = field(default_factory=dict)
     files: tuple[Path, ...] = ()
+    secret_sources: Mapping[tuple[str, str], str] = field(default_factory=dict)
 
 
 def manifest_files(paths: Sequence[Path]) -> list[Path]:
@@ -92,6 +93,7 @@ def load(paths: Sequence[Path], resource_namespace: str = "default") -> Manifest
     raw_issuers: list[tuple[Mapping[str, Any], str]] = []
     ingresses: list[Ingress] = []
     secrets: dict[tuple[str, str], dict[str, bytes]] = {}
+    secret_sources: dict[tuple[str, str], str] = {}
     seen: dict[tuple[str, str, str], str] = {}
     for path in files:
         for index, doc in _documents(path):
@@ -112,6 +114,7 @@ def load(paths: Sequence[Path], resource_namespace: str = "default") -> Manifest
             elif kind == "Secret" and api == "v1":
                 key, data = _secret(doc, source)
                 secrets[key] = data
+                secret_sources[key] = source
                 ident = ("Secret", *key)
             else:
                 raise ConfigError(
@@ -127,7 +130,7 @@ def load(paths: Sequence[Path], resource_namespace: str = "default") -> Manifest
         issuer = parse_issuer(doc, source, lambda ns, n: secrets.get((ns, n)),
                               resource_namespace)
         issuers[issuer.ref.name] = issuer
-    return Manifests(tuple(ingresses), issuers, secrets, tuple(files))
+    return Manifests(tuple(ingresses), issuers, secrets, tuple(files), secret_sources)
 
 
 def _with_creation(ing: Ingress, index: int) -> Ingress:

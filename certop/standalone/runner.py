@@ -23,6 +23,7 @@ from pathlib import Path
 from certop import crypto
 from certop.acme.accounts import Account
 from certop.acme.orders import OrderSession
+from certop.core import annotations as ann
 from certop.core import routing
 from certop.core.backoff import Backoff
 from certop.core.clock import Clock
@@ -31,7 +32,7 @@ from certop.core.errors import CertopError, ConfigError
 from certop.core.models import AcmeIssuer, CertificateSpec
 from certop.core.renewal import CertFacts, decide, renewal_time
 from certop.proxy.server import Proxy
-from certop.standalone import loader
+from certop.standalone import loader, supplied
 from certop.standalone.services import StaticBackends
 from certop.store.files import write_atomic
 from certop.store.ports import AccountStore, CertStore, OrderJournal, StoredCert
@@ -60,6 +61,10 @@ class StandaloneSettings:
     """Threads for blocking ACME work (concurrent orders)."""
     self_check_addr: tuple[str, int] | None = None
     """Where the HTTP-01 self-check connects (certop's own HTTP listener)."""
+    certificates: tuple[str, ...] = ()
+    """--certificate SECRET=CERT.pem,KEY.pem flags: certificates the user brings."""
+    hsts: bool = False
+    """Send Strict-Transport-Security on HTTPS responses unless an Ingress says otherwise."""
 
 
 @dataclass(frozen=True)
@@ -73,6 +78,8 @@ class Config:
     table: routing.RouteTable
     backends: StaticBackends
     warnings: tuple[str, ...]
+    supplied: dict[tuple[str, str], StoredCert]
+    """Certificates the user brings, by (namespace, Secret name)."""
 
 
 def load_config(settings: StandaloneSettings) -> Config:
@@ -89,10 +96,14 @@ def load_config(settings: StandaloneSettings) -> Config:
         default = None
     backends = StaticBackends.from_flags(settings.services)
     backends.check(manifests.ingresses)
-    desired = certificate_specs(manifests.ingresses, issuers, default)
-    table = routing.build(manifests.ingresses)
+    brought = supplied.from_secrets(manifests.secrets, manifests.secret_sources)
+    brought.update(supplied.from_flags(settings.certificates))
+    desired = certificate_specs(manifests.ingresses, issuers, default,
+                                supplied=frozenset(brought))
+    table = routing.build(manifests.ingresses, ann.DEFAULT_HSTS if settings.hsts else None)
     warnings = desired.warnings + table.conflicts
-    return Config(manifests, issuers, default, desired.specs, table, backends, warnings)
+    return Config(manifests, issuers, default, desired.specs, table, backends, warnings,
+                  brought)
 
 
 @dataclass
@@ -164,6 +175,8 @@ class Standalone:
                     for host in tls.hosts:
                         sni.setdefault(host, (ing.ref.namespace, tls.secret_name))
         self.proxy.certs.set_hosts(sni)
+        for key, pair in config.supplied.items():
+            self.proxy.certs.put(key, pair)
         wanted = {spec.key: spec for spec in config.specs}
         for key in list(self._states):
             if key not in wanted:
@@ -338,7 +351,7 @@ class Standalone:
 
     def _stamp(self) -> tuple[tuple[str, float, int], ...]:
         stamps: list[tuple[str, float, int]] = []
-        for path in self.settings.files:
+        for path in (*self.settings.files, *supplied.flag_files(self.settings.certificates)):
             candidates = sorted(path.iterdir()) if path.is_dir() else [path]
             for p in candidates:
                 with contextlib.suppress(OSError):

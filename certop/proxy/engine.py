@@ -1,0 +1,562 @@
+"""The proxy's data path: asyncio Protocols for the client and upstream sides.
+
+Why Protocols and not streams: every request would otherwise cost several StreamReader
+wake-ups and a task for each timeout; here a request that arrives in one segment and is
+answered in one segment costs one `data_received` on each side and no task at all.
+
+Rules:
+1. One request at a time per client connection. Bytes of a pipelined next request stay in the
+   buffer and reading pauses until the current exchange is over (responses stay in order).
+2. Bodies stream in both directions as they arrive; back-pressure pauses the other side.
+3. Framing is checked strictly (`http1.parse_head`, `request_framing`, `ChunkScanner`): a
+   message certop cannot delimit with certainty is answered 400 (or 502) and the connection is
+   closed, so no request can be smuggled past routing.
+4. An upstream connection goes back to the pool only after a complete response to a complete
+   request; anything else closes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, cast
+
+from certop.proxy.http1 import (
+    ChunkScanner,
+    Framing,
+    Head,
+    HttpError,
+    parse_head,
+    request_framing,
+    response_framing,
+)
+
+if TYPE_CHECKING:
+    from certop.proxy.server import Proxy
+    from certop.proxy.upstream import Address
+
+IDLE, BODY, DRAIN, WAIT, TUNNEL, CLOSED = range(6)
+INF = float("inf")
+
+
+class Exchange:
+    """One request forwarded upstream and its response coming back."""
+
+    __slots__ = ("addr", "body_done", "client", "head_bytes", "hsts", "label", "method",
+                 "response_started", "retryable", "started", "target", "upgrade")
+
+    def __init__(self, client: ClientConn, method: bytes, target: bytes, head_bytes: bytes,
+                 upgrade: bool, retryable: bool, hsts: bytes | None, label: str) -> None:
+        self.client = client
+        self.target = target
+        self.hsts = hsts
+        self.label = label
+        self.method = method
+        self.head_bytes = head_bytes
+        self.upgrade = upgrade
+        self.retryable = retryable
+        self.body_done = False
+        self.response_started = False
+        self.addr: Address | None = None
+        self.started = client.loop.time()
+
+
+class ClientConn(asyncio.Protocol):
+    """The downstream side of one client connection (plain or TLS)."""
+
+    def __init__(self, proxy: Proxy, tls: bool) -> None:
+        self.proxy = proxy
+        self.tls = tls
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.buf = bytearray()
+        self.state = IDLE
+        self.keep_alive = True
+        self.client_ip = b""
+        self.framing = Framing()
+        self.remaining = 0
+        self.scanner: ChunkScanner | None = None
+        self.body_seen = 0
+        self.exchange: Exchange | None = None
+        self.upstream: UpstreamConn | None = None
+        self.pending: list[bytes] = []  # request body bytes waiting for the upstream connection
+        self.deadline = INF
+        self.paused = False
+        self.body_limit: int | None = None
+        self.local_reply = b""
+
+    # -- asyncio.Protocol ------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        peer = transport.get_extra_info("peername")
+        self.client_ip = peer[0].encode() if isinstance(peer, tuple) else b""
+        self.proxy.connections.add(self)
+        self.proxy.metrics.connections_total += 1
+        if self.tls:
+            self.proxy.metrics.tls_handshakes += 1  # an SSL transport is made after the handshake
+        self._arm(self.proxy.settings.header_timeout)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.state = CLOSED
+        self._disarm()
+        self.proxy.connections.discard(self)
+        if self.upstream is not None:
+            self.upstream.abort()
+            self.upstream = None
+        self.proxy.drained()
+
+    def pause_writing(self) -> None:
+        if self.upstream is not None and self.upstream.transport is not None:
+            self.upstream.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.upstream is not None and self.upstream.transport is not None:
+            self.upstream.transport.resume_reading()
+
+    def data_received(self, data: bytes) -> None:
+        state = self.state
+        if state == TUNNEL:
+            if self.upstream is not None and self.upstream.transport is not None:
+                self.upstream.transport.write(data)
+            return
+        if state in (BODY, DRAIN):
+            self._body(data)
+            return
+        self.buf += data
+        if state == IDLE:
+            self._next_request()
+        elif len(self.buf) > self.proxy.settings.header_limit:
+            self._pause()
+
+    def eof_received(self) -> bool | None:
+        if self.state == TUNNEL and self.upstream is not None and self.upstream.transport:
+            if self.upstream.transport.can_write_eof():
+                self.upstream.transport.write_eof()
+            return True
+        if self.state in (BODY, DRAIN):
+            self._fail(HttpError(400, "body ended early"))
+        return None
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def _arm(self, seconds: float) -> None:
+        # No timer per request: the proxy's sweeper looks at deadlines every TICK seconds.
+        self.deadline = self.loop.time() + seconds
+
+    def _disarm(self) -> None:
+        self.deadline = INF
+
+    def timed_out(self) -> None:
+        self.deadline = INF
+        if self.state == WAIT and self.exchange is not None and not \
+                self.exchange.response_started:
+            self.upstream_failed(504)
+            return
+        self.close()
+
+    def _pause(self) -> None:
+        if not self.paused and self.transport is not None:
+            self.paused = True
+            self.transport.pause_reading()
+
+    def _resume(self) -> None:
+        if self.paused and self.transport is not None:
+            self.paused = False
+            self.transport.resume_reading()
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and self.state != CLOSED:
+            self.transport.write(data)
+
+    def close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+        self.state = CLOSED
+
+    def _fail(self, exc: HttpError) -> None:
+        """Answer an error we produce ourselves and close (the stream is no longer trusted)."""
+        if self.exchange is not None and self.exchange.response_started:
+            self.close()
+            return
+        self.proxy.count(self.exchange.label if self.exchange else "*", exc.status)
+        self.write(self.proxy.simple(exc.status, close=True))
+        if self.upstream is not None:
+            self.upstream.abort()
+            self.upstream = None
+        self.close()
+
+    # -- requests ------------------------------------------------------------------------
+
+    def _next_request(self) -> None:
+        buf = self.buf
+        end = buf.find(b"\r\n\r\n")
+        if end < 0:
+            if len(buf) > self.proxy.settings.header_limit:
+                self._fail(HttpError(431, "head too large"))
+            return
+        if end + 4 > self.proxy.settings.header_limit:
+            self._fail(HttpError(431, "head too large"))
+            return
+        raw = bytes(buf[: end + 4])
+        del buf[: end + 4]
+        try:
+            head = parse_head(raw, request=True)
+            if head is None:  # only empty lines: wait for more
+                return
+            self._request(head)
+        except HttpError as exc:
+            self._fail(exc)
+
+    def _request(self, head: Head) -> None:
+        proxy = self.proxy
+        method, target, version = head.start
+        framing = request_framing(head)
+        self.keep_alive = version == b"1.1" and b"close" not in head.connection_tokens()
+        decision = proxy.decide(head, self.tls, framing)
+        self.framing = framing
+        self.remaining = framing.length or 0
+        self.scanner = ChunkScanner() if framing.chunked else None
+        self.body_seen = 0
+        body_limit = decision.body_limit if decision.local is None else proxy.settings.body_limit
+        if body_limit is not None and framing.length and framing.length > body_limit:
+            raise HttpError(413, "body too large")
+        self.body_limit = body_limit
+        if decision.local is not None:
+            # Answered here (404, 308, challenge token, 503): discard any body, then reply.
+            self.local_reply = decision.local
+            has_body = framing.chunked or bool(framing.length)
+            if has_body:
+                self.state = DRAIN
+                self._disarm()
+                if self.buf:
+                    data = bytes(self.buf)
+                    self.buf.clear()
+                    self._body(data)
+                return
+            self._reply_local()
+            return
+        assert decision.backend is not None
+        upgrade = decision.upgrade
+        head_bytes = proxy.upstream_head(head, framing, self.tls, self.client_ip, upgrade)
+        retryable = not (framing.chunked or framing.length) and upgrade is None
+        has_body = framing.chunked or bool(framing.length)
+        self.exchange = Exchange(self, method, target, head_bytes, upgrade is not None,
+                                 retryable, decision.hsts, decision.label)
+        self.exchange.body_done = not has_body
+        self.state = BODY if has_body else WAIT
+        self._arm(proxy.settings.read_timeout)
+        proxy.dispatch(self, decision.backend)
+        if self.state == BODY and self.buf:
+            data = bytes(self.buf)
+            self.buf.clear()
+            self._body(data)
+
+    def _reply_local(self) -> None:
+        self.write(self.local_reply)
+        self._cycle_done()
+
+    def _body(self, data: bytes) -> None:
+        """Request body bytes: counted, checked, forwarded (or discarded when draining)."""
+        rest = b""
+        if self.scanner is not None:
+            try:
+                used, done = self.scanner.feed(data)
+            except HttpError as exc:
+                self._fail(exc)
+                return
+            body, rest = data[:used], data[used:]
+            self.body_seen = self.scanner.payload
+        else:
+            take = min(self.remaining, len(data))
+            body, rest = data[:take], data[take:]
+            self.remaining -= take
+            self.body_seen += take
+            done = self.remaining == 0
+        if self.body_limit is not None and self.body_seen > self.body_limit:
+            self._fail(HttpError(413, "body too large"))
+            return
+        if rest:
+            self.buf += rest
+        if self.state == DRAIN:
+            if done:
+                self._reply_local()
+            return
+        if body:
+            if self.upstream is not None and self.upstream.transport is not None \
+                    and self.upstream.connected:
+                self.upstream.transport.write(body)
+            else:
+                self.pending.append(body)
+        if done:
+            self.state = WAIT
+            if self.exchange is not None:
+                self.exchange.body_done = True
+        if self.buf:
+            self._pause()
+
+    def attach(self, upstream: UpstreamConn) -> None:
+        """The upstream connection for the current exchange is ready: send what we have."""
+        assert self.exchange is not None and upstream.transport is not None
+        self.upstream = upstream
+        upstream.transport.write(self.exchange.head_bytes)
+        if self.pending:
+            upstream.transport.writelines(self.pending)
+            self.pending.clear()
+
+    def upstream_failed(self, status: int) -> None:
+        self.upstream = None
+        self._fail(HttpError(status, "upstream failed"))
+
+    def response_done(self, reusable_client: bool) -> None:
+        """The upstream response has been relayed completely."""
+        self.upstream = None
+        exchange = self.exchange
+        if exchange is not None and not exchange.body_done:
+            # The upstream answered before the request body was complete: the rest of the
+            # body cannot be told apart from a next request, so the connection ends here.
+            self.close()
+            return
+        if not reusable_client:
+            self.close()
+            return
+        self._cycle_done()
+
+    def _cycle_done(self) -> None:
+        self.exchange = None
+        self.pending.clear()
+        if not self.keep_alive or self.proxy.closing:
+            self.close()
+            return
+        self.state = IDLE
+        self._arm(self.proxy.settings.header_timeout)
+        self._resume()
+        if self.buf:
+            self._next_request()
+
+    def start_tunnel(self) -> None:
+        self.state = TUNNEL
+        self._disarm()
+        if self.buf and self.upstream is not None and self.upstream.transport is not None:
+            self.upstream.transport.write(bytes(self.buf))
+            self.buf.clear()
+        self._resume()
+
+
+class UpstreamConn(asyncio.Protocol):
+    """One keep-alive connection to a backend endpoint; serves one exchange at a time."""
+
+    def __init__(self, proxy: Proxy, addr: Address) -> None:
+        self.proxy = proxy
+        self.addr = addr
+        self.transport: asyncio.Transport | None = None
+        self.client: ClientConn | None = None
+        self.connected = False
+        self.buf = bytearray()
+        self.head: Head | None = None
+        self.framing = Framing()
+        self.remaining = 0
+        self.scanner: ChunkScanner | None = None
+        self.reusable = True
+        self.finished_response = False
+        self.got_bytes = False
+        self.fresh = True
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self.connected = True
+        self.proxy.upstreams.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.connected = False
+        self.proxy.upstreams.discard(self)
+        self.proxy.pool.forget(self)
+        client = self.client
+        self.client = None
+        if client is None:
+            return
+        if self.head is not None and self.framing.until_close:
+            # The body ends with the connection: that is its normal end.
+            client.response_done(reusable_client=False)
+            return
+        exchange = client.exchange
+        if exchange is not None and not self.got_bytes and exchange.retryable \
+                and not self.fresh:
+            # A pooled connection the upstream had closed while idle: retry on a new one.
+            self.proxy.retry(client)
+            return
+        if exchange is not None and not exchange.response_started:
+            self.proxy.balancer.failed(self.addr)
+            client.upstream_failed(502)
+        else:
+            client.close()
+
+    def pause_writing(self) -> None:
+        if self.client is not None and self.client.transport is not None:
+            self.client.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.client is not None and self.client.transport is not None \
+                and not self.client.paused:
+            self.client.transport.resume_reading()
+
+    def begin(self, client: ClientConn, fresh: bool) -> None:
+        self.client = client
+        self.fresh = fresh
+        self.head = None
+        self.buf.clear()
+        self.finished_response = False
+        self.got_bytes = False
+        self.reusable = True
+        client.attach(self)
+
+    def abort(self) -> None:
+        self.client = None
+        if self.transport is not None:
+            self.transport.abort()
+
+    def data_received(self, data: bytes) -> None:
+        client = self.client
+        if client is None:
+            # Bytes on an idle connection: the upstream is confused; do not reuse it.
+            self.reusable = False
+            if self.transport is not None:
+                self.transport.close()
+            return
+        self.got_bytes = True
+        if client.state == TUNNEL:
+            client.write(data)
+            return
+        if self.head is None:
+            self.buf += data
+            self._heads()
+            return
+        self._body(data)
+
+    def eof_received(self) -> bool | None:
+        client = self.client
+        if client is not None and client.state == TUNNEL and client.transport is not None:
+            if client.transport.can_write_eof():
+                client.transport.write_eof()
+            return True
+        return None
+
+    def _heads(self) -> None:
+        client = self.client
+        assert client is not None
+        while self.head is None:
+            end = self.buf.find(b"\r\n\r\n")
+            if end < 0:
+                if len(self.buf) > self.proxy.settings.header_limit:
+                    self._bad()
+                return
+            raw = bytes(self.buf[: end + 4])
+            del self.buf[: end + 4]
+            try:
+                head = parse_head(raw, request=False)
+            except HttpError:
+                self._bad()
+                return
+            if head is None:
+                continue
+            status = int(head.start[1])
+            exchange = client.exchange
+            assert exchange is not None
+            if status == 101 and exchange.upgrade:
+                exchange.response_started = True
+                client._disarm()
+                client.write(self.proxy.downstream_head(head, Framing(length=0), True, True))
+                self.reusable = False
+                client.start_tunnel()
+                if self.buf:
+                    client.write(bytes(self.buf))
+                    self.buf.clear()
+                return
+            if 100 <= status < 200:
+                client.write(b"HTTP/1.1 %d %s\r\n\r\n" % (status, head.start[2]))
+                continue
+            try:
+                framing = response_framing(head, exchange.method)
+            except HttpError:
+                self._bad()
+                return
+            self.head = head
+            self.framing = framing
+            self.remaining = framing.length or 0
+            self.scanner = ChunkScanner() if framing.chunked else None
+            if framing.until_close or b"close" in head.connection_tokens():
+                self.reusable = False
+            keep = client.keep_alive and not framing.until_close
+            client.keep_alive = keep
+            exchange.response_started = True
+            client._disarm()
+            self.proxy.observe(exchange, status)
+            client.write(self.proxy.downstream_head(head, framing, keep, False, exchange.hsts))
+            rest = bytes(self.buf)
+            self.buf.clear()
+            if rest or framing.chunked or framing.length or framing.until_close:
+                if rest:
+                    self._body(rest)
+                elif not framing.until_close and self.remaining == 0 and not framing.chunked:
+                    self._finished()
+            else:
+                self._finished()
+            return
+
+    def _bad(self) -> None:
+        client = self.client
+        self.client = None
+        self.reusable = False
+        if self.transport is not None:
+            self.transport.abort()
+        if client is not None:
+            client.upstream_failed(502)
+
+    def _body(self, data: bytes) -> None:
+        client = self.client
+        assert client is not None
+        if self.framing.until_close:
+            client.write(data)
+            return
+        if self.scanner is not None:
+            try:
+                used, done = self.scanner.feed(data)
+            except HttpError:
+                self.reusable = False
+                client.write(data)  # pass through what we have, then end both
+                self.abort()
+                client.close()
+                return
+            client.write(data[:used] if used < len(data) else data)
+            if used < len(data):
+                self.reusable = False  # bytes after the response: not trustworthy
+        else:
+            take = min(self.remaining, len(data))
+            client.write(data[:take] if take < len(data) else data)
+            self.remaining -= take
+            done = self.remaining == 0
+            if take < len(data):
+                self.reusable = False
+        if done:
+            self._finished()
+
+    def _finished(self) -> None:
+        self.finished_response = True
+        client = self.client
+        if client is None:
+            return
+        if client.exchange is not None and not client.exchange.body_done:
+            self.reusable = False
+        self.complete()
+
+    def complete(self) -> None:
+        client = self.client
+        self.client = None
+        if client is None:
+            return
+        self.head = None
+        self.proxy.balancer.succeeded(self.addr)
+        if self.reusable and self.connected:
+            self.proxy.pool.release(self)
+        elif self.transport is not None:
+            self.transport.close()
+        client.response_done(reusable_client=True)

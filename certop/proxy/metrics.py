@@ -1,0 +1,71 @@
+"""Counters the proxy keeps, rendered in the Prometheus text format.
+
+Host labels are bounded: a Host that no Ingress names is counted as "*", so a client cannot
+grow the label set by inventing hosts.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Mapping
+
+BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.requests: dict[tuple[str, int], int] = {}
+        self.latency_counts = [0] * (len(BUCKETS) + 1)
+        self.latency_sum = 0.0
+        self.tls_handshakes = 0
+        self.connections_total = 0
+
+    def request(self, host: str, status: int) -> None:
+        key = (host, status)
+        self.requests[key] = self.requests.get(key, 0) + 1
+
+    def upstream_latency(self, seconds: float) -> None:
+        self.latency_counts[bisect.bisect_left(BUCKETS, seconds)] += 1
+        self.latency_sum += seconds
+
+    def render(self, open_connections: int,
+               expiry: Mapping[tuple[str, str], float]) -> str:
+        lines = [
+            "# HELP certop_requests_total Requests answered, by host and status.",
+            "# TYPE certop_requests_total counter",
+        ]
+        for (host, status), n in sorted(self.requests.items()):
+            lines.append(f'certop_requests_total{{host="{_esc(host)}",status="{status}"}} {n}')
+        lines += [
+            "# HELP certop_upstream_response_seconds Time from request to upstream response head.",
+            "# TYPE certop_upstream_response_seconds histogram",
+        ]
+        running = 0
+        for bound, n in zip(BUCKETS, self.latency_counts, strict=False):
+            running += n
+            lines.append(f'certop_upstream_response_seconds_bucket{{le="{bound}"}} {running}')
+        total = running + self.latency_counts[-1]
+        lines += [
+            f'certop_upstream_response_seconds_bucket{{le="+Inf"}} {total}',
+            f"certop_upstream_response_seconds_sum {self.latency_sum:.6f}",
+            f"certop_upstream_response_seconds_count {total}",
+            "# HELP certop_tls_handshakes_total Completed TLS handshakes.",
+            "# TYPE certop_tls_handshakes_total counter",
+            f"certop_tls_handshakes_total {self.tls_handshakes}",
+            "# HELP certop_connections_total Client connections accepted.",
+            "# TYPE certop_connections_total counter",
+            f"certop_connections_total {self.connections_total}",
+            "# HELP certop_open_connections Client connections open now.",
+            "# TYPE certop_open_connections gauge",
+            f"certop_open_connections {open_connections}",
+            "# HELP certop_certificate_expiry_timestamp_seconds notAfter of served certificates.",
+            "# TYPE certop_certificate_expiry_timestamp_seconds gauge",
+        ]
+        for (namespace, name), when in sorted(expiry.items()):
+            lines.append(f'certop_certificate_expiry_timestamp_seconds{{namespace='
+                         f'"{_esc(namespace)}",secret="{_esc(name)}"}} {when:.0f}')
+        return "\n".join(lines) + "\n"
+
+
+def _esc(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")

@@ -1,0 +1,73 @@
+"""Certificates the user brings: `--certificate SECRET=CERT.pem,KEY.pem` and `kubernetes.io/tls`
+Secrets in the manifest files. A `spec.tls[]` entry whose Secret is supplied gets no ACME order.
+
+Every pair is checked when loaded (PEM, key matches); a bad one is a ConfigError naming the
+flag or Secret and the reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+from certop import crypto
+from certop.core.errors import ConfigError
+from certop.store.ports import StoredCert
+
+SecretKey = tuple[str, str]
+DEFAULT_NAMESPACE = "default"
+
+
+def parse_certificate_flag(value: str) -> tuple[SecretKey, Path, Path]:
+    name, sep, files = value.partition("=")
+    cert, comma, key = files.partition(",")
+    if not sep or not name or not comma or not cert or not key:
+        raise ConfigError("--certificate", value, "",
+                          "SECRETNAME=CERT.pem,KEY.pem (SECRETNAME may be namespace/name)")
+    namespace, slash, secret = name.rpartition("/")
+    return (namespace if slash else DEFAULT_NAMESPACE, secret), Path(cert), Path(key)
+
+
+def read_pair(cert: Path, key: Path, where: str) -> StoredCert:
+    try:
+        pair = StoredCert(cert.read_bytes(), key.read_bytes())
+    except OSError as exc:
+        raise ConfigError(where, "", "", f"readable PEM files ({exc.strerror}: "
+                                         f"{exc.filename})") from None
+    check(pair, where, "")
+    return pair
+
+
+def check(pair: StoredCert, where: str, obj: str) -> None:
+    try:
+        crypto.load_pair(pair.fullchain_pem, pair.key_pem)
+    except crypto.CertificateUnreadable as exc:
+        raise ConfigError(where, obj, "", f"a PEM certificate chain and its key ({exc})") from None
+
+
+def from_flags(flags: Iterable[str]) -> dict[SecretKey, StoredCert]:
+    out: dict[SecretKey, StoredCert] = {}
+    for flag in flags:
+        key, cert, keyfile = parse_certificate_flag(flag)
+        out[key] = read_pair(cert, keyfile, f"--certificate {flag}")
+    return out
+
+
+def from_secrets(secrets: Mapping[SecretKey, Mapping[str, bytes]],
+                 sources: Mapping[SecretKey, str]) -> dict[SecretKey, StoredCert]:
+    """Secrets holding both `tls.crt` and `tls.key` (type kubernetes.io/tls)."""
+    out: dict[SecretKey, StoredCert] = {}
+    for key, data in secrets.items():
+        if "tls.crt" in data and "tls.key" in data:
+            pair = StoredCert(data["tls.crt"], data["tls.key"])
+            check(pair, sources.get(key, ""), f"Secret {key[0]}/{key[1]}")
+            out[key] = pair
+    return out
+
+
+def flag_files(flags: Iterable[str]) -> list[Path]:
+    files: list[Path] = []
+    for flag in flags:
+        _, cert, key = parse_certificate_flag(flag)
+        files += [cert, key]
+    return files
