@@ -119,6 +119,11 @@ class CertBook:
     def has(self, key: SecretKey) -> bool:
         return key in self._entries
 
+    def pair(self, key: SecretKey) -> StoredCert | None:
+        """The pair new connections for this Secret's hosts get."""
+        entry = self._entries.get(key)
+        return entry.pair if entry else None
+
     def expiry(self) -> dict[SecretKey, float]:
         """notAfter (Unix time) of every certificate in use."""
         return {key: entry.not_after for key, entry in self._entries.items()}

@@ -82,8 +82,10 @@ class Config:
     """Certificates the user brings, by (namespace, Secret name)."""
 
 
-def load_config(settings: StandaloneSettings) -> Config:
-    """Everything the files say, checked; raises ConfigError naming file, object and field."""
+def load_config(settings: StandaloneSettings, strict: bool = True) -> Config:
+    """Everything the files say, checked; raises ConfigError naming file, object and field.
+    Not `strict` (a reload while serving): a broken certificate file is a warning and its
+    last good certificate stays in use."""
     manifests = loader.load(settings.files)
     issuers = dict(manifests.issuers)
     if settings.cli_issuer is not None:
@@ -96,14 +98,17 @@ def load_config(settings: StandaloneSettings) -> Config:
         default = None
     backends = StaticBackends.from_flags(settings.services)
     backends.check(manifests.ingresses)
-    brought = supplied.from_secrets(manifests.secrets, manifests.secret_sources)
-    brought.update(supplied.from_flags(settings.certificates))
+    brought = supplied.Supplied(strict).from_secrets(manifests.secrets,
+                                                     manifests.secret_sources)
+    brought.from_flags(settings.certificates)
     desired = certificate_specs(manifests.ingresses, issuers, default,
-                                supplied=frozenset(brought))
+                                supplied=frozenset(brought.pairs) | frozenset(brought.broken))
     table = routing.build(manifests.ingresses, ann.DEFAULT_HSTS if settings.hsts else None)
-    warnings = desired.warnings + table.conflicts
+    warnings = (desired.warnings + table.conflicts
+                + tuple(f"{why}; keeping the last good certificate"
+                        for why in brought.broken.values()))
     return Config(manifests, issuers, default, desired.specs, table, backends, warnings,
-                  brought)
+                  brought.pairs)
 
 
 @dataclass
@@ -369,7 +374,8 @@ class Standalone:
                 continue
             self._file_stamp = stamp
             try:
-                config = await loop.run_in_executor(self._executor, load_config, self.settings)
+                config = await loop.run_in_executor(self._executor, load_config, self.settings,
+                                                    False)
             except ConfigError as exc:
                 log.error("manifests changed but are invalid, keeping the last good ones: %s",
                           exc)

@@ -7,7 +7,7 @@ flag or Secret and the reason.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 from certop import crypto
@@ -45,24 +45,44 @@ def check(pair: StoredCert, where: str, obj: str) -> None:
         raise ConfigError(where, obj, "", f"a PEM certificate chain and its key ({exc})") from None
 
 
-def from_flags(flags: Iterable[str]) -> dict[SecretKey, StoredCert]:
-    out: dict[SecretKey, StoredCert] = {}
-    for flag in flags:
-        key, cert, keyfile = parse_certificate_flag(flag)
-        out[key] = read_pair(cert, keyfile, f"--certificate {flag}")
-    return out
+class Supplied:
+    """The pairs that loaded, and (when not strict) why others did not."""
 
+    def __init__(self, strict: bool) -> None:
+        self.strict = strict
+        self.pairs: dict[SecretKey, StoredCert] = {}
+        self.broken: dict[SecretKey, str] = {}
 
-def from_secrets(secrets: Mapping[SecretKey, Mapping[str, bytes]],
-                 sources: Mapping[SecretKey, str]) -> dict[SecretKey, StoredCert]:
-    """Secrets holding both `tls.crt` and `tls.key` (type kubernetes.io/tls)."""
-    out: dict[SecretKey, StoredCert] = {}
-    for key, data in secrets.items():
-        if "tls.crt" in data and "tls.key" in data:
-            pair = StoredCert(data["tls.crt"], data["tls.key"])
-            check(pair, sources.get(key, ""), f"Secret {key[0]}/{key[1]}")
-            out[key] = pair
-    return out
+    def _add(self, key: SecretKey, load: Callable[[], StoredCert]) -> None:
+        try:
+            self.pairs[key] = load()
+        except ConfigError as exc:
+            if self.strict:
+                raise
+            # While running, a broken file keeps the last good certificate for its hosts
+            # (the CertBook is simply not given a new pair) and touches nothing else.
+            self.broken[key] = str(exc)
+
+    def from_flags(self, flags: Iterable[str]) -> Supplied:
+        for flag in flags:
+            key, cert, keyfile = parse_certificate_flag(flag)
+            self._add(key, lambda c=cert, k=keyfile, f=flag: read_pair(  # type: ignore[misc]
+                c, k, f"--certificate {f}"))
+        return self
+
+    def from_secrets(self, secrets: Mapping[SecretKey, Mapping[str, bytes]],
+                     sources: Mapping[SecretKey, str]) -> Supplied:
+        """Secrets holding both `tls.crt` and `tls.key` (type kubernetes.io/tls)."""
+        for key, data in secrets.items():
+            if "tls.crt" in data and "tls.key" in data:
+                pair = StoredCert(data["tls.crt"], data["tls.key"])
+
+                def load(p: StoredCert = pair, k: SecretKey = key) -> StoredCert:
+                    check(p, sources.get(k, ""), f"Secret {k[0]}/{k[1]}")
+                    return p
+
+                self._add(key, load)
+        return self
 
 
 def flag_files(flags: Iterable[str]) -> list[Path]:

@@ -1,0 +1,72 @@
+"""Helpers for proxy tests: serve manifests in-process with user-supplied certificates."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from certop import crypto
+from certop.core.clock import SystemClock
+from certop.proxy.server import Proxy, ProxySettings
+from certop.proxy.tls import CertBook
+from certop.standalone.runner import Standalone, StandaloneSettings, load_config
+from certop.store.files import FileAccountStore, FileCertStore, FileOrderJournal
+from certop.store.ports import StoredCert
+from solvers.http01 import TokenStore
+
+
+@dataclass
+class Served:
+    runner: Standalone
+    proxy: Proxy
+    http_port: int
+    https_port: int
+    manifest: Path
+
+
+def self_signed_files(directory: Path, name: str, hosts: tuple[str, ...]) -> tuple[Path, Path]:
+    cert, key = crypto.self_signed(hosts)
+    cert_path, key_path = directory / f"{name}.crt", directory / f"{name}.key"
+    cert_path.write_bytes(cert)
+    key_path.write_bytes(key)
+    return cert_path, key_path
+
+
+@contextlib.asynccontextmanager
+async def serving(tmp: Path, manifests: str, services: list[str],
+                  certificates: list[str] | None = None, hsts: bool = False,
+                  proxy_settings: ProxySettings | None = None,
+                  default: StoredCert | None = None) -> AsyncIterator[Served]:
+    manifest = tmp / "manifests.yaml"
+    manifest.write_text(manifests)
+    settings = StandaloneSettings(files=(manifest,), state_dir=tmp / "state",
+                                  services=tuple(services),
+                                  certificates=tuple(certificates or ()), hsts=hsts,
+                                  watch_interval=0.05)
+    config = load_config(settings)
+    proxy = Proxy(CertBook(default), TokenStore(), config.backends, proxy_settings)
+    await proxy.start("127.0.0.1", 0, 0)
+    state = tmp / "state"
+    runner = Standalone(settings, proxy, FileCertStore(state), FileAccountStore(state),
+                        FileOrderJournal(state), SystemClock())
+    runner.apply(config)
+    stop = asyncio.Event()
+    task = asyncio.create_task(runner.run(stop))
+    try:
+        yield Served(runner, proxy, proxy.http_port, proxy.https_port, manifest)
+    finally:
+        stop.set()
+        await task
+        await proxy.close(grace=1.0)
+
+
+def client_context(cafile: Path | None = None) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=str(cafile) if cafile else None)
+    if cafile is None:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
