@@ -36,20 +36,23 @@ class Balancer:
     _failed: dict[Address, float] = field(default_factory=dict)
 
     def candidates(self, backend: ServiceBackend) -> list[Address]:
-        """Endpoints to try in order: round robin, recently failed ones last."""
-        addrs = list(self.backends.addresses(backend))
+        """Endpoints to try in order: healthy ones round robin, recently failed ones last."""
+        addrs = self.backends.addresses(backend)
         if not addrs:
             return []
         counter = self._counters.get(backend)
         if counter is None:
             counter = self._counters[backend] = itertools.count()
-        start = next(counter) % len(addrs)
-        ordered = addrs[start:] + addrs[:start]
+        healthy: Sequence[Address] = addrs
+        failed: list[Address] = []
         if self._failed:
             now = time.monotonic()
-            ok = [a for a in ordered if self._failed.get(a, 0.0) <= now]
-            ordered = ok + [a for a in ordered if a not in ok]
-        return ordered
+            healthy = [a for a in addrs if self._failed.get(a, 0.0) <= now]
+            failed = [a for a in addrs if self._failed.get(a, 0.0) > now]
+            if not healthy:
+                healthy, failed = failed, []
+        start = next(counter) % len(healthy)
+        return [*healthy[start:], *healthy[:start], *failed]
 
     def failed(self, addr: Address) -> None:
         self._failed[addr] = time.monotonic() + FAIL_HOLD
