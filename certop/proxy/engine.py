@@ -83,6 +83,7 @@ class ClientConn(asyncio.Protocol):
         self.paused = False
         self.body_limit: int | None = None
         self.local_reply = b""
+        self.eof = False
 
     # -- asyncio.Protocol ------------------------------------------------------------------
 
@@ -135,6 +136,11 @@ class ClientConn(asyncio.Protocol):
             return True
         if self.state in (BODY, DRAIN):
             self._fail(HttpError(400, "body ended early"))
+            return None
+        if self.exchange is not None or b"\r\n\r\n" in self.buf:
+            # The client half-closed after its request: answer it, then close.
+            self.eof = True
+            return None if self.tls else True
         return None
 
     # -- helpers -------------------------------------------------------------------------
@@ -324,6 +330,9 @@ class ClientConn(asyncio.Protocol):
     def _cycle_done(self) -> None:
         self.exchange = None
         self.pending.clear()
+        if self.eof and b"\r\n\r\n" not in self.buf:
+            self.close()
+            return
         if not self.keep_alive or self.proxy.closing:
             self.close()
             return
