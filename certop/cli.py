@@ -11,9 +11,11 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from certop import __version__
@@ -71,6 +73,9 @@ def _standalone_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     p.add_argument("--admin-port", type=int, metavar="PORT",
                    help="serve /healthz, /readyz and Prometheus /metrics on this port")
     p.add_argument("--access-log", action="store_true", help="log one line per request")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="proxy processes sharing the ports (SO_REUSEPORT); the first one also "
+                        "issues certificates, the others serve what it stores")
 
 
 def _loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -140,15 +145,17 @@ def _default_certificate(args: argparse.Namespace) -> StoredCert | None:
     return supplied.read_pair(Path(cert), Path(key), "--default-certificate")
 
 
-async def run_standalone(settings: StandaloneSettings, args: argparse.Namespace) -> int:
+async def run_standalone(settings: StandaloneSettings, args: argparse.Namespace,
+                         parent: int | None = None) -> int:
     listen, http_port, https_port = args.listen, args.http_port, args.https_port
     config = load_config(settings)
     ensure_dir(settings.state_dir)
-    tokens = TokenStore()
+    # With several workers any of them may get the CA's HTTP-01 request: share tokens on disk.
+    tokens = TokenStore(settings.state_dir / "challenges" if args.workers > 1 else None)
     proxy = Proxy(CertBook(_default_certificate(args)), tokens, config.backends,
                   _proxy_settings(args))
     try:
-        await proxy.start(listen, http_port, https_port)
+        await proxy.start(listen, http_port, https_port, reuse_port=args.workers > 1)
     except OSError as exc:
         print(f"certop: error: cannot listen on {listen} ports {http_port}/{https_port}: "
               f"{exc.strerror or exc}", file=sys.stderr)
@@ -160,7 +167,7 @@ async def run_standalone(settings: StandaloneSettings, args: argparse.Namespace)
     )
     runner.apply(config)
     admin = Admin(proxy, lambda: runner.config is not None)
-    if args.admin_port is not None:
+    if args.admin_port is not None and not settings.serve_only:
         port = await admin.start(listen if listen not in ("0.0.0.0", "::") else "127.0.0.1",
                                  args.admin_port)
         log.info("admin endpoints on port %d: /healthz /readyz /metrics", port)
@@ -170,6 +177,15 @@ async def run_standalone(settings: StandaloneSettings, args: argparse.Namespace)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    if parent is not None:
+        def orphaned() -> None:
+            if os.getppid() != parent:
+                log.warning("the issuing worker is gone: stopping")
+                stop.set()
+            else:
+                loop.call_later(1.0, orphaned)
+
+        orphaned()
     try:
         await runner.run(stop)
     finally:
@@ -177,6 +193,24 @@ async def run_standalone(settings: StandaloneSettings, args: argparse.Namespace)
         await admin.close()
         await proxy.close()
     return 0
+
+
+def _fork_worker(settings: StandaloneSettings, args: argparse.Namespace) -> int:
+    """A serving-only worker process; returns its pid (in the parent)."""
+    parent = os.getpid()
+    pid = os.fork()
+    if pid:
+        log.info("started worker process %d", pid)
+        return pid
+    code = 1
+    try:
+        worker = replace(settings, serve_only=True)
+        with asyncio.Runner(loop_factory=_loop_factory(args.event_loop)) as runner:
+            code = runner.run(run_standalone(worker, args, parent=parent))
+    except KeyboardInterrupt:
+        code = 130
+    finally:
+        os._exit(code)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -191,8 +225,20 @@ def main(argv: list[str] | None = None) -> int:
         load_config(settings)
         _proxy_settings(args)
         _default_certificate(args)
-        with asyncio.Runner(loop_factory=_loop_factory(args.event_loop)) as runner:
-            return runner.run(run_standalone(settings, args))
+        if args.workers < 1 or (args.workers > 1 and 0 in (args.http_port, args.https_port)):
+            raise ConfigError("--workers", "", "", "at least 1; with more than 1 the ports "
+                              "must be fixed (not 0)")
+        children = [_fork_worker(settings, args) for _ in range(args.workers - 1)]
+        try:
+            with asyncio.Runner(loop_factory=_loop_factory(args.event_loop)) as runner:
+                return runner.run(run_standalone(settings, args))
+        finally:
+            for pid in children:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
+            for pid in children:
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, 0)
     except ConfigError as exc:
         print(f"certop: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

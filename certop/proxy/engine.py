@@ -494,7 +494,7 @@ class UpstreamConn(asyncio.Protocol):
             self.scanner = ChunkScanner() if framing.chunked else None
             if framing.until_close or b"close" in head.connection_tokens():
                 self.reusable = False
-            keep = client.keep_alive and not framing.until_close
+            keep = client.keep_alive and not framing.until_close and not self.proxy.closing
             client.keep_alive = keep
             exchange.response_started = True
             client._disarm()

@@ -65,6 +65,8 @@ class StandaloneSettings:
     """--certificate SECRET=CERT.pem,KEY.pem flags: certificates the user brings."""
     hsts: bool = False
     """Send Strict-Transport-Security on HTTPS responses unless an Ingress says otherwise."""
+    serve_only: bool = False
+    """Issue nothing; serve what another process (the issuing worker) stores (--workers)."""
 
 
 @dataclass(frozen=True)
@@ -120,6 +122,8 @@ class _CertState:
     not_before_attempt: float = 0.0
     """Monotonic time before which no new attempt is made (backoff)."""
     forced: bool = False
+    version: str | None = None
+    """The stored version last handed to the proxy (serve-only processes)."""
 
 
 @dataclass
@@ -215,6 +219,7 @@ class Standalone:
             log.warning("%s: stored certificate unusable (%s): issuing a new one", spec, exc)
             return
         state.facts = loaded.facts
+        state.version = self.certs.version(spec.namespace, spec.secret_name)
         # Serve what exists (even expired or for other hosts) until its replacement is ready.
         self.proxy.certs.put(spec.key, stored)
 
@@ -254,7 +259,7 @@ class Standalone:
         mono = self.clock.monotonic()
         next_look = self.settings.check_interval
         for state in self._states.values():
-            if state.task is not None:
+            if state.task is not None or self.settings.serve_only:
                 continue
             if state.not_before_attempt > mono:
                 next_look = min(next_look, state.not_before_attempt - mono)
@@ -369,6 +374,8 @@ class Standalone:
         self._file_stamp = await loop.run_in_executor(self._executor, self._stamp)
         while True:
             await asyncio.sleep(self.settings.watch_interval)
+            if self.settings.serve_only:
+                self._pick_up_stored()
             stamp = await loop.run_in_executor(self._executor, self._stamp)
             if stamp == self._file_stamp:
                 continue
@@ -386,6 +393,14 @@ class Standalone:
                      len(config.manifests.ingresses), len(config.specs))
             self.apply(config)
             await self._notify()
+
+    def _pick_up_stored(self) -> None:
+        """Serve-only: load the pairs the issuing process stored since the last look."""
+        for state in list(self._states.values()):
+            spec = state.spec
+            version = self.certs.version(spec.namespace, spec.secret_name)
+            if version is not None and version != state.version:
+                self._load_stored(state)
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Reconcile until `stop` is set (or the task is cancelled)."""

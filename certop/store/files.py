@@ -64,6 +64,13 @@ class FileCertStore:
         """The directory whose `current/tls.crt` and `current/tls.key` users can point at."""
         return self.root / "certs" / namespace / name
 
+    def version(self, namespace: str, name: str) -> str | None:
+        """Which version is current (cheap: one readlink), for processes that only serve."""
+        try:
+            return os.readlink(self.path(namespace, name) / "current")
+        except OSError:
+            return None
+
     def load(self, namespace: str, name: str) -> StoredCert | None:
         current = self.path(namespace, name) / "current"
         try:

@@ -11,12 +11,18 @@ from certop.store.ports import StoredCert
 class MemoryCertStore:
     def __init__(self) -> None:
         self.items: dict[tuple[str, str], StoredCert] = {}
+        self.versions: dict[tuple[str, str], int] = {}
+
+    def version(self, namespace: str, name: str) -> str | None:
+        found = self.versions.get((namespace, name))
+        return None if found is None else str(found)
 
     def load(self, namespace: str, name: str) -> StoredCert | None:
         return self.items.get((namespace, name))
 
     def save(self, namespace: str, name: str, cert: StoredCert) -> None:
         self.items[(namespace, name)] = cert
+        self.versions[(namespace, name)] = self.versions.get((namespace, name), 0) + 1
 
 
 class MemoryAccountStore:

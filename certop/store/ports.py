@@ -26,6 +26,11 @@ class CertStore(Protocol):
         """Store the pair atomically (cert and key together)."""
         ...
 
+    def version(self, namespace: str, name: str) -> str | None:
+        """An opaque token that changes whenever the stored pair does (None: nothing stored).
+        Cheap, for processes that only serve what another one stores."""
+        ...
+
 
 class AccountStore(Protocol):
     def load_account(self, account_id: str) -> tuple[bytes, dict[str, Any]] | None:

@@ -38,14 +38,17 @@ class CertopProcess:
     """`certop standalone` as a real subprocess, logging to a file."""
 
     def __init__(self, tmp: Path, pebble: pebblectl.PebbleInfo, files: list[Path],
-                 services: list[str], http_port: int, state: Path, name: str = "certop") -> None:
+                 services: list[str], http_port: int, state: Path, name: str = "certop",
+                 extra: list[str] | None = None) -> None:
         self.https_port = pebblectl.free_port()
         self.log = tmp / f"{name}.log"
         with open(self.log, "wb") as out:
-            self.proc = self._start(out, pebble, files, services, http_port, state)
+            self.proc = self._start(out, pebble, files, services, http_port, state,
+                                    extra or [])
 
     def _start(self, out: object, pebble: pebblectl.PebbleInfo, files: list[Path],
-               services: list[str], http_port: int, state: Path) -> subprocess.Popen[bytes]:
+               services: list[str], http_port: int, state: Path,
+               extra: list[str]) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
             [sys.executable, "-m", "certop.cli", "standalone",
              *[a for f in files for a in ("-f", str(f))],
@@ -53,7 +56,7 @@ class CertopProcess:
              "--email", "test@certop.test", "--state-dir", str(state),
              "--listen", "127.0.0.1", "--http-port", str(http_port),
              "--https-port", str(self.https_port),
-             *[a for s in services for a in ("--service", s)]],
+             *[a for s in services for a in ("--service", s)], *extra],
             stdout=out, stderr=subprocess.STDOUT,  # type: ignore[arg-type]
         )
 
@@ -330,3 +333,40 @@ async def test_an_invalid_challenge_names_the_host_and_carries_the_cas_detail(
             assert "connection refused" in event.lower()
             assert "next attempt in" in event
             assert not (tmp_path / "state/orders/default/web-tls.json").exists()
+
+
+def test_two_workers_share_challenges_and_certificates(
+        tmp_path: Path, pebble: pebblectl.PebbleInfo, pebble_root: str, backend: Echo) -> None:
+    ingress = write_ingress(tmp_path / "web.yaml", "web", [HOST], "web-tls")
+    certop = CertopProcess(tmp_path, pebble, [ingress], [f"web=127.0.0.1:{backend.port}"],
+                           pebble.http_port, tmp_path / "state", extra=["--workers", "2"])
+    try:
+        certop.wait_log("started worker process")
+        child = int(certop.text().split("started worker process ")[1].split()[0])
+        # Pebble's three validation requests land on either process: both can answer.
+        certop.wait_https(HOST, pebble_root)
+        # New connections are spread over both processes; all must get the issued
+        # certificate once the serving-only worker has picked it up from the state dir.
+        deadline = time.monotonic() + 30
+        streak = 0
+        while streak < 20:
+            assert time.monotonic() < deadline, certop.text()
+            try:
+                status, _ = https_request(certop.https_port, HOST, pebble_root)
+                streak = streak + 1 if status == 200 else 0
+            except (OSError, http.client.HTTPException):
+                streak = 0
+        # The serving worker follows its parent: kill the parent, the child stops too.
+        certop.kill()
+        while Path(f"/proc/{child}").exists() and _state(child) != "Z":
+            assert time.monotonic() < deadline + 30, "worker outlived its parent"
+            time.sleep(0.05)  # polling the process table for the condition
+    finally:
+        certop.stop()
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()[0]
+    except OSError:
+        return "gone"

@@ -315,3 +315,52 @@ async def test_a_backend_that_never_answers_gives_504(tmp_path: Path) -> None:
             writer.close()
         silent.close()
         await silent.wait_closed()
+
+
+async def test_a_stale_pooled_connection_is_retried_on_a_new_one(
+        proxy: Proxy, raw: RawBackend) -> None:
+    # The backend hangs up on its idle keep-alive connection when the second request comes.
+    raw.script = [b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst", b"CLOSE",
+                  b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nsecond"]
+    first = await send(proxy, b"GET /raw HTTP/1.1\r\nHost: web.test\r\nConnection: close\r\n\r\n")
+    assert first.endswith(b"first")
+    second = await send(proxy, b"GET /raw HTTP/1.1\r\nHost: web.test\r\nConnection: close\r\n\r\n")
+    assert second.startswith(b"HTTP/1.1 200 ") and second.endswith(b"second")
+    assert raw.connections == 2
+
+
+async def test_graceful_shutdown_finishes_requests_in_flight(tmp_path: Path) -> None:
+    release = asyncio.Event()
+    arrived = asyncio.Event()
+
+    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        arrived.set()
+        await release.wait()
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\ndone")
+        await writer.drain()
+        writer.close()
+
+    backend = await asyncio.start_server(slow, "127.0.0.1", 0)
+    port = backend.sockets[0].getsockname()[1]
+    path = tmp_path / "ing.yaml"
+    path.write_text(INGRESS)
+    backends = StaticBackends.from_flags([f"{n}=127.0.0.1:{port}" for n in ("web", "raw",
+                                                                           "admin")])
+    p = Proxy(CertBook(), TokenStore(), backends)
+    p.routes = routing.build(loader.load([path]).ingresses)
+    await p.start("127.0.0.1", 0, None)
+    proxy_port = p.ports()[0]
+    in_flight = asyncio.create_task(send(p, b"GET / HTTP/1.1\r\nHost: web.test\r\n\r\n"))
+    await arrived.wait()
+    closing = asyncio.create_task(p.close(grace=10))
+    await asyncio.sleep(0)  # let close() stop the listeners
+    with pytest.raises(OSError):
+        await asyncio.to_thread(socket.create_connection, ("127.0.0.1", proxy_port), 2)
+    release.set()
+    out = await in_flight
+    assert out.startswith(b"HTTP/1.1 200 ") and out.endswith(b"done")
+    assert b"Connection: close" in out  # no keep-alive while shutting down
+    await closing
+    backend.close()
+    await backend.wait_closed()
