@@ -39,12 +39,15 @@ test: lint deps-debian
 
 CERTBOT_VENV := bench/.venv-certbot
 
-# Peers for the side-by-side benchmarks: lego and Caddy from Debian, certbot from PyPI in a
-# venv of its own (it pins its own `acme`).
+# Peers for the side-by-side benchmarks: lego, Caddy, nginx, HAProxy, wrk and h2load from
+# Debian, certbot from PyPI in a venv of its own (it pins its own `acme`).
+BENCH_DEBS := lego caddy nginx-light haproxy wrk nghttp2-client
 deps-bench: deps-debian
-	@if ! command -v lego >/dev/null || ! command -v caddy >/dev/null; then \
-	  echo "installing Debian packages: lego caddy"; \
-	  $(APT) update -qq && $(APT) install -y -qq lego caddy >/dev/null; \
+	@if ! command -v lego >/dev/null || ! command -v caddy >/dev/null \
+	    || ! command -v nginx >/dev/null || ! command -v haproxy >/dev/null \
+	    || ! command -v wrk >/dev/null || ! command -v h2load >/dev/null; then \
+	  echo "installing Debian packages: $(BENCH_DEBS)"; \
+	  $(APT) update -qq && $(APT) install -y -qq $(BENCH_DEBS) >/dev/null; \
 	fi
 	@[ -x $(CERTBOT_VENV)/bin/certbot ] || { $(PYTHON) -m venv $(CERTBOT_VENV) && \
 	  $(CERTBOT_VENV)/bin/pip install --quiet --disable-pip-version-check certbot==5.8.0; }

@@ -51,3 +51,35 @@ def issuance_svg(results: dict[str, object], path: Path) -> None:
         y += gap
     parts.append("</svg>")
     path.write_text("\n".join(parts) + "\n")
+
+
+def proxy_svg(results: dict[str, object], path: Path) -> None:
+    """Grouped horizontal bars: requests/s per proxy for each scenario (linear scale)."""
+    table = results["proxies"]
+    assert isinstance(table, dict)
+    scenarios = [("http_keepalive", "HTTP keep-alive"), ("https_keepalive", "HTTPS keep-alive"),
+                 ("https_new_connections", "new TLS conn.")]
+    tools = list(table)
+    hi = max(table[t][k]["rps"] for t in tools for k, _ in scenarios) or 1.0
+    left, width, bar, gap = 130, 520, 14, 12
+    height = 40 + len(scenarios) * (len(tools) * bar + gap) + 10
+    colors = {"certop": "#2b8a3e", "nginx": "#1971c2", "haproxy": "#e8590c",
+              "caddy": "#7048e8"}
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + width + 140}" '
+             f'height="{height}" font-family="sans-serif" font-size="12">',
+             f'<text x="{left}" y="18" font-weight="bold">Requests per second, one core '
+             '(longer is better)</text>']
+    y = 36
+    for key, label in scenarios:
+        parts.append(f'<text x="8" y="{y + len(tools) * bar / 2 + 4}">{label}</text>')
+        for tool in tools:
+            v = float(table[tool][key]["rps"])
+            w = width * v / hi
+            parts.append(f'<rect x="{left}" y="{y}" width="{w:.1f}" height="{bar - 2}" '
+                         f'fill="{colors.get(tool, "#888")}"/>')
+            parts.append(f'<text x="{left + w + 4:.1f}" y="{y + bar - 4}">{tool} '
+                         f'{v:,.0f}</text>')
+            y += bar
+        y += gap
+    parts.append("</svg>")
+    path.write_text("\n".join(parts) + "\n")

@@ -1,10 +1,12 @@
 """`make bench`: run the side-by-side benchmarks and update docs/benchmarks.md.
 
-Issuance (this issue): certop standalone vs. lego, certbot and Caddy against one local Pebble,
-time to one certificate (median of --runs) and total time for each of --sizes hosts, all in the
-same run so the ratios compare like with like. Results also go to bench/results/*.json.
+Issuance: certop standalone vs. lego, certbot and Caddy against one local Pebble, time to one
+certificate (median of --runs) and total time for each of --sizes hosts.
+Proxy: certop vs. nginx, HAProxy and Caddy on one pinned core (see bench/proxy.py).
+Everything in the same run so the ratios compare like with like; raw results also go to
+bench/results/*.json.
 
-Usage: bench/run.py [--runs 5] [--sizes 20,100] [--tools certop,lego,certbot,caddy]
+Usage: bench/run.py [--only issuance|proxy] [--runs 5] [--sizes 20,100] [--seconds 8]
 """
 
 from __future__ import annotations
@@ -27,10 +29,15 @@ sys.path[:0] = [str(HERE), str(ROOT / "pebble")]
 import issuance  # noqa: E402
 import pebblectl  # noqa: E402
 import plot  # noqa: E402
+import proxy  # noqa: E402
 
 DOC = ROOT / "docs" / "benchmarks.md"
 BEGIN = "<!-- issuance:begin -->"
 END = "<!-- issuance:end -->"
+PROXY_BEGIN = "<!-- proxy:begin -->"
+PROXY_END = "<!-- proxy:end -->"
+SCENARIOS = [("http_keepalive", "HTTP keep-alive"), ("https_keepalive", "HTTPS keep-alive"),
+             ("https_new_connections", "new TLS connections")]
 
 
 def _fmt(seconds: float | None) -> str:
@@ -125,25 +132,96 @@ def render(results: dict[str, object], command: str) -> str:
     ])
 
 
+def render_proxy(results: dict[str, object], command: str) -> str:
+    table = results["proxies"]
+    assert isinstance(table, dict)
+    head = "| proxy | " + " | ".join(
+        f"{label} req/s | p99" for _, label in SCENARIOS) + " |"
+    lines = [head, "|---" * (1 + 2 * len(SCENARIOS)) + "|"]
+    for name, row in table.items():
+        cells = [name]
+        for key, _ in SCENARIOS:
+            r = row[key]
+            cells += [f"{r['rps']:,.0f}" + (f" ({r['errors']} errors)" if r["errors"] else ""),
+                      f"{r['p99_ms']:.2f} ms"]
+        lines.append("| " + " | ".join(cells) + " |")
+    ratios = []
+    if "certop" in table:
+        c = table["certop"]
+        for peer in ("nginx", "caddy", "haproxy"):
+            if peer in table:
+                parts = [f"{label} **{c[key]['rps'] / table[peer][key]['rps']:.2f}x**"
+                         for key, label in SCENARIOS if table[peer][key]["rps"]]
+                ratios.append(f"- certop / {peer}: " + ", ".join(parts) + ".")
+        if "nginx" in table:
+            ratios.append(f"- p99 latency, HTTP keep-alive: certop "
+                          f"{c['http_keepalive']['p99_ms']:.2f} ms vs nginx "
+                          f"{table['nginx']['http_keepalive']['p99_ms']:.2f} ms.")
+    workers = results["workers"]
+    assert isinstance(workers, dict)
+    w1, w2 = workers["1"]["rps"], workers["2"]["rps"]
+    ratios.append(f"- `--workers 2` (not pinned; wrk and the backend share the same 2 cores): "
+                  f"{w2:,.0f} vs {w1:,.0f} req/s with one worker (**{w2 / w1:.2f}x**).")
+    ratios.append(f"- RSS with 10,000 idle keep-alive connections: "
+                  f"**{results['idle_rss_mb_10k']:.0f} MB**; with 1,000 Ingresses and 1,000 "
+                  f"certificates loaded: **{results['many_rss_mb_1000']:.0f} MB** (serving "
+                  f"after {results['many_start_seconds_1000']:.1f} s).")
+    when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return "\n".join([
+        PROXY_BEGIN,
+        f"Measured {when}, {results['seconds']} s per run, 64 connections (16 for new TLS "
+        f"connections), 100-byte responses. Command: `{command}`.",
+        "", *lines, "", *ratios, "",
+        "![Proxy throughput](benchmarks-proxy.svg)",
+        PROXY_END,
+    ])
+
+
+def _replace(text: str, begin: str, end: str, section: str) -> str:
+    if begin not in text:
+        return text.rstrip("\n") + "\n\n" + section + "\n"
+    start, stop = text.index(begin), text.index(end) + len(end)
+    return text[:start] + section + text[stop:]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--sizes", default="20,100")
     parser.add_argument("--tools", default="certop,lego,certbot,caddy")
+    parser.add_argument("--proxies", default="certop,nginx,haproxy,caddy")
+    parser.add_argument("--seconds", type=int, default=8, help="length of each proxy run")
+    parser.add_argument("--only", choices=["issuance", "proxy"],
+                        help="run one of the two benchmarks (default: both)")
     parser.add_argument("--no-doc", action="store_true", help="do not update docs/")
     args = parser.parse_args()
     command = "make bench" if len(sys.argv) == 1 else "bench/run.py " + " ".join(sys.argv[1:])
-    results = run(args)
     out = HERE / "results"
     out.mkdir(exist_ok=True)
-    (out / "issuance.json").write_text(json.dumps(results, indent=2))
-    section = render(results, command)
-    print(section)
+    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
+    if args.only in (None, "issuance"):
+        results = run(args)
+        (out / "issuance.json").write_text(json.dumps(results, indent=2))
+        section = render(results, command)
+        print(section)
+        text = _replace(text, BEGIN, END, section)
+        if not args.no_doc:
+            plot.issuance_svg(results, ROOT / "docs" / "benchmarks-issuance.svg")
+    if args.only in (None, "proxy"):
+        work = Path(tempfile.mkdtemp(prefix="certop-bench-proxy-"))
+        try:
+            presults = proxy.run_all(work, Path(sys.executable).with_name("certop"),
+                                     args.seconds, args.proxies.split(","))
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        (out / "proxy.json").write_text(json.dumps(presults, indent=2))
+        section = render_proxy(presults, command)
+        print(section)
+        text = _replace(text, PROXY_BEGIN, PROXY_END, section)
+        if not args.no_doc:
+            plot.proxy_svg(presults, ROOT / "docs" / "benchmarks-proxy.svg")
     if not args.no_doc:
-        text = DOC.read_text() if DOC.exists() else "# Benchmarks\n\n" + BEGIN + "\n" + END + "\n"
-        start, end = text.index(BEGIN), text.index(END) + len(END)
-        DOC.write_text(text[:start] + section + text[end:])
-        plot.issuance_svg(results, ROOT / "docs" / "benchmarks-issuance.svg")
+        DOC.write_text(text)
     return 0
 
 
