@@ -22,19 +22,25 @@ from typing import TYPE_CHECKING, cast
 
 from certop.proxy.http1 import (
     ChunkScanner,
+    FastRequest,
     Framing,
     Head,
     HttpError,
+    fast_request,
+    fast_response,
     parse_head,
     request_framing,
     response_framing,
 )
 
 if TYPE_CHECKING:
-    from certop.proxy.server import Proxy
+    from certop.proxy.server import Decision, Proxy
     from certop.proxy.upstream import Address
 
 IDLE, BODY, DRAIN, WAIT, TUNNEL, CLOSED = range(6)
+NO_BODY = Framing(length=0)
+_FAST_HEAD = Head((b"", b"", b""), [])
+"""Marks an upstream response whose head took the fast path (its body is being relayed)."""
 INF = float("inf")
 
 
@@ -206,19 +212,29 @@ class ClientConn(asyncio.Protocol):
         raw = bytes(buf[: end + 4])
         del buf[: end + 4]
         try:
+            fast = fast_request(raw)
+            if fast is not None:
+                keep = fast.version == b"1.1"
+                self.keep_alive = keep
+                decision = self.proxy.route_request(fast.target, fast.host, self.tls, not keep)
+                framing = Framing(length=fast.length) if fast.length else NO_BODY
+                self._start(fast.method, fast.target, framing, decision, fast, None)
+                return
             head = parse_head(raw, request=True)
             if head is None:  # only empty lines: wait for more
                 return
-            self._request(head)
+            framing = request_framing(head)
+            method, target, version = head.start
+            self.keep_alive = version == b"1.1" and b"close" not in head.connection_tokens()
+            decision = self.proxy.decide(head, self.tls)
+            self._start(method, target, framing, decision, None, head)
         except HttpError as exc:
             self._fail(exc)
 
-    def _request(self, head: Head) -> None:
+    def _start(self, method: bytes, target: bytes, framing: Framing, decision: Decision,
+               fast: FastRequest | None, head: Head | None) -> None:
+        """Answer locally or forward upstream; `fast` or `head` is the parsed request."""
         proxy = self.proxy
-        method, target, version = head.start
-        framing = request_framing(head)
-        self.keep_alive = version == b"1.1" and b"close" not in head.connection_tokens()
-        decision = proxy.decide(head, self.tls, framing)
         self.framing = framing
         self.remaining = framing.length or 0
         self.scanner = ChunkScanner() if framing.chunked else None
@@ -227,10 +243,10 @@ class ClientConn(asyncio.Protocol):
         if body_limit is not None and framing.length and framing.length > body_limit:
             raise HttpError(413, "body too large")
         self.body_limit = body_limit
+        has_body = framing.chunked or bool(framing.length)
         if decision.local is not None:
             # Answered here (404, 308, challenge token, 503): discard any body, then reply.
             self.local_reply = decision.local
-            has_body = framing.chunked or bool(framing.length)
             if has_body:
                 self.state = DRAIN
                 self._disarm()
@@ -243,9 +259,12 @@ class ClientConn(asyncio.Protocol):
             return
         assert decision.backend is not None
         upgrade = decision.upgrade
-        head_bytes = proxy.upstream_head(head, framing, self.tls, self.client_ip, upgrade)
-        retryable = not (framing.chunked or framing.length) and upgrade is None
-        has_body = framing.chunked or bool(framing.length)
+        if fast is not None:
+            head_bytes = proxy.upstream_head_fast(fast, self.tls, self.client_ip)
+        else:
+            assert head is not None
+            head_bytes = proxy.upstream_head(head, framing, self.tls, self.client_ip, upgrade)
+        retryable = not has_body and upgrade is None
         self.exchange = Exchange(self, method, target, head_bytes, upgrade is not None,
                                  retryable, decision.hsts, decision.label)
         self.exchange.body_done = not has_body
@@ -460,6 +479,13 @@ class UpstreamConn(asyncio.Protocol):
                 return
             raw = bytes(self.buf[: end + 4])
             del self.buf[: end + 4]
+            exchange = client.exchange
+            assert exchange is not None
+            fast = fast_response(raw, exchange.method,
+                                 client.keep_alive and not self.proxy.closing)
+            if fast is not None:
+                self._fast_head(client, exchange, raw, *fast)
+                return
             try:
                 head = parse_head(raw, request=False)
             except HttpError:
@@ -510,6 +536,34 @@ class UpstreamConn(asyncio.Protocol):
             else:
                 self._finished()
             return
+
+    def _fast_head(self, client: ClientConn, exchange: Exchange, raw: bytes, status: int,
+                   length: int) -> None:
+        """A plain response (see `http1.fast_response`): its head goes to the client as
+        received, plus `Connection: close` and HSTS when they apply."""
+        self.head = _FAST_HEAD
+        self.framing = Framing(length=length) if length else NO_BODY
+        self.remaining = length
+        self.scanner = None
+        keep = client.keep_alive and not self.proxy.closing
+        exchange.response_started = True
+        client._disarm()
+        self.proxy.observe(exchange, status)
+        hsts = exchange.hsts
+        if keep and hsts is None:
+            client.write(raw)
+        else:
+            extra = b"" if keep else b"Connection: close\r\n"
+            if hsts is not None and b"strict-transport-security" not in raw.lower():
+                extra += b"Strict-Transport-Security: " + hsts + b"\r\n"
+            client.write(raw[:-2] + extra + b"\r\n")
+        client.keep_alive = keep
+        rest = bytes(self.buf)
+        self.buf.clear()
+        if rest:
+            self._body(rest)
+        elif length == 0:
+            self._finished()
 
     def _bad(self) -> None:
         client = self.client

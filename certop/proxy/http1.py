@@ -202,3 +202,87 @@ class ChunkScanner:
             elif not line:  # _TRAILER: the empty line ends the message
                 return i, True
         return n, False
+
+
+# -- Fast paths ------------------------------------------------------------------------------
+# Most messages are plain: no hop-by-hop headers, one Host, at most one Content-Length. For
+# those the head is checked and scanned with a few C-level calls and forwarded as it is
+# (plus certop's own lines) instead of being split into a list and rebuilt. Anything else
+# takes the general path (`parse_head`), which gives the same result, only slower.
+
+_REQ_SPECIAL = re.compile(
+    rb"(?:^|\n)(?:connection|keep-alive|proxy-[a-z-]*|te|trailer|transfer-encoding|upgrade|"
+    rb"x-forwarded-[a-z-]*|expect)[ \t]*:")
+_RESP_SPECIAL = re.compile(
+    rb"(?:^|\n)(?:keep-alive|proxy-[a-z-]*|te|trailer|transfer-encoding|upgrade)[ \t]*:")
+_CONNECTION_VALUE = re.compile(rb"(?:^|\n)connection[ \t]*:[ \t]*([^\r]*?)[ \t]*\r")
+_HOST_VALUE = re.compile(rb"(?:^|\n)host[ \t]*:[ \t]*([^\r]*?)[ \t]*\r")
+_LENGTH_VALUE = re.compile(rb"(?:^|\n)content-length[ \t]*:[ \t]*([^\r]*?)[ \t]*\r")
+
+
+class FastRequest:
+    __slots__ = ("block", "host", "length", "method", "target", "version")
+
+    def __init__(self, method: bytes, target: bytes, version: bytes, host: bytes,
+                 length: int, block: bytes) -> None:
+        self.method = method
+        self.target = target
+        self.version = version
+        self.host = host
+        self.length = length
+        self.block = block
+        """The header lines as received, each ending with CRLF."""
+
+
+def fast_request(raw: bytes) -> FastRequest | None:
+    """A plain request head (see above), or None for the general path."""
+    eol = raw.find(b"\r\n")
+    m = _REQUEST_LINE.match(raw, 0, eol)
+    if m is None:
+        return None
+    block = raw[eol + 2 : -2]
+    if not _HEADER_BLOCK.match(block):
+        return None
+    lower = block.lower()
+    if _REQ_SPECIAL.search(lower):
+        return None
+    hosts = list(_HOST_VALUE.finditer(lower))
+    if len(hosts) != 1:
+        return None
+    host = block[hosts[0].start(1) : hosts[0].end(1)]
+    length = 0
+    lengths = _LENGTH_VALUE.findall(lower)
+    if lengths:
+        if len(lengths) != 1 or not lengths[0].isdigit() or len(lengths[0]) > 18:
+            return None
+        length = int(lengths[0])
+    return FastRequest(m.group(1), m.group(2), m.group(3), host, length, block)
+
+
+def fast_response(raw: bytes, method: bytes, keep: bool) -> tuple[int, int] | None:
+    """(status, Content-Length) of a plain response head, or None for the general path.
+    `Connection: keep-alive` (nginx always sends it) is plain while the client connection
+    stays open: passing it on says what certop's own head would say."""
+    if method == b"HEAD":
+        return None
+    eol = raw.find(b"\r\n")
+    m = _STATUS_LINE.match(raw, 0, eol)
+    if m is None:
+        return None
+    status = int(m.group(2))
+    if status < 200 or status in (204, 304):
+        return None
+    block = raw[eol + 2 : -2]
+    if not _HEADER_BLOCK.match(block):
+        return None
+    lower = block.lower()
+    if _RESP_SPECIAL.search(lower):
+        return None
+    if b"connection" in lower:
+        values = _CONNECTION_VALUE.findall(lower)
+        if values and (not keep or any(v != b"keep-alive" for v in values)):
+            return None
+    lengths = _LENGTH_VALUE.findall(lower)
+    if len(lengths) != 1 or not lengths[0].isdigit() or len(lengths[0]) > 18:
+        return None
+    return status, int(lengths[0])

@@ -23,7 +23,7 @@ from urllib.parse import unquote
 from certop.core.models import ServiceBackend
 from certop.core.routing import ACME_CHALLENGE_PREFIX, RouteTable, normalize_host
 from certop.proxy.engine import ClientConn, Exchange, UpstreamConn
-from certop.proxy.http1 import HOP_BY_HOP, Framing, Head, HttpError
+from certop.proxy.http1 import HOP_BY_HOP, FastRequest, Framing, Head, HttpError
 from certop.proxy.metrics import Metrics
 from certop.proxy.tls import CertBook
 from certop.proxy.upstream import Address, Backends, Balancer, Pool
@@ -91,6 +91,10 @@ def clean_path(target: bytes) -> str | None:
     """The routing path of a request target: dot segments removed, percent-decoding of
     everything but `/` (an encoded slash, %2F, stays encoded and never splits a path element),
     so `/public/../admin` routes as `/admin`. None when the target is unusable."""
+    if (target[:1] == b"/" and b"%" not in target and b"/." not in target
+            and b"//" not in target and b"?" not in target and b"#" not in target
+            and target.isascii()):
+        return target.decode("ascii")  # nothing to clean: the common case
     if target.startswith((b"http://", b"https://")):
         rest = target.split(b"://", 1)[1]
         slash = rest.find(b"/")
@@ -125,6 +129,8 @@ class Proxy:
         self.pool = Pool()
         self.https_port = 443
         self.http_port = 80
+        self._https_port_bytes = b"443"
+        self._http_port_bytes = b"80"
         self.connections: set[ClientConn] = set()
         self.upstreams: set[UpstreamConn] = set()
         self.closing = False
@@ -151,6 +157,7 @@ class Proxy:
             )
             self._servers.append(server)
             self.https_port = _port(server) or https_port
+            self._https_port_bytes = str(self.https_port).encode()
         if http_port is not None:
             server = await loop.create_server(
                 lambda: ClientConn(self, False), listen, http_port, reuse_address=True,
@@ -158,6 +165,7 @@ class Proxy:
             )
             self._servers.append(server)
             self.http_port = _port(server) or http_port
+            self._http_port_bytes = str(self.http_port).encode()
 
     def ports(self) -> list[int]:
         return [p for p in (_port(s) for s in self._servers) if p]
@@ -226,16 +234,23 @@ class Proxy:
             lines.append(b"Connection: close")
         return b"\r\n".join(lines) + b"\r\n\r\n" + body
 
-    def decide(self, head: Head, tls: bool, framing: Framing, keep: bool = True) -> Decision:
+    def decide(self, head: Head, tls: bool) -> Decision:
+        """The decision for a request parsed by the general path."""
         _method, target, version = head.start
         hosts = head.get_all(b"host")
         if len(hosts) > 1 or (version == b"1.1" and not hosts):
             raise HttpError(400, "exactly one Host header")
-        host = normalize_host(hosts[0].decode("latin-1")) if hosts else ""
+        close = version != b"1.1" or b"close" in head.connection_tokens()
+        upgrade = head.get(b"upgrade") if b"upgrade" in head.connection_tokens() else None
+        return self.route_request(target, hosts[0] if hosts else b"", tls, close, upgrade)
+
+    def route_request(self, target: bytes, host_raw: bytes, tls: bool, close: bool,
+                      upgrade: bytes | None = None) -> Decision:
+        """Challenge token, redirect, 404 or a backend for one request."""
+        host = normalize_host(host_raw.decode("latin-1"))
         path = clean_path(target)
         if path is None:
             raise HttpError(400, "bad request target")
-        close = version != b"1.1" or b"close" in head.connection_tokens()
         routes = self.routes.lookup(host)
         label = host if routes is not self.routes.catch_all else "*"
         if not tls:
@@ -253,11 +268,21 @@ class Proxy:
         if route is None:
             self.count(label, 404)
             return Decision(local=self.simple(404, close=close))
-        upgrade = head.get(b"upgrade") if b"upgrade" in head.connection_tokens() else None
         limit = self.settings.body_limit if route.body_limit is None else (
             route.body_limit or None)
         return Decision(backend=route.backend, upgrade=upgrade, body_limit=limit,
                         hsts=route.hsts if tls else None, label=label)
+
+    def upstream_head_fast(self, req: FastRequest, tls: bool, client_ip: bytes) -> bytes:
+        """The head sent upstream for a plain request: its header lines as received (none
+        is hop-by-hop, see `fast_request`) plus the X-Forwarded-* lines."""
+        return b"".join((
+            req.method, b" ", req.target, b" HTTP/1.1\r\n", req.block,
+            b"X-Forwarded-For: ", client_ip,
+            b"\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: " if tls
+            else b"\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: ",
+            req.host, b"\r\nX-Forwarded-Port: ",
+            self._https_port_bytes if tls else self._http_port_bytes, b"\r\n\r\n"))
 
     def upstream_head(self, head: Head, framing: Framing, tls: bool, client_ip: bytes,
                       upgrade: bytes | None) -> bytes:
@@ -316,17 +341,17 @@ class Proxy:
     # -- upstreams ---------------------------------------------------------------------
 
     def dispatch(self, client: ClientConn, backend: ServiceBackend) -> None:
-        candidates = self.balancer.candidates(backend)
-        if not candidates:
+        addr = self.balancer.pick(backend)
+        if addr is None:
             client.upstream_failed(503)
             return
-        conn = self.pool.take(candidates[0])
+        conn = self.pool.take(addr)
         if conn is not None:
             assert client.exchange is not None
-            client.exchange.addr = candidates[0]
+            client.exchange.addr = addr
             conn.begin(client, fresh=False)
             return
-        self._connect(client, candidates[:3])
+        self._connect(client, self.balancer.candidates(backend, first=addr)[:3])
 
     def retry(self, client: ClientConn) -> None:
         """The pooled connection was stale: the same request on a new connection."""

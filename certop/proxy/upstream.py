@@ -10,7 +10,6 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from certop.core.models import ServiceBackend
@@ -29,36 +28,76 @@ class Backends(Protocol):
         ...
 
 
-@dataclass
 class Balancer:
-    backends: Backends
-    _counters: dict[ServiceBackend, itertools.count[int]] = field(default_factory=dict)
-    _failed: dict[Address, float] = field(default_factory=dict)
+    """Round robin per request over the healthy endpoints of a backend."""
 
-    def candidates(self, backend: ServiceBackend) -> list[Address]:
-        """Endpoints to try in order: healthy ones round robin, recently failed ones last."""
-        addrs = self.backends.addresses(backend)
+    def __init__(self, backends: Backends) -> None:
+        self._backends = backends
+        self._counters: dict[ServiceBackend, itertools.count[int]] = {}
+        self._failed: dict[Address, float] = {}
+        self._addresses: dict[ServiceBackend, Sequence[Address]] = {}
+
+    @property
+    def backends(self) -> Backends:
+        return self._backends
+
+    @backends.setter
+    def backends(self, backends: Backends) -> None:
+        self._backends = backends
+        self._addresses = {}
+
+    def _addrs(self, backend: ServiceBackend) -> Sequence[Address]:
+        addrs = self._addresses.get(backend)
+        if addrs is None:
+            addrs = self._addresses[backend] = tuple(self._backends.addresses(backend))
+        return addrs
+
+    def pick(self, backend: ServiceBackend) -> Address | None:
+        """The endpoint for this request (the common case: nothing failed lately)."""
+        if self._failed:
+            found = self.candidates(backend)
+            return found[0] if found else None
+        addrs = self._addrs(backend)
         if not addrs:
-            return []
+            return None
         counter = self._counters.get(backend)
         if counter is None:
             counter = self._counters[backend] = itertools.count()
-        healthy: Sequence[Address] = addrs
-        failed: list[Address] = []
-        if self._failed:
-            now = time.monotonic()
-            healthy = [a for a in addrs if self._failed.get(a, 0.0) <= now]
-            failed = [a for a in addrs if self._failed.get(a, 0.0) > now]
-            if not healthy:
-                healthy, failed = failed, []
-        start = next(counter) % len(healthy)
-        return [*healthy[start:], *healthy[:start], *failed]
+        return addrs[next(counter) % len(addrs)]
+
+    def candidates(self, backend: ServiceBackend, first: Address | None = None) -> list[Address]:
+        """Endpoints to try in order: healthy ones round robin, recently failed ones last."""
+        addrs = self._addrs(backend)
+        if not addrs:
+            return []
+        if first is not None and first in addrs:
+            i = addrs.index(first)
+            rotated = [*addrs[i:], *addrs[:i]]
+        else:
+            counter = self._counters.get(backend)
+            if counter is None:
+                counter = self._counters[backend] = itertools.count()
+            i = next(counter) % len(addrs)
+            rotated = [*addrs[i:], *addrs[:i]]
+        if not self._failed:
+            return rotated
+        now = time.monotonic()
+        healthy = [a for a in rotated if self._failed.get(a, 0.0) <= now]
+        failed = [a for a in rotated if self._failed.get(a, 0.0) > now]
+        if not healthy:
+            return failed
+        if first is None or first not in healthy:
+            counter = self._counters[backend]
+            j = next(counter) % len(healthy)
+            healthy = [*healthy[j:], *healthy[:j]]
+        return [*healthy, *failed]
 
     def failed(self, addr: Address) -> None:
         self._failed[addr] = time.monotonic() + FAIL_HOLD
 
     def succeeded(self, addr: Address) -> None:
-        self._failed.pop(addr, None)
+        if self._failed:
+            self._failed.pop(addr, None)
 
 
 class Pool:
