@@ -92,8 +92,8 @@ def wrk(url: str, seconds: int, connections: int = 64, close: bool = False) -> R
     out = subprocess.run(cmd, capture_output=True, text=True, check=True,
                          timeout=seconds + 60).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    p50 = re.search(r"50%\s+(\S+)", out)
-    p99 = re.search(r"99%\s+(\S+)", out)
+    p50 = re.search(r"^\s*50%\s+(\S+)", out, re.M)
+    p99 = re.search(r"^\s*99%\s+(\S+)", out, re.M)
     errors = 0
     for m in re.finditer(r"(?:connect|read|write|timeout) (\d+)", out):
         errors += int(m.group(1))
@@ -222,6 +222,15 @@ backend b
             wrk(f"http://127.0.0.1:{http}/", 1)
             return wrk(f"http://127.0.0.1:{http}/", self.seconds)
 
+    def floor(self) -> Result:
+        """The byte-copying uvloop proxy (bench/floor.py) on the same pinned core."""
+        port = pebblectl.free_port()
+        cmd = ["taskset", "-c", "0", str(self.certop.with_name("python")),
+               str(ROOT / "bench" / "floor.py"), str(port), str(self.backend_port)]
+        with started(cmd, port, "floor", self.work):
+            wrk(f"http://127.0.0.1:{port}/", 1)
+            return wrk(f"http://127.0.0.1:{port}/", self.seconds)
+
     def certop_idle_rss(self, connections: int = 10_000) -> float:
         _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
@@ -300,6 +309,8 @@ def run_all(work: Path, certop: Path, seconds: int, peers: list[str]) -> dict[st
             print(f"bench: proxy: {name}", flush=True)
             table[name] = {k: vars(v) for k, v in bench.run_peer(name).items()}
         results["proxies"] = table
+        print("bench: proxy: floor", flush=True)
+        results["floor"] = vars(bench.floor())
         print("bench: proxy: certop --workers 1/2", flush=True)
         results["workers"] = {str(n): vars(bench.certop_workers(n)) for n in (1, 2)}
         print("bench: proxy: certop RSS", flush=True)

@@ -157,6 +157,14 @@ def render_proxy(results: dict[str, object], command: str) -> str:
             ratios.append(f"- p99 latency, HTTP keep-alive: certop "
                           f"{c['http_keepalive']['p99_ms']:.2f} ms vs nginx "
                           f"{table['nginx']['http_keepalive']['p99_ms']:.2f} ms.")
+    floor = results.get("floor")
+    if isinstance(floor, dict) and "certop" in table:
+        c_rps = table["certop"]["http_keepalive"]["rps"]
+        ratios.append(
+            f"- The floor of a Python data path (`bench/floor.py`: uvloop, bytes copied between "
+            f"paired connections, no HTTP parsing) on the same core: {floor['rps']:,.0f} req/s, "
+            f"about {1e6 / floor['rps']:.0f} µs per request; certop spends "
+            f"{1e6 / c_rps:.0f} µs.")
     workers = results["workers"]
     assert isinstance(workers, dict)
     w1, w2 = workers["1"]["rps"], workers["2"]["rps"]

@@ -28,6 +28,7 @@ from certop.proxy.http1 import (
     HttpError,
     fast_request,
     fast_response,
+    framing_for,
     parse_head,
     request_framing,
     response_framing,
@@ -217,7 +218,7 @@ class ClientConn(asyncio.Protocol):
                 keep = fast.version == b"1.1"
                 self.keep_alive = keep
                 decision = self.proxy.route_request(fast.target, fast.host, self.tls, not keep)
-                framing = Framing(length=fast.length) if fast.length else NO_BODY
+                framing = framing_for(fast.length)
                 self._start(fast.method, fast.target, framing, decision, fast, None)
                 return
             head = parse_head(raw, request=True)
@@ -542,7 +543,7 @@ class UpstreamConn(asyncio.Protocol):
         """A plain response (see `http1.fast_response`): its head goes to the client as
         received, plus `Connection: close` and HSTS when they apply."""
         self.head = _FAST_HEAD
-        self.framing = Framing(length=length) if length else NO_BODY
+        self.framing = framing_for(length)
         self.remaining = length
         self.scanner = None
         keep = client.keep_alive and not self.proxy.closing

@@ -105,6 +105,19 @@ class Framing:
     until_close: bool = False
 
 
+_LENGTHS: dict[int, Framing] = {}
+
+
+def framing_for(length: int) -> Framing:
+    """A Content-Length framing; the values seen most are kept (Framing is immutable)."""
+    found = _LENGTHS.get(length)
+    if found is None:
+        found = Framing(length=length)
+        if len(_LENGTHS) < 4096:
+            _LENGTHS[length] = found
+    return found
+
+
 def request_framing(head: Head) -> Framing:
     te = head.get_all(b"transfer-encoding")
     cl = head.get_all(b"content-length")
@@ -210,14 +223,16 @@ class ChunkScanner:
 # (plus certop's own lines) instead of being split into a list and rebuilt. Anything else
 # takes the general path (`parse_head`), which gives the same result, only slower.
 
+# Each pattern starts with a literal "\n" (the scanned text is "\n" + the lower-cased header
+# lines), which lets the regex engine jump from line to line instead of trying every byte.
 _REQ_SPECIAL = re.compile(
-    rb"(?:^|\n)(?:connection|keep-alive|proxy-[a-z-]*|te|trailer|transfer-encoding|upgrade|"
-    rb"x-forwarded-[a-z-]*|expect)[ \t]*:")
+    rb"\n(?:(?:connection|keep-alive|te|trailer|transfer-encoding|upgrade|expect):"
+    rb"|proxy-|x-forwarded-)")
 _RESP_SPECIAL = re.compile(
-    rb"(?:^|\n)(?:keep-alive|proxy-[a-z-]*|te|trailer|transfer-encoding|upgrade)[ \t]*:")
-_CONNECTION_VALUE = re.compile(rb"(?:^|\n)connection[ \t]*:[ \t]*([^\r]*?)[ \t]*\r")
-_HOST_VALUE = re.compile(rb"(?:^|\n)host[ \t]*:[ \t]*([^\r]*?)[ \t]*\r")
-_LENGTH_VALUE = re.compile(rb"(?:^|\n)content-length[ \t]*:[ \t]*([^\r]*?)[ \t]*\r")
+    rb"\n(?:(?:keep-alive|te|trailer|transfer-encoding|upgrade):|proxy-)")
+_HOST_VALUE = re.compile(rb"\nhost:[ \t]*([^\r]*?)[ \t]*\r")
+_LENGTH_VALUE = re.compile(rb"\ncontent-length:[ \t]*([^\r]*?)[ \t]*\r")
+_CONNECTION_VALUE = re.compile(rb"\nconnection:[ \t]*([^\r]*?)[ \t]*\r")
 
 
 class FastRequest:
@@ -243,13 +258,13 @@ def fast_request(raw: bytes) -> FastRequest | None:
     block = raw[eol + 2 : -2]
     if not _HEADER_BLOCK.match(block):
         return None
-    lower = block.lower()
+    lower = b"\n" + block.lower()
     if _REQ_SPECIAL.search(lower):
         return None
     hosts = list(_HOST_VALUE.finditer(lower))
     if len(hosts) != 1:
         return None
-    host = block[hosts[0].start(1) : hosts[0].end(1)]
+    host = block[hosts[0].start(1) - 1 : hosts[0].end(1) - 1]
     length = 0
     lengths = _LENGTH_VALUE.findall(lower)
     if lengths:
@@ -275,10 +290,10 @@ def fast_response(raw: bytes, method: bytes, keep: bool) -> tuple[int, int] | No
     block = raw[eol + 2 : -2]
     if not _HEADER_BLOCK.match(block):
         return None
-    lower = block.lower()
+    lower = b"\n" + block.lower()
     if _RESP_SPECIAL.search(lower):
         return None
-    if b"connection" in lower:
+    if b"\nconnection:" in lower:
         values = _CONNECTION_VALUE.findall(lower)
         if values and (not keep or any(v != b"keep-alive" for v in values)):
             return None

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import posixpath
+import re
 import socket
 import time
 from dataclasses import dataclass
@@ -59,17 +60,22 @@ class ProxySettings:
     """Log one line per request to the `certop.access` logger."""
 
 
-@dataclass(frozen=True)
 class Decision:
-    """What to do with one request: reply locally, or forward to a backend."""
+    """What to do with one request: reply locally, or forward to a backend.
+    (A plain class with slots: one is made per request.)"""
 
-    local: bytes | None = None
-    backend: ServiceBackend | None = None
-    upgrade: bytes | None = None
-    body_limit: int | None = None
-    hsts: bytes | None = None
-    label: str = "*"
-    """The host as a metrics label (a known host, or "*")."""
+    __slots__ = ("backend", "body_limit", "hsts", "label", "local", "upgrade")
+
+    def __init__(self, local: bytes | None = None, backend: ServiceBackend | None = None,
+                 upgrade: bytes | None = None, body_limit: int | None = None,
+                 hsts: bytes | None = None, label: str = "*") -> None:
+        self.local = local
+        self.backend = backend
+        self.upgrade = upgrade
+        self.body_limit = body_limit
+        self.hsts = hsts
+        self.label = label
+        """The host as a metrics label (a known host, or "*")."""
 
 
 class _Date:
@@ -87,13 +93,14 @@ class _Date:
         return self.value
 
 
+_UNCLEAN = re.compile(rb"[%?#]|/\.|//")
+
+
 def clean_path(target: bytes) -> str | None:
     """The routing path of a request target: dot segments removed, percent-decoding of
     everything but `/` (an encoded slash, %2F, stays encoded and never splits a path element),
     so `/public/../admin` routes as `/admin`. None when the target is unusable."""
-    if (target[:1] == b"/" and b"%" not in target and b"/." not in target
-            and b"//" not in target and b"?" not in target and b"#" not in target
-            and target.isascii()):
+    if target[:1] == b"/" and not _UNCLEAN.search(target) and target.isascii():
         return target.decode("ascii")  # nothing to clean: the common case
     if target.startswith((b"http://", b"https://")):
         rest = target.split(b"://", 1)[1]

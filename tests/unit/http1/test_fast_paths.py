@@ -71,3 +71,10 @@ def test_fast_request_agrees_with_the_general_parser(raw: bytes, fast: bool) -> 
 def test_fast_response_takes_only_plain_responses(raw: bytes, method: bytes, keep: bool,
                                                   expected: tuple[int, int] | None) -> None:
     assert fast_response(raw, method, keep) == expected
+
+
+@pytest.mark.parametrize("name", [b"Proxy-Authorization", b"X-Forwarded-Proto", b"Keep-Alive",
+                                  b"Trailer", b"TE", b"Connection", b"Upgrade", b"Expect"])
+def test_every_hop_by_hop_or_forwarded_header_takes_the_general_path(name: bytes) -> None:
+    raw = b"GET / HTTP/1.1\r\nHost: a\r\n" + name + b": x\r\n\r\n"
+    assert fast_request(raw) is None
