@@ -12,8 +12,10 @@ from pathlib import Path
 
 import pytest
 from echo import Echo
+from spec_table import SPEC_TABLE
 
 from certop.core import routing
+from certop.core.models import PathType
 from certop.proxy.server import Proxy
 from certop.proxy.tls import CertBook
 from certop.standalone import loader
@@ -190,3 +192,31 @@ async def test_default_backend_serves_everything(default_backend: Client, method
     assert resp.version == 11
     for name in ("Content-Length", "Content-Type", "Date", "Server"):
         assert resp.getheader(name), name
+
+
+@pytest.mark.parametrize(("rules", "request_path", "expected"), SPEC_TABLE)
+async def test_the_spec_path_table_through_the_proxy(
+        tmp_path: Path, echoes: dict[str, Echo], rules: list[tuple[str, PathType, str]],
+        request_path: str, expected: str | None) -> None:
+    names = {"a": "foo-exact", "b": "foo-prefix", "c": "aaa-prefix"}
+    paths = "".join(f"\n          - {{path: '{path}', pathType: {kind.value}, "
+                    f"{backend(names[name])}}}" for path, kind, name in rules)
+    manifest = f"""apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {{name: table, namespace: conformance}}
+spec:
+  rules:
+    - host: table.test
+      http:
+        paths:{paths}
+"""
+    proxy, port = await serve(tmp_path, manifest, echoes)
+    try:
+        status, seen, _ = await asyncio.to_thread(Client(port).request, "table.test",
+                                                  request_path)
+    finally:
+        await proxy.close()
+    if expected is None:
+        assert status == 404
+    else:
+        assert status == 200 and seen is not None and seen["service"] == names[expected]
