@@ -386,7 +386,6 @@ class UpstreamConn(asyncio.Protocol):
         self.remaining = 0
         self.scanner: ChunkScanner | None = None
         self.reusable = True
-        self.finished_response = False
         self.got_bytes = False
         self.fresh = True
 
@@ -433,7 +432,6 @@ class UpstreamConn(asyncio.Protocol):
         self.fresh = fresh
         self.head = None
         self.buf.clear()
-        self.finished_response = False
         self.got_bytes = False
         self.reusable = True
         client.attach(self)
@@ -604,7 +602,6 @@ class UpstreamConn(asyncio.Protocol):
             self._finished()
 
     def _finished(self) -> None:
-        self.finished_response = True
         client = self.client
         if client is None:
             return
