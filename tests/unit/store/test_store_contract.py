@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from kube import EmulatorThread
 
 from certop.store.files import FileAccountStore, FileCertStore, FileOrderJournal, write_atomic
 from certop.store.memory import MemoryAccountStore, MemoryCertStore, MemoryOrderJournal
 from certop.store.ports import StoredCert
+from certop.store.secrets import SecretCertStore, SecretNotOwned
 
 STORES: dict[str, Callable[[Path], tuple[Any, Any, Any]]] = {
     "files": lambda p: (FileCertStore(p), FileAccountStore(p), FileOrderJournal(p)),
@@ -25,13 +27,52 @@ def stores(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[Any, Any, An
     return STORES[request.param](tmp_path)
 
 
-def test_certificates_round_trip_and_replace_as_a_pair(stores: tuple[Any, Any, Any]) -> None:
-    certs, _, _ = stores
-    assert certs.load("ns", "s") is None
-    certs.save("ns", "s", StoredCert(b"cert1", b"key1"))
-    certs.save("ns", "s", StoredCert(b"cert2", b"key2"))
-    assert certs.load("ns", "s") == StoredCert(b"cert2", b"key2")
-    assert certs.load("other", "s") is None
+@pytest.fixture(scope="module")
+def emulator() -> Iterator[EmulatorThread]:
+    with EmulatorThread() as e:
+        yield e
+
+
+CERT_STORES: dict[str, Callable[[Path, EmulatorThread], Any]] = {
+    "files": lambda p, e: FileCertStore(p),
+    "memory": lambda p, e: MemoryCertStore(),
+    "secrets": lambda p, e: SecretCertStore(e.core()),
+}
+
+
+@pytest.fixture(params=list(CERT_STORES))
+def cert_store(request: pytest.FixtureRequest, tmp_path: Path, emulator: EmulatorThread) -> Any:
+    return CERT_STORES[request.param](tmp_path, emulator)
+
+
+def test_certificates_round_trip_and_replace_as_a_pair(cert_store: Any, tmp_path: Path) -> None:
+    ns = tmp_path.name[-40:].lower().replace("_", "-").strip("-")  # a fresh namespace per test
+    assert cert_store.load(ns, "s") is None
+    assert cert_store.version(ns, "s") is None
+    cert_store.save(ns, "s", StoredCert(b"cert1", b"key1"))
+    first = cert_store.version(ns, "s")
+    cert_store.save(ns, "s", StoredCert(b"cert2", b"key2"))
+    assert cert_store.load(ns, "s") == StoredCert(b"cert2", b"key2")
+    assert cert_store.version(ns, "s") not in (None, first)
+    assert cert_store.load(ns + "x", "s") is None
+
+
+def test_a_secret_certop_does_not_own_is_never_overwritten(emulator: EmulatorThread) -> None:
+    api = emulator.core()
+    foreign = {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+               "metadata": {"name": "theirs", "namespace": "owned-test"},
+               "data": {"tls.crt": "Zm9yZWlnbg==", "tls.key": "Zm9yZWlnbg=="}}
+    api.create_namespaced_secret("owned-test", foreign)
+    store = SecretCertStore(api)
+    with pytest.raises(SecretNotOwned, match="not managed by certop"):
+        store.save("owned-test", "theirs", StoredCert(b"ours", b"ours"))
+    assert store.load("owned-test", "theirs") == StoredCert(b"foreign", b"foreign")
+    assert store.owned("owned-test", "theirs") is False
+    store.save("owned-test", "mine", StoredCert(b"c", b"k"))
+    assert store.owned("owned-test", "mine") is True
+    secret = api.read_namespaced_secret("mine", "owned-test")
+    assert secret.type == "kubernetes.io/tls"
+    assert secret.metadata.labels == {"certop.dev/managed": "true"}
 
 
 def test_an_account_key_is_never_overwritten(stores: tuple[Any, Any, Any]) -> None:

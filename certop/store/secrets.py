@@ -1,0 +1,120 @@
+"""`kubernetes.io/tls` Secrets as a CertStore (cluster mode).
+
+Rules:
+- certop writes only Secrets labelled `certop.dev/managed: "true"`; a Secret of that name that
+  exists without the label is never overwritten (`SecretNotOwned`, reported on the Ingress).
+- A write carries the resourceVersion it read, so a concurrent writer makes it fail (409)
+  instead of being overwritten silently.
+- `tls.crt` (leaf + chain) and `tls.key` change together in one request.
+Blocking (the `kubernetes` client): call from worker threads, never from the event loop.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from certop.core.errors import PermanentError, TemporaryError
+from certop.store.ports import StoredCert
+
+MANAGED_LABEL = "certop.dev/managed"
+TLS_TYPE = "kubernetes.io/tls"
+
+
+class SecretNotOwned(PermanentError):
+    """A Secret with the wanted name exists and certop did not create it."""
+
+    def __init__(self, namespace: str, name: str) -> None:
+        super().__init__(
+            f"Secret {namespace}/{name} exists and is not managed by certop (no label "
+            f"{MANAGED_LABEL}=true): not overwriting it; rename spec.tls[].secretName or "
+            "delete the Secret")
+        self.namespace = namespace
+        self.name = name
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+class SecretCertStore:
+    def __init__(self, api: client.CoreV1Api, timeout: float = 10.0) -> None:
+        self.api = api
+        self.timeout = timeout
+
+    def _read(self, namespace: str, name: str) -> Any | None:
+        try:
+            return self.api.read_namespaced_secret(name, namespace,
+                                                   _request_timeout=self.timeout)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise TemporaryError(f"reading Secret {namespace}/{name}: HTTP {exc.status}") from exc
+
+    def load(self, namespace: str, name: str) -> StoredCert | None:
+        secret = self._read(namespace, name)
+        if secret is None or secret.type != TLS_TYPE:
+            return None
+        data = secret.data or {}
+        if "tls.crt" not in data or "tls.key" not in data:
+            return None
+        try:
+            return StoredCert(base64.b64decode(data["tls.crt"]), base64.b64decode(data["tls.key"]))
+        except ValueError:
+            return None
+
+    def version(self, namespace: str, name: str) -> str | None:
+        secret = self._read(namespace, name)
+        if secret is None:
+            return None
+        rv = secret.metadata.resource_version
+        if rv:
+            return str(rv)
+        digest = hashlib.sha256(repr(sorted((secret.data or {}).items())).encode())
+        return digest.hexdigest()
+
+    def owned(self, namespace: str, name: str) -> bool | None:
+        """True: ours; False: someone else's; None: no such Secret."""
+        secret = self._read(namespace, name)
+        if secret is None:
+            return None
+        labels = secret.metadata.labels or {}
+        return bool(labels.get(MANAGED_LABEL) == "true")
+
+    def save(self, namespace: str, name: str, cert: StoredCert) -> None:
+        data: dict[str, bytes | str] = {"tls.crt": _b64(cert.fullchain_pem),
+                                        "tls.key": _b64(cert.key_pem)}
+        secret = self._read(namespace, name)
+        if secret is None:
+            body = client.V1Secret(
+                api_version="v1", kind="Secret", type=TLS_TYPE, data=data,
+                metadata=client.V1ObjectMeta(name=name, namespace=namespace,
+                                             labels={MANAGED_LABEL: "true"}),
+            )
+            try:
+                self.api.create_namespaced_secret(namespace, body,
+                                                  _request_timeout=self.timeout)
+                return
+            except ApiException as exc:
+                if exc.status == 409:
+                    raise TemporaryError(f"Secret {namespace}/{name} appeared while "
+                                         "certop was creating it; will look again") from exc
+                raise TemporaryError(f"creating Secret {namespace}/{name}: HTTP "
+                                     f"{exc.status}") from exc
+        labels = secret.metadata.labels or {}
+        if labels.get(MANAGED_LABEL) != "true":
+            raise SecretNotOwned(namespace, name)
+        metadata: dict[str, Any] = {}
+        if secret.metadata.resource_version:
+            metadata["resourceVersion"] = secret.metadata.resource_version
+        try:
+            self.api.patch_namespaced_secret(name, namespace, {"metadata": metadata,
+                                                               "data": data},
+                                             _request_timeout=self.timeout)
+        except ApiException as exc:
+            raise TemporaryError(f"updating Secret {namespace}/{name}: HTTP "
+                                 f"{exc.status}") from exc
