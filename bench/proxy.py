@@ -209,6 +209,9 @@ backend b
             _wait_port(http, None, name)
             wrk(f"http://127.0.0.1:{http}/", 1)  # warm-up
             out["http_keepalive"] = wrk(f"http://127.0.0.1:{http}/", self.seconds)
+            # Latency below saturation: 4 connections (at 64 the p99 is mostly queueing).
+            out["http_latency_c4"] = wrk(f"http://127.0.0.1:{http}/", self.seconds,
+                                         connections=4)
             # "localhost" (127.0.0.1 here) so that wrk sends a name as SNI, never an IP.
             out["https_keepalive"] = wrk(f"https://localhost:{https}/", self.seconds)
             out["https_new_connections"] = wrk(f"https://localhost:{https}/", self.seconds,

@@ -154,9 +154,14 @@ def render_proxy(results: dict[str, object], command: str) -> str:
                          for key, label in SCENARIOS if table[peer][key]["rps"]]
                 ratios.append(f"- certop / {peer}: " + ", ".join(parts) + ".")
         if "nginx" in table:
-            ratios.append(f"- p99 latency, HTTP keep-alive: certop "
-                          f"{c['http_keepalive']['p99_ms']:.2f} ms vs nginx "
-                          f"{table['nginx']['http_keepalive']['p99_ms']:.2f} ms.")
+            n = table["nginx"]
+            ratios.append(
+                f"- p99 latency, HTTP keep-alive: at 64 connections (saturated, mostly queueing) "
+                f"certop {c['http_keepalive']['p99_ms']:.2f} ms vs nginx "
+                f"{n['http_keepalive']['p99_ms']:.2f} ms; at 4 connections certop "
+                f"{c['http_latency_c4']['p99_ms']:.3f} ms vs nginx "
+                f"{n['http_latency_c4']['p99_ms']:.3f} ms "
+                f"(**{c['http_latency_c4']['p99_ms'] / n['http_latency_c4']['p99_ms']:.2f}x**).")
     floor = results.get("floor")
     if isinstance(floor, dict) and "certop" in table:
         c_rps = table["certop"]["http_keepalive"]["rps"]
