@@ -8,6 +8,7 @@ import threading
 from typing import Any
 
 import kmock
+from kmock_ext import Emulator
 from kubernetes import client
 
 
@@ -30,7 +31,7 @@ class EmulatorThread:
 
     async def _serve(self) -> None:
         self.stopping = asyncio.Event()
-        async with kmock.KubernetesEmulator() as emulator, kmock.Server(emulator) as server:
+        async with Emulator() as emulator, kmock.Server(emulator) as server:
             for resource, info in self.resources.items():
                 emulator.resources[resource] = info
             self.emulator = emulator
