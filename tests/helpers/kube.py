@@ -4,19 +4,36 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
+import time
+import warnings
+from collections.abc import Callable
 from typing import Any
 
 import kmock
+import kopf
 from kmock_ext import Emulator
 from kubernetes import client
+
+VERBS = ["get", "list", "watch", "create", "patch", "delete"]
+# Discovery for what certop uses, plus v1/namespaces (without it kopf silently never watches).
+RESOURCES: dict[str, dict[str, Any]] = {
+    "v1/secrets": {"kind": "Secret", "namespaced": True, "verbs": VERBS},
+    "v1/namespaces": {"kind": "Namespace", "namespaced": False, "verbs": VERBS},
+    "v1/events": {"kind": "Event", "namespaced": True, "verbs": VERBS},
+    "networking.k8s.io/v1/ingresses": {"kind": "Ingress", "namespaced": True, "verbs": VERBS,
+                                       "subresources": ["status"]},
+    "certop.dev/v1/certificates": {"kind": "Certificate", "namespaced": True,
+                                   "verbs": VERBS, "subresources": ["status"]},
+    "certop.dev/v1/clusterissuers": {"kind": "ClusterIssuer", "namespaced": False,
+                                     "verbs": VERBS, "subresources": ["status"]},
+}
 
 
 class EmulatorThread:
     def __init__(self, resources: dict[str, dict[str, Any]] | None = None) -> None:
-        self.resources = resources or {"v1/secrets": {"kind": "Secret", "namespaced": True},
-                                       "v1/namespaces": {"kind": "Namespace",
-                                                         "namespaced": False}}
+        self.resources = resources or RESOURCES
         self.loop = asyncio.new_event_loop()
         self.ready = threading.Event()
         self.stopping: asyncio.Event | None = None
@@ -50,7 +67,61 @@ class EmulatorThread:
         self.loop.call_soon_threadsafe(self.stopping.set)
         self.thread.join(20)
 
-    def core(self) -> client.CoreV1Api:
+    def api_client(self) -> client.ApiClient:
         config = client.Configuration()
         config.host = self.url
-        return client.CoreV1Api(client.ApiClient(config))
+        return client.ApiClient(config)
+
+    def core(self) -> client.CoreV1Api:
+        return client.CoreV1Api(self.api_client())
+
+    def custom(self) -> client.CustomObjectsApi:
+        return client.CustomObjectsApi(self.api_client())
+
+
+class OperatorThread:
+    """`kopf.operator()` with a given registry, on its own loop in a thread, logged in to the
+    emulator through a login handler (no test-only code in certop itself)."""
+
+    def __init__(self, registry: kopf.OperatorRegistry, url: str) -> None:
+        self.registry = registry
+        self.url = url
+        self.stop_flag: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+        @kopf.on.login(registry=registry)
+        def login(**_: Any) -> kopf.ConnectionInfo:
+            return kopf.ConnectionInfo(server=url, insecure=True, scheme="Bearer", token="x")
+
+        @kopf.on.startup(registry=registry)
+        def quiet(settings: kopf.OperatorSettings, **_: Any) -> None:
+            settings.posting.enabled = False
+            settings.watching.server_timeout = 10
+
+    def _run(self) -> None:
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # kopf warns that OS signals are not ours here
+            loop.run_until_complete(kopf.operator(registry=self.registry, clusterwide=True,
+                                                  standalone=True, stop_flag=self.stop_flag))
+        loop.close()
+
+    def __enter__(self) -> OperatorThread:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_flag.set_result(None)
+        self.thread.join(30)
+
+
+def wait_for(check: Callable[[], bool], timeout: float = 20.0, what: str = "") -> None:
+    """Until `check()` holds: the condition is re-checked, never assumed after a delay."""
+    deadline = time.monotonic() + timeout
+    delay = 0.01
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or check}")
+        time.sleep(delay)
+        delay = min(delay * 1.5, 0.2)
