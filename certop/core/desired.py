@@ -33,7 +33,7 @@ def _served_by_rule(host: str, ingress: Ingress) -> bool:
 
 def certificate_specs(
     ingresses: Iterable[Ingress],
-    issuers: Mapping[str, AcmeIssuer],
+    issuers: Mapping[str, AcmeIssuer] | None,
     default_issuer: str | None,
     *,
     require_annotation: bool = False,
@@ -42,7 +42,9 @@ def certificate_specs(
     """The certificates needed; raises ConfigError for the first unusable entry.
 
     `require_annotation` is cluster mode (only annotated Ingresses trigger); standalone mode
-    gives every `tls[]` entry a certificate from the chosen or default issuer. Entries whose
+    gives every `tls[]` entry a certificate from the chosen or default issuer. `issuers` None
+    (cluster mode) defers checking the issuer to issuance, where the Certificate's status
+    reports it. Entries whose
     (namespace, secretName) is in `supplied` are served with what the user brought: no order.
     """
     by_key: dict[tuple[str, str], tuple[CertificateSpec, str]] = {}
@@ -69,8 +71,8 @@ def certificate_specs(
                     "an issuer: annotate certop.dev/cluster-issuer, load a ClusterIssuer, "
                     "or pass --acme-directory",
                 )
-            issuer = issuers.get(issuer_name)
-            if issuer is None:
+            issuer = issuers.get(issuer_name) if issuers is not None else None
+            if issuer is None and issuers is not None:
                 raise ConfigError(
                     ing.ref.source, str(ing.ref),
                     f"metadata.annotations[{choice.annotation}]" if choice and choice.annotation
@@ -83,7 +85,8 @@ def certificate_specs(
                 raise ConfigError(ing.ref.source, str(ing.ref), f"metadata.annotations[{bad}]",
                                   "ECDSA (256) or RSA (2048, 3072, 4096)")
             for j, host in enumerate(tls.hosts):
-                if host.startswith("*.") and "dns-01" not in issuer.solver_types:
+                if host.startswith("*.") and issuer is not None \
+                        and "dns-01" not in issuer.solver_types:
                     raise ConfigError(
                         ing.ref.source, str(ing.ref), f"{field}.hosts[{j}]",
                         f"a wildcard host ({host}) needs a DNS-01 solver; issuer "
@@ -97,6 +100,7 @@ def certificate_specs(
                 secret_name=tls.secret_name,
                 hosts=hosts,
                 issuer=issuer_name,
+                issuer_kind="ClusterIssuer" if choice is None or choice.cluster else "Issuer",
                 key_algorithm=algo,
                 owners=(ing.ref,),
             )
@@ -105,7 +109,8 @@ def certificate_specs(
                 by_key[spec.key] = (spec, f"{where}: {field}")
                 continue
             old, old_where = prior
-            if old.hosts != spec.hosts or old.issuer != spec.issuer:
+            if old.hosts != spec.hosts or (old.issuer, old.issuer_kind) != (spec.issuer,
+                                                                             spec.issuer_kind):
                 raise ConfigError(
                     ing.ref.source, str(ing.ref), f"{field}.secretName",
                     f"Secret {tls.secret_name!r} is already used with other hosts or issuer "

@@ -122,6 +122,8 @@ class CertificateSpec:
     issuer: str
     key_algorithm: KeyAlgorithm = KeyAlgorithm.ECDSA_P256
     owners: tuple[ObjectRef, ...] = ()
+    issuer_kind: str = "ClusterIssuer"
+    """ClusterIssuer or Issuer (namespaced, in the certificate's namespace)."""
 
     @property
     def key(self) -> tuple[str, str]:

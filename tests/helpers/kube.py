@@ -83,7 +83,7 @@ class OperatorThread:
     """`kopf.operator()` with a given registry, on its own loop in a thread, logged in to the
     emulator through a login handler (no test-only code in certop itself)."""
 
-    def __init__(self, registry: kopf.OperatorRegistry, url: str) -> None:
+    def __init__(self, registry: kopf.OperatorRegistry, url: str, posting: bool = False) -> None:
         self.registry = registry
         self.url = url
         self.stop_flag: concurrent.futures.Future[None] = concurrent.futures.Future()
@@ -95,7 +95,7 @@ class OperatorThread:
 
         @kopf.on.startup(registry=registry)
         def quiet(settings: kopf.OperatorSettings, **_: Any) -> None:
-            settings.posting.enabled = False
+            settings.posting.enabled = posting
             settings.watching.server_timeout = 10
 
     def _run(self) -> None:

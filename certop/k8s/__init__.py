@@ -1,0 +1,1 @@
+"""Cluster mode: kopf handlers (thin) and Kubernetes API helpers around the pure core."""

@@ -1,0 +1,100 @@
+"""The Ingress shim under kopf against the emulator: annotated Ingresses get Certificates,
+kept in step with their tls entries; shared Secrets share one Certificate; conflicts are
+events, never a tug of war."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import kopf
+import pytest
+from kube import EmulatorThread, OperatorThread, wait_for
+from kubernetes import client
+
+from certop.k8s.shim import Shim
+
+NS = "shop"
+
+
+@pytest.fixture
+def cluster() -> Iterator[EmulatorThread]:
+    with EmulatorThread() as kube:
+        registry = kopf.OperatorRegistry()
+        Shim(kube.api_client()).register(registry)
+        with OperatorThread(registry, kube.url, posting=True):
+            yield kube
+
+
+def ingress(name: str, hosts: list[str], secret: str,
+            annotations: dict[str, str] | None = None) -> dict[str, Any]:
+    return {
+        "apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+        "metadata": {"name": name, "annotations": annotations if annotations is not None
+                     else {"cert-manager.io/cluster-issuer": "letsencrypt"}},
+        "spec": {"tls": [{"hosts": hosts, "secretName": secret}] if hosts else [],
+                 "rules": [{"host": h, "http": {"paths": [{
+                     "path": "/", "pathType": "Prefix",
+                     "backend": {"service": {"name": "web", "port": {"number": 80}}}}]}}
+                     for h in hosts or ["x.test"]]},
+    }
+
+
+def net(kube: EmulatorThread) -> client.NetworkingV1Api:
+    return client.NetworkingV1Api(kube.api_client())
+
+
+def certificates(kube: EmulatorThread) -> dict[str, dict[str, Any]]:
+    items = kube.custom().list_namespaced_custom_object("certop.dev", "v1", NS,
+                                                        "certificates")["items"]
+    return {i["metadata"]["name"]: i for i in items}
+
+
+def warnings_about(kube: EmulatorThread, reason: str) -> list[str]:
+    events = kube.core().list_namespaced_event(NS).items
+    return [f"{e.involved_object.name}: {e.message}" for e in events if e.reason == reason]
+
+
+def test_an_annotated_ingress_gets_a_certificate_kept_in_step(cluster: EmulatorThread) -> None:
+    api = net(cluster)
+    made = api.create_namespaced_ingress(NS, ingress("web", ["a.test"], "web-tls"))
+    wait_for(lambda: "web-tls" in certificates(cluster), what="the Certificate")
+    cert = certificates(cluster)["web-tls"]
+    assert cert["spec"]["dnsNames"] == ["a.test"]
+    assert cert["spec"]["issuerRef"]["name"] == "letsencrypt"
+    assert cert["metadata"]["ownerReferences"][0]["uid"] == made.metadata.uid
+    # Hosts change: the Certificate follows.
+    api.patch_namespaced_ingress("web", NS, {"spec": ingress("web", ["a.test", "b.test"],
+                                                             "web-tls")["spec"]})
+    wait_for(lambda: certificates(cluster)["web-tls"]["spec"]["dnsNames"] ==
+             ["a.test", "b.test"], what="the new hosts")
+    # The tls entry goes: so does the Certificate.
+    api.patch_namespaced_ingress("web", NS, {"spec": {"tls": []}})
+    wait_for(lambda: "web-tls" not in certificates(cluster), what="the deletion")
+
+
+def test_ingresses_without_a_trigger_annotation_are_left_alone(
+        cluster: EmulatorThread) -> None:
+    api = net(cluster)
+    api.create_namespaced_ingress(NS, ingress("plain", ["p.test"], "plain-tls", {}))
+    api.create_namespaced_ingress(NS, ingress("marker", ["m.test"], "marker-tls"))
+    wait_for(lambda: "marker-tls" in certificates(cluster), what="the annotated one")
+    assert "plain-tls" not in certificates(cluster)
+
+
+def test_two_ingresses_share_one_certificate_and_a_conflict_is_an_event_on_both(
+        cluster: EmulatorThread) -> None:
+    api = net(cluster)
+    api.create_namespaced_ingress(NS, ingress("one", ["s.test"], "shared-tls"))
+    wait_for(lambda: "shared-tls" in certificates(cluster), what="the Certificate")
+    api.create_namespaced_ingress(NS, ingress("two", ["s.test"], "shared-tls"))
+    wait_for(lambda: len(certificates(cluster)["shared-tls"]["metadata"]
+                         ["ownerReferences"]) == 2, what="the second owner")
+    assert len(certificates(cluster)) == 1
+    api.create_namespaced_ingress(NS, ingress("three", ["other.test"], "shared-tls"))
+    wait_for(lambda: len(warnings_about(cluster, "CertificateConflict")) >= 2,
+             what="conflict events")
+    told = warnings_about(cluster, "CertificateConflict")
+    assert any(t.startswith("three: ") for t in told)
+    assert any(t.startswith(("one: ", "two: ")) for t in told)
+    assert certificates(cluster)["shared-tls"]["spec"]["dnsNames"] == ["s.test"]
