@@ -1,4 +1,4 @@
-"""`kubernetes.io/tls` Secrets as a CertStore (cluster mode).
+"""Secrets as stores (cluster mode): `kubernetes.io/tls` certificates and ACME account keys.
 
 Rules:
 - certop writes only Secrets labelled `certop.dev/managed: "true"`; a Secret of that name that
@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
+from collections.abc import Mapping
 from typing import Any
 
 from kubernetes import client
@@ -118,3 +120,74 @@ class SecretCertStore:
         except ApiException as exc:
             raise TemporaryError(f"updating Secret {namespace}/{name}: HTTP "
                                  f"{exc.status}") from exc
+
+
+ACCOUNT_ANNOTATION = "certop.dev/acme-account"
+
+
+class SecretAccountStore:
+    """ACME account keys in Secrets (key `tls.key`, like cert-manager's
+    `privateKeySecretRef`), so a cert-manager account Secret can be reused as it is.
+
+    The key is written once and never overwritten; the registration (URI, server, email) goes
+    to an annotation. A Secret certop does not own is only read, never written."""
+
+    def __init__(self, api: client.CoreV1Api, namespace: str,
+                 names: Mapping[str, str] | None = None, timeout: float = 10.0) -> None:
+        self.api = api
+        self.namespace = namespace
+        self.names = dict(names or {})
+        """account id -> Secret name (from the issuer's privateKeySecretRef)."""
+        self.timeout = timeout
+
+    def _name(self, account_id: str) -> str:
+        return self.names.get(account_id, f"certop-acme-account-{account_id}")
+
+    def _read(self, account_id: str) -> Any | None:
+        try:
+            return self.api.read_namespaced_secret(self._name(account_id), self.namespace,
+                                                   _request_timeout=self.timeout)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise TemporaryError(f"reading Secret {self.namespace}/{self._name(account_id)}: "
+                                 f"HTTP {exc.status}") from exc
+
+    def load_account(self, account_id: str) -> tuple[bytes, dict[str, Any]] | None:
+        secret = self._read(account_id)
+        if secret is None or "tls.key" not in (secret.data or {}):
+            return None
+        annotations = secret.metadata.annotations or {}
+        try:
+            info = json.loads(annotations.get(ACCOUNT_ANNOTATION, "{}"))
+        except ValueError:
+            info = {}
+        return base64.b64decode(secret.data["tls.key"]), info if isinstance(info, dict) else {}
+
+    def save_account_key(self, account_id: str, key_pem: bytes) -> None:
+        name = self._name(account_id)
+        body = client.V1Secret(
+            api_version="v1", kind="Secret", type="Opaque", data={"tls.key": _b64(key_pem)},
+            metadata=client.V1ObjectMeta(name=name, namespace=self.namespace,
+                                         labels={MANAGED_LABEL: "true"}))
+        try:
+            self.api.create_namespaced_secret(self.namespace, body,
+                                              _request_timeout=self.timeout)
+        except ApiException as exc:
+            if exc.status == 409:
+                raise FileExistsError(f"Secret {self.namespace}/{name} exists: an account "
+                                      "key is never overwritten") from exc
+            raise TemporaryError(f"creating Secret {self.namespace}/{name}: HTTP "
+                                 f"{exc.status}") from exc
+
+    def save_account_info(self, account_id: str, info: dict[str, Any]) -> None:
+        secret = self._read(account_id)
+        if secret is None or (secret.metadata.labels or {}).get(MANAGED_LABEL) != "true":
+            return  # a user's Secret: used, never written
+        patch = {"metadata": {"annotations": {ACCOUNT_ANNOTATION: json.dumps(info)}}}
+        try:
+            self.api.patch_namespaced_secret(self._name(account_id), self.namespace, patch,
+                                             _request_timeout=self.timeout)
+        except ApiException as exc:
+            raise TemporaryError(f"updating Secret {self.namespace}/{self._name(account_id)}"
+                                 f": HTTP {exc.status}") from exc

@@ -1,4 +1,4 @@
-"""One contract for every store adapter (files, memory; Secrets later)."""
+"""One contract for every store adapter: files, memory and Secrets (against the emulator)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from kube import EmulatorThread
 from certop.store.files import FileAccountStore, FileCertStore, FileOrderJournal, write_atomic
 from certop.store.memory import MemoryAccountStore, MemoryCertStore, MemoryOrderJournal
 from certop.store.ports import StoredCert
-from certop.store.secrets import SecretCertStore, SecretNotOwned
+from certop.store.secrets import SecretAccountStore, SecretCertStore, SecretNotOwned
 
 STORES: dict[str, Callable[[Path], tuple[Any, Any, Any]]] = {
     "files": lambda p: (FileCertStore(p), FileAccountStore(p), FileOrderJournal(p)),
@@ -46,7 +46,7 @@ def cert_store(request: pytest.FixtureRequest, tmp_path: Path, emulator: Emulato
 
 
 def test_certificates_round_trip_and_replace_as_a_pair(cert_store: Any, tmp_path: Path) -> None:
-    ns = tmp_path.name[-40:].lower().replace("_", "-").strip("-")  # a fresh namespace per test
+    ns = _namespace(tmp_path)
     assert cert_store.load(ns, "s") is None
     assert cert_store.version(ns, "s") is None
     cert_store.save(ns, "s", StoredCert(b"cert1", b"key1"))
@@ -75,8 +75,22 @@ def test_a_secret_certop_does_not_own_is_never_overwritten(emulator: EmulatorThr
     assert secret.metadata.labels == {"certop.dev/managed": "true"}
 
 
-def test_an_account_key_is_never_overwritten(stores: tuple[Any, Any, Any]) -> None:
-    _, accounts, _ = stores
+ACCOUNT_STORES: dict[str, Callable[[Path, EmulatorThread], Any]] = {
+    "files": lambda p, e: FileAccountStore(p),
+    "memory": lambda p, e: MemoryAccountStore(),
+    "secrets": lambda p, e: SecretAccountStore(e.core(), _namespace(p)),
+}
+
+
+def _namespace(tmp_path: Path) -> str:
+    """A fresh namespace per test, derived from its unique temporary directory."""
+    return tmp_path.name[-40:].lower().replace("_", "-").strip("-")
+
+
+@pytest.mark.parametrize("kind", list(ACCOUNT_STORES))
+def test_an_account_key_is_never_overwritten(kind: str, tmp_path: Path,
+                                             emulator: EmulatorThread) -> None:
+    accounts = ACCOUNT_STORES[kind](tmp_path, emulator)
     assert accounts.load_account("a") is None
     accounts.save_account_key("a", b"key")
     accounts.save_account_info("a", {"uri": "https://ca/acct/1"})
@@ -128,3 +142,17 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path: Path,
         write_atomic(target, b"new")
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["f"]
+
+
+def test_an_account_secret_certop_does_not_own_is_used_but_never_written(
+        emulator: EmulatorThread) -> None:
+    api = emulator.core()
+    # A cert-manager account Secret, migrated as it is.
+    api.create_namespaced_secret("accounts", {
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "le-account"},
+        "data": {"tls.key": "a2V5"}})
+    store = SecretAccountStore(api, "accounts", {"acct": "le-account"})
+    assert store.load_account("acct") == (b"key", {})
+    store.save_account_info("acct", {"uri": "https://ca/acct/9"})
+    secret = api.read_namespaced_secret("le-account", "accounts")
+    assert not (secret.metadata.annotations or {})
