@@ -1,0 +1,265 @@
+"""Certificate objects -> ACME orders -> `kubernetes.io/tls` Secrets, one kopf daemon each.
+
+The daemon is the cluster counterpart of the standalone runner's loop, over the same driver
+(`acme.orders.OrderSession`) and policy (`core.renewal.decide`): look at the Secret, decide,
+order in bounded steps run in a thread (the next step is scheduled, never slept for in a
+thread), store, report on the status, then wait until the renewal time (re-checked at least
+every `recheck` seconds, and at once when the object changes).
+Failures back off with `core.backoff` (never under the CA's Retry-After) and show on the
+status and as events with stable reasons.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime
+import logging
+import random
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+import kopf
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from certop import crypto
+from certop.acme.accounts import Account, account_id
+from certop.acme.orders import OrderSession
+from certop.core.backoff import Backoff
+from certop.core.clock import Clock, SystemClock
+from certop.core.errors import CertopError, ConfigError
+from certop.core.issuers import parse_issuer
+from certop.core.models import AcmeIssuer, CertificateSpec, Fqdn, KeyAlgorithm, SecretName
+from certop.core.renewal import decide, renewal_time
+from certop.store.memory import MemoryOrderJournal
+from certop.store.ports import StoredCert
+from certop.store.secrets import SecretAccountStore, SecretCertStore, SecretNotOwned
+from solvers.http01.ingress import IngressSolver
+from solvers.http01.solver import Http01Solver
+from solvers.http01.tokens import TokenStore
+
+log = logging.getLogger(__name__)
+GROUP, VERSION = "certop.dev", "v1"
+
+
+@dataclass(frozen=True)
+class OperatorSettings:
+    resource_namespace: str = "certop"
+    """Where ClusterIssuers' Secrets (account keys, EAB) live (--cluster-resource-namespace)."""
+    solver_service: str = "certop-solver"
+    """The Service temporary Ingresses route HTTP-01 challenges to."""
+    solver_port: int = 80
+    """Its port."""
+    self_check_addr: tuple[str, int] | None = None
+    """certop's own responder, for the self-check before answering a challenge."""
+    recheck: float = 3600.0
+    """Seconds between looks at a certificate that is not due yet."""
+
+
+def _spec_of(body: Mapping[str, Any]) -> CertificateSpec:
+    spec = body.get("spec") or {}
+    meta = body["metadata"]
+    where = f"Certificate {meta.get('namespace')}/{meta.get('name')}"
+    names = spec.get("dnsNames") or []
+    if not names or not all(isinstance(n, str) for n in names):
+        raise ConfigError("", where, "spec.dnsNames", "at least one DNS name")
+    ref = spec.get("issuerRef") or {}
+    if not ref.get("name"):
+        raise ConfigError("", where, "spec.issuerRef.name", "the name of an issuer")
+    key = spec.get("privateKey") or {}
+    algo = KeyAlgorithm.ECDSA_P256
+    if key.get("algorithm") == "RSA":
+        algo = KeyAlgorithm(f"RSA-{key.get('size') or 2048}")
+    return CertificateSpec(
+        namespace=meta["namespace"], secret_name=SecretName(spec.get("secretName", "")),
+        hosts=tuple(sorted({Fqdn(n.lower()) for n in names})), issuer=ref["name"],
+        issuer_kind=ref.get("kind") or "ClusterIssuer", key_algorithm=algo)
+
+
+def _condition(ready: bool, reason: str, message: str, now: datetime.datetime
+               ) -> list[dict[str, Any]]:
+    return [{"type": "Ready", "status": "True" if ready else "False", "reason": reason,
+             "message": message, "lastTransitionTime": now.strftime("%Y-%m-%dT%H:%M:%SZ")}]
+
+
+def _ts(when: datetime.datetime) -> str:
+    return when.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class CertificateController:
+    def __init__(self, api: client.ApiClient, tokens: TokenStore,
+                 settings: OperatorSettings | None = None, clock: Clock | None = None,
+                 backoff: Backoff | None = None) -> None:
+        self.api = api
+        self.core = client.CoreV1Api(api)
+        self.custom = client.CustomObjectsApi(api)
+        self.tokens = tokens
+        self.settings = settings or OperatorSettings()
+        self.clock = clock or SystemClock()
+        self.backoff = backoff or Backoff()
+        self.certs = SecretCertStore(self.core)
+        self.journal = MemoryOrderJournal()
+        self._accounts: dict[str, Account] = {}
+        self._ca_dir = Path(tempfile.mkdtemp(prefix="certop-ca-"))
+        self._changed: dict[str, asyncio.Event] = {}
+
+    def register(self, registry: kopf.OperatorRegistry) -> None:
+        kopf.daemon(GROUP, VERSION, "certificates", registry=registry, id="issuance",
+                    cancellation_timeout=10.0)(self.daemon)
+        kopf.on.update(GROUP, VERSION, "certificates", registry=registry, id="spec-changed",
+                       field="spec")(self.on_spec_changed)
+
+    async def on_spec_changed(self, uid: str, **_: Any) -> None:
+        """Wake the object's daemon: its next look sees the new spec (the body is live)."""
+        event = self._changed.get(uid)
+        if event is not None:
+            event.set()
+
+    async def _pause(self, uid: str, stopped: kopf.DaemonStopped, seconds: float) -> None:
+        """Until `seconds` pass, the daemon is stopped, or the spec changes."""
+        event = self._changed.setdefault(uid, asyncio.Event())
+        waiters = {asyncio.ensure_future(stopped.wait(seconds)),
+                   asyncio.ensure_future(event.wait())}
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+            event.clear()
+
+    # -- issuers -------------------------------------------------------------------------
+
+    def _issuer(self, spec: CertificateSpec) -> AcmeIssuer:
+        if spec.issuer_kind == "Issuer":
+            doc = self.custom.get_namespaced_custom_object(GROUP, VERSION, spec.namespace,
+                                                           "issuers", spec.issuer)
+            namespace = spec.namespace
+        else:
+            doc = self.custom.get_cluster_custom_object(GROUP, VERSION, "clusterissuers",
+                                                        spec.issuer)
+            namespace = self.settings.resource_namespace
+
+        def secret(ns: str, name: str) -> Mapping[str, bytes] | None:
+            try:
+                found = self.core.read_namespaced_secret(name, ns)
+            except ApiException:
+                return None
+            return {k: base64.b64decode(v) for k, v in (found.data or {}).items()}
+
+        return parse_issuer(cast(dict[str, Any], doc), f"{spec.issuer_kind} {spec.issuer}",
+                            secret, namespace)
+
+    def _account(self, issuer: AcmeIssuer, namespace: str) -> Account:
+        ident = account_id(issuer.server, issuer.email)
+        account = self._accounts.get(ident)
+        if account is None:
+            verify: bool | str = not issuer.skip_tls_verify
+            if issuer.ca_bundle_pem:
+                path = self._ca_dir / f"{ident}.pem"
+                path.write_bytes(issuer.ca_bundle_pem)
+                verify = str(path)
+            names = {ident: issuer.account_key_secret} if issuer.account_key_secret else {}
+            store = SecretAccountStore(self.core, namespace, names)
+            account = self._accounts[ident] = Account(issuer, store, verify)
+        return account
+
+    # -- status ----------------------------------------------------------------------------
+
+    def _status(self, spec: CertificateSpec, name: str, status: dict[str, Any]) -> None:
+        try:
+            self.custom.patch_namespaced_custom_object_status(
+                GROUP, VERSION, spec.namespace, "certificates", name, {"status": status})
+        except ApiException as exc:
+            log.warning("Certificate %s/%s: status not written: HTTP %s", spec.namespace, name,
+                        exc.status)
+
+    # -- the daemon ------------------------------------------------------------------------
+
+    async def daemon(self, body: kopf.Body, name: str, uid: str, stopped: kopf.DaemonStopped,
+                     **_: Any) -> None:
+        try:
+            await self._run(body, name, uid, stopped)
+        finally:
+            self._changed.pop(uid, None)
+
+    async def _run(self, body: kopf.Body, name: str, uid: str,
+                   stopped: kopf.DaemonStopped) -> None:
+        failures = 0
+        while not stopped:
+            now = self.clock.now()
+            try:
+                spec = _spec_of(body)
+            except ConfigError as exc:
+                self._status_failed(name, body, "InvalidSpec", str(exc), failures)
+                await self._pause(uid, stopped, self.settings.recheck)
+                continue
+            stored = await asyncio.to_thread(self.certs.load, spec.namespace, spec.secret_name)
+            facts = None
+            if stored is not None:
+                try:
+                    facts = crypto.load_pair(stored.fullchain_pem, stored.key_pem).facts
+                except crypto.CertificateUnreadable:
+                    facts = None
+            decision = decide(spec, facts, now)
+            if not decision.issue and facts is not None:
+                renew_at = renewal_time(facts.not_before, facts.not_after)
+                await asyncio.to_thread(self._status, spec, name, {
+                    "conditions": _condition(True, "Ready", "certificate is up to date", now),
+                    "notBefore": _ts(facts.not_before), "notAfter": _ts(facts.not_after),
+                    "renewalTime": _ts(renew_at), "failedIssuanceAttempts": failures})
+                wait = min(max((renew_at - now).total_seconds(), 0.0), self.settings.recheck)
+                await self._pause(uid, stopped, wait)
+                continue
+            try:
+                await self._issue(spec, body)
+                failures = 0
+                kopf.info(body, reason="Issued", message=f"certificate for "
+                          f"{', '.join(spec.hosts)} stored in Secret {spec.secret_name}")
+            except asyncio.CancelledError:
+                raise
+            except (CertopError, crypto.CertificateUnreadable, ApiException) as exc:
+                failures += 1
+                reason = "SecretNotOwned" if isinstance(exc, SecretNotOwned) else \
+                    type(exc).__name__
+                delay = self.backoff.delay(failures, random.random(),
+                                           getattr(exc, "retry_after", None))
+                message = f"{exc}; attempt {failures} failed, next in {delay:.0f}s"
+                self._status_failed(name, body, reason, message, failures)
+                kopf.warn(body, reason=reason, message=message)
+                await self._pause(uid, stopped, delay)
+
+    def _status_failed(self, name: str, body: kopf.Body, reason: str, message: str,
+                       failures: int) -> None:
+        meta = body["metadata"]
+        spec = CertificateSpec(meta["namespace"], SecretName(""), (), "")
+        self._status(spec, name, {
+            "conditions": _condition(False, reason, message, self.clock.now()),
+            "failedIssuanceAttempts": failures, "lastFailureTime": _ts(self.clock.now())})
+
+    async def _issue(self, spec: CertificateSpec, body: kopf.Body) -> None:
+        issuer = await asyncio.to_thread(self._issuer, spec)
+        namespace = spec.namespace if spec.issuer_kind == "Issuer" else \
+            self.settings.resource_namespace
+        account = self._account(issuer, namespace)
+        if await asyncio.to_thread(self.certs.owned, spec.namespace, spec.secret_name) is False:
+            raise SecretNotOwned(spec.namespace, spec.secret_name)
+        solver = IngressSolver(Http01Solver(self.tokens, self.settings.self_check_addr),
+                               self.api, spec.namespace, self.settings.solver_service,
+                               self.settings.solver_port, None,
+                               issuer.http01_path_type.value)
+        session = OrderSession(spec, account, solver, self.journal)
+        try:
+            while True:
+                step = await asyncio.to_thread(session.step)
+                if step.done:
+                    break
+                await asyncio.sleep(step.after)  # the order's next check, scheduled
+        finally:
+            await asyncio.to_thread(session.cleanup)
+        assert step.fullchain_pem is not None and step.key_pem is not None
+        await asyncio.to_thread(self.certs.save, spec.namespace, spec.secret_name,
+                                StoredCert(step.fullchain_pem, step.key_pem))

@@ -1,0 +1,188 @@
+"""Cluster mode end to end: kmock's emulator as the API server, real Pebble as the CA, kopf
+running the Ingress shim and the Certificate daemons, HTTP-01 through a temporary Ingress
+and certop's responder."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import itertools
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import kopf
+import pebblectl
+import pytest
+from cryptography import x509
+from kube import EmulatorThread, OperatorThread, wait_for
+from kubernetes import client
+
+from certop import crypto
+from certop.k8s.certificates import CertificateController, OperatorSettings
+from certop.k8s.shim import Shim
+from certop.proxy.server import Proxy
+from certop.proxy.tls import CertBook
+from certop.standalone.services import StaticBackends
+from solvers.http01 import TokenStore
+
+NS = "shop"
+
+
+class Responder:
+    """certop's HTTP-01 responder (the proxy with no routes) on its own loop in a thread."""
+
+    def __init__(self, tokens: TokenStore, port: int) -> None:
+        self.tokens = tokens
+        self.port = port
+        self.loop = asyncio.new_event_loop()
+        self.ready = threading.Event()
+        self.done: asyncio.Event | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+
+        async def serve() -> None:
+            self.done = asyncio.Event()
+            proxy = Proxy(CertBook(), self.tokens, StaticBackends({}))
+            await proxy.start("127.0.0.1", self.port, None)
+            self.ready.set()
+            await self.done.wait()
+            await proxy.close(grace=0.5)
+
+        self.loop.run_until_complete(serve())
+        self.loop.close()
+
+    def __enter__(self) -> Responder:
+        self.thread.start()
+        self.ready.wait(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self.done is not None
+        self.loop.call_soon_threadsafe(self.done.set)
+        self.thread.join(10)
+
+
+@pytest.fixture
+def cluster(pebble: pebblectl.PebbleInfo) -> Iterator[EmulatorThread]:
+    tokens = TokenStore()
+    with EmulatorThread() as kube, Responder(tokens, pebble.http_port):
+        kube.custom().create_cluster_custom_object("certop.dev", "v1", "clusterissuers", {
+            "apiVersion": "certop.dev/v1", "kind": "ClusterIssuer",
+            "metadata": {"name": "pebble"},
+            "spec": {"acme": {
+                "server": pebble.directory_url, "email": "ops@certop.test",
+                "caBundle": base64.b64encode(Path(pebble.api_ca).read_bytes()).decode(),
+                "privateKeySecretRef": {"name": "pebble-account"},
+                "solvers": [{"http01": {"ingress": {"ingressClassName": "certop"}}}]}},
+        })
+        registry = kopf.OperatorRegistry()
+        Shim(kube.api_client()).register(registry)
+        settings = OperatorSettings(resource_namespace="certop",
+                                    self_check_addr=("127.0.0.1", pebble.http_port))
+        CertificateController(kube.api_client(), tokens, settings).register(registry)
+        with OperatorThread(registry, kube.url, posting=True):
+            yield kube
+
+
+def ingress(name: str, host: str, secret: str) -> dict[str, Any]:
+    return {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+            "metadata": {"name": name,
+                         "annotations": {"certop.dev/cluster-issuer": "pebble"}},
+            "spec": {"ingressClassName": "certop",
+                     "tls": [{"hosts": [host], "secretName": secret}],
+                     "rules": [{"host": host, "http": {"paths": [{
+                         "path": "/", "pathType": "Prefix",
+                         "backend": {"service": {"name": "web", "port": {"number": 80}}}}]}}]}}
+
+
+def secret_data(kube: EmulatorThread, namespace: str, name: str) -> Any:
+    try:
+        return kube.core().read_namespaced_secret(name, namespace)
+    except client.ApiException:
+        return None
+
+
+@pytest.mark.slow
+def test_an_annotated_ingress_gets_a_tls_secret_from_pebble(
+        cluster: EmulatorThread, pebble: pebblectl.PebbleInfo) -> None:
+    client.NetworkingV1Api(cluster.api_client()).create_namespaced_ingress(
+        NS, ingress("web", "web.certop.test", "web-tls"))
+    wait_for(lambda: secret_data(cluster, NS, "web-tls") is not None, timeout=60,
+             what="the TLS Secret")
+    secret = secret_data(cluster, NS, "web-tls")
+    assert secret.type == "kubernetes.io/tls"
+    assert secret.metadata.labels == {"certop.dev/managed": "true"}
+    pair = crypto.load_pair(base64.b64decode(secret.data["tls.crt"]),
+                            base64.b64decode(secret.data["tls.key"]))
+    assert pair.facts.hosts == {"web.certop.test"}
+    # The chain verifies up to Pebble's root.
+    root = x509.load_pem_x509_certificate(pebble.root_pem().encode())
+    chain = [*pair.chain]
+    for child, parent in itertools.pairwise(chain):
+        child.verify_directly_issued_by(parent)
+    chain[-1].verify_directly_issued_by(root)
+
+    def certificate() -> dict[str, Any]:
+        found: dict[str, Any] = cluster.custom().get_namespaced_custom_object(
+            "certop.dev", "v1", NS, "certificates", "web-tls")
+        return found
+
+    wait_for(lambda: any(c.get("status") == "True" for c in
+                         certificate().get("status", {}).get("conditions", [])),
+             what="Ready=True")
+    status = certificate()["status"]
+    assert status["notAfter"] and status["renewalTime"]
+    # The temporary Ingress existed during the order and is gone now.
+    temporary = [key for key in cluster.emulator.objects
+                 if key[0].plural == "ingresses" and key[2].startswith("certop-http01-")]
+    assert temporary
+    assert all(cluster.emulator.objects[key].deleted for key in temporary)
+    # The ACME account key is kept in the resource namespace, in the Secret the issuer names.
+    account = secret_data(cluster, "certop", "pebble-account")
+    assert account is not None and "tls.key" in account.data
+
+
+@pytest.mark.slow
+def test_changed_hosts_are_reissued_and_a_foreign_secret_is_left_alone(
+        cluster: EmulatorThread) -> None:
+    net = client.NetworkingV1Api(cluster.api_client())
+    net.create_namespaced_ingress(NS, ingress("web", "a.certop.test", "web-tls"))
+
+    def hosts() -> set[str]:
+        found = secret_data(cluster, NS, "web-tls")
+        if found is None:
+            return set()
+        pair = crypto.load_pair(base64.b64decode(found.data["tls.crt"]),
+                                base64.b64decode(found.data["tls.key"]))
+        return set(pair.facts.hosts)
+
+    wait_for(lambda: hosts() == {"a.certop.test"}, timeout=60, what="the first certificate")
+    changed = ingress("web", "a.certop.test", "web-tls")
+    changed["spec"]["tls"][0]["hosts"].append("b.certop.test")
+    changed["spec"]["rules"][0]["host"] = "a.certop.test"
+    net.patch_namespaced_ingress("web", NS, {"spec": changed["spec"]})
+    wait_for(lambda: hosts() == {"a.certop.test", "b.certop.test"}, timeout=60,
+             what="the re-issued certificate")
+
+    # A Secret someone else made is never overwritten; the reason shows on the Certificate.
+    cluster.core().create_namespaced_secret(NS, {
+        "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+        "metadata": {"name": "theirs-tls"},
+        "data": {"tls.crt": "Zm9yZWlnbg==", "tls.key": "Zm9yZWlnbg=="}})
+    net.create_namespaced_ingress(NS, ingress("other", "c.certop.test", "theirs-tls"))
+
+    def reason() -> str | None:
+        try:
+            found = cluster.custom().get_namespaced_custom_object(
+                "certop.dev", "v1", NS, "certificates", "theirs-tls")
+        except client.ApiException:
+            return None
+        conditions = found.get("status", {}).get("conditions", [])
+        return str(conditions[0]["reason"]) if conditions else None
+
+    wait_for(lambda: reason() == "SecretNotOwned", timeout=30, what="SecretNotOwned")
+    assert secret_data(cluster, NS, "theirs-tls").data["tls.crt"] == "Zm9yZWlnbg=="
