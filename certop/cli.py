@@ -86,6 +86,34 @@ def _loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
     return None
 
 
+def _operator_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "operator", help="issue and renew TLS Secrets for annotated Ingresses in a cluster",
+        description="Watch annotated Ingresses, keep one Certificate per spec.tls[] entry, "
+                    "obtain certificates over ACME (HTTP-01 through temporary Ingresses) and "
+                    "write kubernetes.io/tls Secrets. Logs in like kubectl (in-cluster or "
+                    "KUBECONFIG).")
+    scope = p.add_mutually_exclusive_group()
+    scope.add_argument("-A", "--all-namespaces", action="store_true",
+                       help="watch every namespace (the default)")
+    scope.add_argument("-n", "--namespace", action="append", default=[],
+                       help="watch only this namespace (repeatable)")
+    p.add_argument("--default-issuer", metavar="NAME",
+                   help="ClusterIssuer for Ingresses with kubernetes.io/tls-acme: \"true\"")
+    p.add_argument("--cluster-resource-namespace", metavar="NS",
+                   help="where ClusterIssuers' Secrets and the Lease live (default: "
+                        "$POD_NAMESPACE or certop)")
+    p.add_argument("--listen", default="0.0.0.0", metavar="ADDR")
+    p.add_argument("--solver-port", type=int, default=8089,
+                   help="port of the HTTP-01 responder")
+    p.add_argument("--solver-service", default="certop-solver",
+                   help="Service the temporary Ingresses route challenges to")
+    p.add_argument("--admin-port", type=int, metavar="PORT",
+                   help="/healthz, /readyz (the Lease holder only), /metrics")
+    p.add_argument("--lease", default="certop-leader", metavar="NAME",
+                   help="the coordination.k8s.io Lease that elects the active replica")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="certop", description="Automatic HTTPS for Ingress.")
     parser.add_argument("--version", action="version", version=f"certop {__version__}")
@@ -95,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="event loop implementation (uvloop is faster)")
     sub = parser.add_subparsers(dest="command", required=True)
     _standalone_parser(sub)
+    _operator_parser(sub)
     return parser
 
 
@@ -195,6 +224,21 @@ async def run_standalone(settings: StandaloneSettings, args: argparse.Namespace,
     return 0
 
 
+def _operator(args: argparse.Namespace) -> int:
+    from certop.k8s.operator import OperatorRun, default_namespace, run_operator
+
+    run = OperatorRun(
+        namespaces=tuple(args.namespace), default_issuer=args.default_issuer,
+        resource_namespace=args.cluster_resource_namespace or default_namespace(),
+        listen=args.listen, solver_port=args.solver_port, solver_service=args.solver_service,
+        admin_port=args.admin_port, lease_name=args.lease)
+    try:
+        with asyncio.Runner(loop_factory=_loop_factory(args.event_loop)) as runner:
+            return runner.run(run_operator(run))
+    except KeyboardInterrupt:
+        return 130
+
+
 def _fork_worker(settings: StandaloneSettings, args: argparse.Namespace) -> int:
     """A serving-only worker process; returns its pid (in the parent)."""
     parent = os.getpid()
@@ -219,6 +263,8 @@ def main(argv: list[str] | None = None) -> int:
         level=getattr(logging, args.log_level.upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if args.command == "operator":
+        return _operator(args)
     try:
         settings = _settings(args)
         # Check the input before anything is written or bound.

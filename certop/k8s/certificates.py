@@ -35,10 +35,14 @@ from certop.core.errors import CertopError, ConfigError
 from certop.core.issuers import parse_issuer
 from certop.core.models import AcmeIssuer, CertificateSpec, Fqdn, KeyAlgorithm, SecretName
 from certop.core.renewal import decide, renewal_time
-from certop.store.memory import MemoryOrderJournal
 from certop.store.ports import StoredCert
-from certop.store.secrets import SecretAccountStore, SecretCertStore, SecretNotOwned
-from solvers.http01.ingress import IngressSolver
+from certop.store.secrets import (
+    SecretAccountStore,
+    SecretCertStore,
+    SecretNotOwned,
+    SecretOrderJournal,
+)
+from solvers.http01.ingress import TOKEN_LABEL, IngressSolver
 from solvers.http01.solver import Http01Solver
 from solvers.http01.tokens import TokenStore
 
@@ -102,7 +106,7 @@ class CertificateController:
         self.clock = clock or SystemClock()
         self.backoff = backoff or Backoff()
         self.certs = SecretCertStore(self.core)
-        self.journal = MemoryOrderJournal()
+        self.journal = SecretOrderJournal(self.core)
         self._accounts: dict[str, Account] = {}
         self._ca_dir = Path(tempfile.mkdtemp(prefix="certop-ca-"))
         self._changed: dict[str, asyncio.Event] = {}
@@ -112,6 +116,25 @@ class CertificateController:
                     cancellation_timeout=10.0)(self.daemon)
         kopf.on.update(GROUP, VERSION, "certificates", registry=registry, id="spec-changed",
                        field="spec")(self.on_spec_changed)
+        kopf.on.startup(registry=registry, id="leftover-http01-ingresses")(
+            self.remove_leftover_ingresses)
+
+    def remove_leftover_ingresses(self, **_: Any) -> None:
+        """Temporary Ingresses of a previous run are removed at start; an order that is still
+        pending gets its Ingress again when its daemon resumes it."""
+        net = client.NetworkingV1Api(self.api)
+        listing = net.list_ingress_for_all_namespaces(label_selector=f"{TOKEN_LABEL}=true")
+        for item in listing.items:
+            meta = item.metadata
+            if meta is None or not meta.name or not meta.namespace or \
+                    (meta.labels or {}).get(TOKEN_LABEL) != "true":
+                continue  # an API server ignoring the selector (the test emulator does)
+            try:
+                net.delete_namespaced_ingress(meta.name, meta.namespace)
+                log.info("removed leftover HTTP-01 Ingress %s/%s", meta.namespace, meta.name)
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
 
     async def on_spec_changed(self, uid: str, **_: Any) -> None:
         """Wake the object's daemon: its next look sees the new spec (the body is live)."""

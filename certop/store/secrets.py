@@ -191,3 +191,62 @@ class SecretAccountStore:
         except ApiException as exc:
             raise TemporaryError(f"updating Secret {self.namespace}/{self._name(account_id)}"
                                  f": HTTP {exc.status}") from exc
+
+
+class SecretOrderJournal:
+    """In-flight orders in Secrets (`certop-order-<name>`, labelled managed): the order URL
+    and its fresh private key survive an operator restart, so the order is resumed. A Secret,
+    not the Certificate's status, because the entry holds a private key."""
+
+    def __init__(self, api: client.CoreV1Api, timeout: float = 10.0) -> None:
+        self.api = api
+        self.timeout = timeout
+
+    @staticmethod
+    def _name(name: str) -> str:
+        return f"certop-order-{name}"[:253]
+
+    def load(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            secret = self.api.read_namespaced_secret(self._name(name), namespace,
+                                                     _request_timeout=self.timeout)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise TemporaryError(f"reading the order journal of {namespace}/{name}: HTTP "
+                                 f"{exc.status}") from exc
+        try:
+            entry = json.loads(base64.b64decode((secret.data or {}).get("order", "")))
+        except ValueError:
+            return None
+        return entry if isinstance(entry, dict) else None
+
+    def save(self, namespace: str, name: str, entry: dict[str, Any]) -> None:
+        data: dict[str, bytes | str] = {"order": _b64(json.dumps(entry).encode())}
+        secret_name = self._name(name)
+        try:
+            self.api.patch_namespaced_secret(secret_name, namespace, {"data": data},
+                                             _request_timeout=self.timeout)
+            return
+        except ApiException as exc:
+            if exc.status != 404:
+                raise TemporaryError(f"writing the order journal of {namespace}/{name}: "
+                                     f"HTTP {exc.status}") from exc
+        body = client.V1Secret(api_version="v1", kind="Secret", type="Opaque", data=data,
+                               metadata=client.V1ObjectMeta(
+                                   name=secret_name, namespace=namespace,
+                                   labels={MANAGED_LABEL: "true"}))
+        try:
+            self.api.create_namespaced_secret(namespace, body, _request_timeout=self.timeout)
+        except ApiException as exc:
+            raise TemporaryError(f"writing the order journal of {namespace}/{name}: HTTP "
+                                 f"{exc.status}") from exc
+
+    def clear(self, namespace: str, name: str) -> None:
+        try:
+            self.api.delete_namespaced_secret(self._name(name), namespace,
+                                              _request_timeout=self.timeout)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise TemporaryError(f"clearing the order journal of {namespace}/{name}: "
+                                     f"HTTP {exc.status}") from exc

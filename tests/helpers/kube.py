@@ -28,6 +28,9 @@ RESOURCES: dict[str, dict[str, Any]] = {
                                    "verbs": VERBS, "subresources": ["status"]},
     "certop.dev/v1/clusterissuers": {"kind": "ClusterIssuer", "namespaced": False,
                                      "verbs": VERBS, "subresources": ["status"]},
+    "certop.dev/v1/issuers": {"kind": "Issuer", "namespaced": True, "verbs": VERBS,
+                              "subresources": ["status"]},
+    "coordination.k8s.io/v1/leases": {"kind": "Lease", "namespaced": True, "verbs": VERBS},
 }
 
 

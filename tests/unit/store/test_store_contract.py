@@ -14,17 +14,12 @@ from kube import EmulatorThread
 from certop.store.files import FileAccountStore, FileCertStore, FileOrderJournal, write_atomic
 from certop.store.memory import MemoryAccountStore, MemoryCertStore, MemoryOrderJournal
 from certop.store.ports import StoredCert
-from certop.store.secrets import SecretAccountStore, SecretCertStore, SecretNotOwned
-
-STORES: dict[str, Callable[[Path], tuple[Any, Any, Any]]] = {
-    "files": lambda p: (FileCertStore(p), FileAccountStore(p), FileOrderJournal(p)),
-    "memory": lambda p: (MemoryCertStore(), MemoryAccountStore(), MemoryOrderJournal()),
-}
-
-
-@pytest.fixture(params=list(STORES))
-def stores(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[Any, Any, Any]:
-    return STORES[request.param](tmp_path)
+from certop.store.secrets import (
+    SecretAccountStore,
+    SecretCertStore,
+    SecretNotOwned,
+    SecretOrderJournal,
+)
 
 
 @pytest.fixture(scope="module")
@@ -99,13 +94,25 @@ def test_an_account_key_is_never_overwritten(kind: str, tmp_path: Path,
     assert accounts.load_account("a") == (b"key", {"uri": "https://ca/acct/1"})
 
 
-def test_the_order_journal_saves_loads_and_clears(stores: tuple[Any, Any, Any]) -> None:
-    _, _, journal = stores
-    journal.save("ns", "s", {"order_url": "https://ca/order/1"})
-    assert journal.load("ns", "s") == {"order_url": "https://ca/order/1"}
-    journal.clear("ns", "s")
-    journal.clear("ns", "s")
-    assert journal.load("ns", "s") is None
+JOURNALS: dict[str, Callable[[Path, EmulatorThread], Any]] = {
+    "files": lambda p, e: FileOrderJournal(p),
+    "memory": lambda p, e: MemoryOrderJournal(),
+    "secrets": lambda p, e: SecretOrderJournal(e.core()),
+}
+
+
+@pytest.mark.parametrize("kind", list(JOURNALS))
+def test_the_order_journal_saves_loads_and_clears(kind: str, tmp_path: Path,
+                                                  emulator: EmulatorThread) -> None:
+    journal = JOURNALS[kind](tmp_path, emulator)
+    ns = _namespace(tmp_path)
+    assert journal.load(ns, "s") is None
+    journal.save(ns, "s", {"order_url": "https://ca/order/1"})
+    journal.save(ns, "s", {"order_url": "https://ca/order/2", "key_pem": "k"})
+    assert journal.load(ns, "s") == {"order_url": "https://ca/order/2", "key_pem": "k"}
+    journal.clear(ns, "s")
+    journal.clear(ns, "s")
+    assert journal.load(ns, "s") is None
 
 
 def test_key_files_are_private_and_certificates_readable(tmp_path: Path) -> None:

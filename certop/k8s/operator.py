@@ -1,0 +1,120 @@
+"""`certop operator`: the Ingress shim and the Certificate daemons under kopf, behind a Lease.
+
+Start-up: load the Kubernetes login (in-cluster service account or KUBECONFIG; kopf reads the
+same), serve the HTTP-01 responder and the admin port, wait for the leader Lease, then run
+kopf. Losing the Lease stops the process (the Deployment restarts it as a follower).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import uuid
+from dataclasses import dataclass
+
+import kopf
+import kubernetes
+
+from certop.k8s.certificates import CertificateController, OperatorSettings
+from certop.k8s.lease import Lease
+from certop.k8s.shim import Shim
+from certop.proxy.admin import Admin
+from certop.proxy.server import Proxy
+from certop.proxy.tls import CertBook
+from certop.standalone.services import StaticBackends
+from solvers.http01 import TokenStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class OperatorRun:
+    namespaces: tuple[str, ...] = ()
+    """Namespaces to watch; empty means all (-A)."""
+    default_issuer: str | None = None
+    """ClusterIssuer for Ingresses annotated only with kubernetes.io/tls-acme: "true"."""
+    resource_namespace: str = "certop"
+    """Where ClusterIssuers' Secrets and the Lease live."""
+    listen: str = "0.0.0.0"
+    """Address of the responder and admin ports."""
+    solver_port: int = 8089
+    """The HTTP-01 responder's port (the solver Service's target)."""
+    solver_service: str = "certop-solver"
+    """The Service temporary Ingresses route to."""
+    admin_port: int | None = None
+    """/healthz, /readyz (only the Lease holder is ready), /metrics."""
+    lease_name: str = "certop-leader"
+    """The coordination.k8s.io Lease that elects the active replica."""
+
+
+def _load_kubernetes_config() -> kubernetes.client.ApiClient:
+    try:
+        kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
+    except kubernetes.config.ConfigException:
+        kubernetes.config.load_kube_config()  # type: ignore[no-untyped-call]
+    return kubernetes.client.ApiClient()
+
+
+async def run_operator(run: OperatorRun) -> int:
+    api = await asyncio.to_thread(_load_kubernetes_config)
+    tokens = TokenStore()
+    responder = Proxy(CertBook(), tokens, StaticBackends({}))
+    await responder.start(run.listen, run.solver_port, None)
+    identity = f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
+    lease = Lease(api, run.resource_namespace, run.lease_name, identity)
+    leading, lost, stop = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    admin = Admin(responder, lambda: leading.is_set() and not lost.is_set())
+    if run.admin_port is not None:
+        await admin.start(run.listen, run.admin_port)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    holder = asyncio.create_task(lease.hold(leading, lost, stop))
+    code = 0
+    try:
+        waiting = {asyncio.create_task(leading.wait()), asyncio.create_task(stop.wait())}
+        await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        for task in waiting:
+            task.cancel()
+        if not stop.is_set():
+            log.info("leading: starting the Ingress shim and the Certificate controller")
+            registry = kopf.OperatorRegistry()
+            # The same login as our own client: in-cluster service account or KUBECONFIG.
+            kopf.on.login(registry=registry)(kopf.login_via_client)
+            Shim(api, run.default_issuer).register(registry)
+            settings = OperatorSettings(
+                resource_namespace=run.resource_namespace, solver_service=run.solver_service,
+                solver_port=80,
+                self_check_addr=("127.0.0.1" if run.listen in ("0.0.0.0", "") else run.listen,
+                                 run.solver_port))
+            CertificateController(api, tokens, settings).register(registry)
+            flag: asyncio.Future[None] = loop.create_future()
+            operator = asyncio.create_task(kopf.operator(
+                registry=registry, clusterwide=not run.namespaces,
+                namespaces=list(run.namespaces), standalone=True, stop_flag=flag))
+            watchers = {asyncio.create_task(stop.wait()), asyncio.create_task(lost.wait())}
+            await asyncio.wait({operator, *watchers}, return_when=asyncio.FIRST_COMPLETED)
+            for task in watchers:
+                task.cancel()
+            if lost.is_set():
+                log.error("the leader Lease was lost: stopping so that a follower takes over")
+                code = 1
+            if not flag.done():
+                flag.set_result(None)
+            with contextlib.suppress(asyncio.CancelledError):
+                await operator
+    finally:
+        stop.set()
+        await holder
+        await admin.close()
+        await responder.close(grace=1.0)
+    return code
+
+
+def default_namespace() -> str:
+    """The operator's own namespace (the Downward API's POD_NAMESPACE), else "certop"."""
+    return os.environ.get("POD_NAMESPACE", "certop")

@@ -1,0 +1,114 @@
+"""Out of process: the emulator as a subprocess, `certop operator` started with a KUBECONFIG
+(no test-only login path), driven with the `kubernetes` client; real Pebble as the CA."""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pebblectl
+import pytest
+from kube import wait_for
+from kubernetes import client
+
+HELPERS = Path(__file__).resolve().parents[1] / "helpers"
+
+
+@pytest.fixture
+def emulator_url(tmp_path: Path) -> Iterator[str]:
+    env = dict(os.environ, PYTHONPATH=f"{HELPERS}{os.pathsep}{HELPERS.parent.parent / 'pebble'}")
+    with open(tmp_path / "emu.log", "wb") as log:
+        proc = subprocess.Popen([sys.executable, str(HELPERS / "emulator_server.py")],
+                                stdout=subprocess.PIPE, stderr=log, env=env)
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().decode().strip()
+        assert url.startswith("http://127.0.0.1:"), (tmp_path / "emu.log").read_text()
+        yield url
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=15)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+def kubeconfig(path: Path, url: str) -> Path:
+    path.write_text(f"""apiVersion: v1
+kind: Config
+clusters: [{{name: emu, cluster: {{server: "{url}"}}}}]
+users: [{{name: me, user: {{token: dummy}}}}]
+contexts: [{{name: emu, context: {{cluster: emu, user: me}}}}]
+current-context: emu
+""")
+    return path
+
+
+def api_client(url: str) -> client.ApiClient:
+    config = client.Configuration()
+    config.host = url
+    return client.ApiClient(config)
+
+
+def status(port: int, path: str) -> int:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("GET", path)
+        return conn.getresponse().status
+    except OSError:
+        return 0
+    finally:
+        conn.close()
+
+
+@pytest.mark.slow
+def test_certop_operator_issues_a_secret_for_an_annotated_ingress(
+        tmp_path: Path, emulator_url: str, pebble: pebblectl.PebbleInfo) -> None:
+    api = api_client(emulator_url)
+    custom = client.CustomObjectsApi(api)
+    custom.create_cluster_custom_object("certop.dev", "v1", "clusterissuers", {
+        "apiVersion": "certop.dev/v1", "kind": "ClusterIssuer", "metadata": {"name": "pebble"},
+        "spec": {"acme": {"server": pebble.directory_url, "email": "ops@certop.test",
+                          "caBundle": base64.b64encode(Path(pebble.api_ca).read_bytes()).decode(),
+                          "privateKeySecretRef": {"name": "pebble-account"},
+                          "solvers": [{"http01": {"ingress": {}}}]}}})
+    admin = pebblectl.free_port()
+    env = dict(os.environ, KUBECONFIG=str(kubeconfig(tmp_path / "kubeconfig", emulator_url)))
+    with open(tmp_path / "operator.log", "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "certop.cli", "operator", "-A",
+             "--cluster-resource-namespace", "certop", "--listen", "127.0.0.1",
+             "--solver-port", str(pebble.http_port), "--admin-port", str(admin)],
+            stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        wait_for(lambda: status(admin, "/readyz") == 200, timeout=30,
+                 what=f"the operator to lead: {(tmp_path / 'operator.log').read_text()}")
+        client.NetworkingV1Api(api).create_namespaced_ingress("shop", {
+            "apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+            "metadata": {"name": "web", "annotations": {"kubernetes.io/tls-acme": "true",
+                                                        "certop.dev/cluster-issuer": "pebble"}},
+            "spec": {"tls": [{"hosts": ["op.certop.test"], "secretName": "op-tls"}],
+                     "rules": [{"host": "op.certop.test", "http": {"paths": [{
+                         "path": "/", "pathType": "Prefix", "backend": {"service": {
+                             "name": "web", "port": {"number": 80}}}}]}}]}})
+
+        def secret() -> Any:
+            try:
+                return client.CoreV1Api(api).read_namespaced_secret("op-tls", "shop")
+            except client.ApiException:
+                return None
+
+        wait_for(lambda: secret() is not None, timeout=60,
+                 what=f"the Secret: {(tmp_path / 'operator.log').read_text()[-2000:]}")
+        assert secret().type == "kubernetes.io/tls"
+        lease = client.CoordinationV1Api(api).read_namespaced_lease("certop-leader", "certop")
+        assert lease.spec.holder_identity
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0, (tmp_path / "operator.log").read_text()[-3000:]
