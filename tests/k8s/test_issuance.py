@@ -186,3 +186,60 @@ def test_changed_hosts_are_reissued_and_a_foreign_secret_is_left_alone(
 
     wait_for(lambda: reason() == "SecretNotOwned", timeout=30, what="SecretNotOwned")
     assert secret_data(cluster, NS, "theirs-tls").data["tls.crt"] == "Zm9yZWlnbg=="
+
+
+@pytest.mark.slow
+def test_an_operator_restart_mid_order_resumes_it_without_leaking_the_ingress(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from gate import Gate
+
+    responder_port = pebblectl.free_port()
+    with EmulatorThread() as kube, Gate(responder_port) as gate, \
+            pebblectl.running(tmp_path / "pebble", http_port=gate.port) as info:
+        kube.custom().create_cluster_custom_object("certop.dev", "v1", "clusterissuers", {
+            "apiVersion": "certop.dev/v1", "kind": "ClusterIssuer",
+            "metadata": {"name": "pebble"},
+            "spec": {"acme": {
+                "server": info.directory_url, "email": "ops@certop.test",
+                "caBundle": base64.b64encode(Path(info.api_ca).read_bytes()).decode(),
+                "privateKeySecretRef": {"name": "pebble-account"},
+                "solvers": [{"http01": {"ingress": {}}}]}}})
+
+        def operator(tokens: TokenStore) -> OperatorThread:
+            registry = kopf.OperatorRegistry()
+            Shim(kube.api_client()).register(registry)
+            settings = OperatorSettings(resource_namespace="certop",
+                                        self_check_addr=("127.0.0.1", responder_port))
+            CertificateController(kube.api_client(), tokens, settings).register(registry)
+            return OperatorThread(registry, kube.url)
+
+        def journal() -> Any:
+            return secret_data(kube, NS, "certop-order-web-tls")
+
+        def temporary() -> list[Any]:
+            return [key for key in kube.emulator.objects if key[0].plural == "ingresses"
+                    and key[2].startswith("certop-http01-")
+                    and not kube.emulator.objects[key].deleted]
+
+        with caplog.at_level("INFO", logger="certop"):
+            tokens = TokenStore()
+            with Responder(tokens, responder_port), operator(tokens):
+                client.NetworkingV1Api(kube.api_client()).create_namespaced_ingress(
+                    NS, ingress("web", "web.certop.test", "web-tls"))
+                # Pebble's validation is held at the gate: the order is answered, not done.
+                assert gate.arrived.wait(30)
+                wait_for(lambda: journal() is not None, what="the journalled order")
+                assert len(temporary()) == 1
+            # Stopped mid-order. A new run (fresh memory) resumes from the journal Secret.
+            tokens = TokenStore()
+            with Responder(tokens, responder_port), operator(tokens):
+                wait_for(lambda: any("resuming order" in r.getMessage()
+                                     for r in caplog.records), what="the resumed order")
+                wait_for(lambda: len(tokens) > 0, what="the token presented again")
+                gate.open()
+                wait_for(lambda: secret_data(kube, NS, "web-tls") is not None, timeout=60,
+                         what="the TLS Secret")
+                wait_for(lambda: not temporary(), what="the temporary Ingress to go")
+        placed = [r for r in caplog.records if "placed order" in r.getMessage()]
+        assert len(placed) == 1
+        assert journal() is None
