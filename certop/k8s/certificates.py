@@ -90,6 +90,18 @@ def _condition(ready: bool, reason: str, message: str, now: datetime.datetime
              "message": message, "lastTransitionTime": now.strftime("%Y-%m-%dT%H:%M:%SZ")}]
 
 
+def _tell(body: kopf.Body, kind: str, reason: str, message: str) -> None:
+    """An event on the Certificate and on every Ingress that owns it (what users look at)."""
+    meta = body["metadata"]
+    targets: list[Any] = [body]
+    for ref in meta.get("ownerReferences") or []:
+        if ref.get("kind") == "Ingress":
+            targets.append({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+                            "metadata": {"name": ref.get("name"), "uid": ref.get("uid"),
+                                         "namespace": meta.get("namespace")}})
+    kopf.event(targets, type=kind, reason=reason, message=message)
+
+
 def _ts(when: datetime.datetime) -> str:
     return when.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -240,8 +252,8 @@ class CertificateController:
             try:
                 await self._issue(spec, body)
                 failures = 0
-                kopf.info(body, reason="Issued", message=f"certificate for "
-                          f"{', '.join(spec.hosts)} stored in Secret {spec.secret_name}")
+                _tell(body, "Normal", "Issued", f"certificate for {', '.join(spec.hosts)} "
+                      f"stored in Secret {spec.secret_name}")
             except asyncio.CancelledError:
                 raise
             except (CertopError, crypto.CertificateUnreadable, ApiException) as exc:
@@ -252,7 +264,7 @@ class CertificateController:
                                            getattr(exc, "retry_after", None))
                 message = f"{exc}; attempt {failures} failed, next in {delay:.0f}s"
                 self._status_failed(name, body, reason, message, failures)
-                kopf.warn(body, reason=reason, message=message)
+                _tell(body, "Warning", reason, f"Certificate {name}: {message}")
                 await self._pause(uid, stopped, delay)
 
     def _status_failed(self, name: str, body: kopf.Body, reason: str, message: str,

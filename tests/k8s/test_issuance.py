@@ -243,3 +243,54 @@ def test_an_operator_restart_mid_order_resumes_it_without_leaking_the_ingress(
         placed = [r for r in caplog.records if "placed order" in r.getMessage()]
         assert len(placed) == 1
         assert journal() is None
+
+
+@pytest.mark.slow
+def test_a_failed_challenge_backs_off_with_a_condition_and_events_on_the_ingress(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # Pebble validates on a port where nothing answers; certop's own self-check passes.
+    responder_port = pebblectl.free_port()
+    with EmulatorThread() as kube, \
+            pebblectl.running(tmp_path / "pebble", http_port=pebblectl.free_port()) as info:
+        kube.custom().create_cluster_custom_object("certop.dev", "v1", "clusterissuers", {
+            "apiVersion": "certop.dev/v1", "kind": "ClusterIssuer",
+            "metadata": {"name": "pebble"},
+            "spec": {"acme": {
+                "server": info.directory_url,
+                "caBundle": base64.b64encode(Path(info.api_ca).read_bytes()).decode(),
+                "solvers": [{"http01": {"ingress": {}}}]}}})
+        tokens = TokenStore()
+        registry = kopf.OperatorRegistry()
+        Shim(kube.api_client()).register(registry)
+        settings = OperatorSettings(resource_namespace="certop",
+                                    self_check_addr=("127.0.0.1", responder_port))
+        CertificateController(kube.api_client(), tokens, settings).register(registry)
+        with caplog.at_level("INFO", logger="certop"), Responder(tokens, responder_port), \
+                OperatorThread(registry, kube.url, posting=True):
+            client.NetworkingV1Api(kube.api_client()).create_namespaced_ingress(
+                NS, ingress("web", "fail.certop.test", "web-tls"))
+
+            def condition() -> dict[str, Any]:
+                try:
+                    found = kube.custom().get_namespaced_custom_object(
+                        "certop.dev", "v1", NS, "certificates", "web-tls")
+                except client.ApiException:
+                    return {}  # not created by the shim yet
+                conditions = found.get("status", {}).get("conditions", [])
+                return dict(conditions[0]) if conditions else {}
+
+            wait_for(lambda: condition().get("reason") == "ChallengeFailed", timeout=30,
+                     what="Ready=False, ChallengeFailed")
+            assert condition()["status"] == "False"
+            assert "fail.certop.test" in condition()["message"]
+            assert "next in" in condition()["message"]
+
+            def warnings_on(kind: str) -> list[str]:
+                return [e.message for e in kube.core().list_namespaced_event(NS).items
+                        if e.reason == "ChallengeFailed" and e.involved_object.kind == kind]
+
+            wait_for(lambda: bool(warnings_on("Ingress")) and bool(warnings_on("Certificate")),
+                     what="events on the Ingress and the Certificate")
+            # Backing off: the next order is seconds away, not a hot loop.
+            placed = [r for r in caplog.records if "placed order" in r.getMessage()]
+            assert len(placed) == 1
