@@ -3,6 +3,7 @@
 Issuance: certop standalone vs. lego, certbot and Caddy against one local Pebble, time to one
 certificate (median of --runs) and total time for each of --sizes hosts.
 Proxy: certop vs. nginx, HAProxy and Caddy on one pinned core (see bench/proxy.py).
+Operator: 500 annotated Ingresses at once in the emulator against Pebble (bench/operator.py).
 Everything in the same run so the ratios compare like with like; raw results also go to
 bench/results/*.json.
 
@@ -18,6 +19,7 @@ import os
 import platform
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -34,6 +36,8 @@ import proxy  # noqa: E402
 DOC = ROOT / "docs" / "benchmarks.md"
 BEGIN = "<!-- issuance:begin -->"
 END = "<!-- issuance:end -->"
+OPERATOR_BEGIN = "<!-- operator:begin -->"
+OPERATOR_END = "<!-- operator:end -->"
 PROXY_BEGIN = "<!-- proxy:begin -->"
 PROXY_END = "<!-- proxy:end -->"
 SCENARIOS = [("http_keepalive", "HTTP keep-alive"), ("https_keepalive", "HTTPS keep-alive"),
@@ -204,8 +208,10 @@ def main() -> int:
     parser.add_argument("--tools", default="certop,lego,certbot,caddy")
     parser.add_argument("--proxies", default="certop,nginx,haproxy,caddy")
     parser.add_argument("--seconds", type=int, default=8, help="length of each proxy run")
-    parser.add_argument("--only", choices=["issuance", "proxy"],
-                        help="run one of the two benchmarks (default: both)")
+    parser.add_argument("--only", choices=["issuance", "proxy", "operator"],
+                        help="run one of the benchmarks (default: all)")
+    parser.add_argument("--ingresses", type=int, default=500,
+                        help="Ingresses created at once for the operator benchmark")
     parser.add_argument("--no-doc", action="store_true", help="do not update docs/")
     args = parser.parse_args()
     command = "make bench" if len(sys.argv) == 1 else "bench/run.py " + " ".join(sys.argv[1:])
@@ -233,6 +239,28 @@ def main() -> int:
         text = _replace(text, PROXY_BEGIN, PROXY_END, section)
         if not args.no_doc:
             plot.proxy_svg(presults, ROOT / "docs" / "benchmarks-proxy.svg")
+    if args.only in (None, "operator"):
+        print(f"bench: operator: {args.ingresses} Ingresses", flush=True)
+        out_json = subprocess.run([sys.executable, str(HERE / "operator.py"),
+                                   str(args.ingresses)], capture_output=True, text=True,
+                                  check=True).stdout.strip().splitlines()[-1]
+        oresults = json.loads(out_json)
+        (out / "operator.json").write_text(json.dumps(oresults, indent=2))
+        when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+        section = "\n".join([
+            OPERATOR_BEGIN,
+            f"Measured {when}. Command: `{command}`.",
+            "",
+            "| Ingresses | all Secrets written | creating the Ingresses | operator peak RSS "
+            "| ACME requests per certificate |",
+            "|---|---|---|---|---|",
+            f"| {oresults['count']} | {oresults['seconds']:.1f} s | "
+            f"{oresults['create_seconds']:.1f} s | {oresults['peak_rss_mb']:.0f} MB | "
+            f"{oresults['acme_requests_per_certificate']:.1f} |",
+            OPERATOR_END,
+        ])
+        print(section)
+        text = _replace(text, OPERATOR_BEGIN, OPERATOR_END, section)
     if not args.no_doc:
         DOC.write_text(text)
     return 0

@@ -35,6 +35,7 @@ from certop.core.errors import CertopError, ConfigError
 from certop.core.issuers import parse_issuer
 from certop.core.models import AcmeIssuer, CertificateSpec, Fqdn, KeyAlgorithm, SecretName
 from certop.core.renewal import decide, renewal_time
+from certop.proxy.metrics import Metrics
 from certop.store.ports import StoredCert
 from certop.store.secrets import (
     SecretAccountStore,
@@ -109,8 +110,9 @@ def _ts(when: datetime.datetime) -> str:
 class CertificateController:
     def __init__(self, api: client.ApiClient, tokens: TokenStore,
                  settings: OperatorSettings | None = None, clock: Clock | None = None,
-                 backoff: Backoff | None = None) -> None:
+                 backoff: Backoff | None = None, metrics: Metrics | None = None) -> None:
         self.api = api
+        self.metrics = metrics or Metrics()
         self.core = client.CoreV1Api(api)
         self.custom = client.CustomObjectsApi(api)
         self.tokens = tokens
@@ -287,6 +289,7 @@ class CertificateController:
                                self.settings.solver_port, None,
                                issuer.http01_path_type.value)
         session = OrderSession(spec, account, solver, self.journal)
+        self.metrics.add("acme_orders_total")
         try:
             while True:
                 step = await asyncio.to_thread(session.step)
@@ -295,6 +298,8 @@ class CertificateController:
                 await asyncio.sleep(step.after)  # the order's next check, scheduled
         finally:
             await asyncio.to_thread(session.cleanup)
+            self.metrics.add("acme_requests_total", session.requests_sent)
         assert step.fullchain_pem is not None and step.key_pem is not None
         await asyncio.to_thread(self.certs.save, spec.namespace, spec.secret_name,
                                 StoredCert(step.fullchain_pem, step.key_pem))
+        self.metrics.add("certificates_issued_total")

@@ -91,7 +91,8 @@ async def run_operator(run: OperatorRun) -> int:
                 solver_port=80,
                 self_check_addr=("127.0.0.1" if run.listen in ("0.0.0.0", "") else run.listen,
                                  run.solver_port))
-            CertificateController(api, tokens, settings).register(registry)
+            CertificateController(api, tokens, settings,
+                                  metrics=responder.metrics).register(registry)
             flag: asyncio.Future[None] = loop.create_future()
             operator = asyncio.create_task(kopf.operator(
                 registry=registry, clusterwide=not run.namespaces,

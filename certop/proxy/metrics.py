@@ -19,6 +19,11 @@ class Metrics:
         self.latency_sum = 0.0
         self.tls_handshakes = 0
         self.connections_total = 0
+        self.counters: dict[str, float] = {}
+        """Other counters (the operator's ACME work), rendered as certop_<name>."""
+
+    def add(self, name: str, value: float = 1.0) -> None:
+        self.counters[name] = self.counters.get(name, 0.0) + value
 
     def request(self, host: str, status: int) -> None:
         key = (host, status)
@@ -61,6 +66,8 @@ class Metrics:
             "# HELP certop_certificate_expiry_timestamp_seconds notAfter of served certificates.",
             "# TYPE certop_certificate_expiry_timestamp_seconds gauge",
         ]
+        for name, value in sorted(self.counters.items()):
+            lines += [f"# TYPE certop_{name} counter", f"certop_{name} {value:g}"]
         for (namespace, name), when in sorted(expiry.items()):
             lines.append(f'certop_certificate_expiry_timestamp_seconds{{namespace='
                          f'"{_esc(namespace)}",secret="{_esc(name)}"}} {when:.0f}')
