@@ -73,12 +73,19 @@ def parse_issuer(
 
     solver_types: list[str] = []
     path_type = PathType.EXACT
+    ingress_class: str | None = None
     for i, raw in enumerate(f.sequence(acme.get("solvers"), "spec.acme.solvers")):
         solver = f.mapping(raw, f"spec.acme.solvers[{i}]", required=True)
         if "http01" in solver:
             solver_types.append("http-01")
             http01 = f.mapping(solver.get("http01"), f"spec.acme.solvers[{i}].http01")
             ingress = f.mapping(http01.get("ingress"), f"spec.acme.solvers[{i}].http01.ingress")
+            klass = ingress.get("ingressClassName") or ingress.get("class")
+            if klass is not None:
+                if not isinstance(klass, str):
+                    raise f.error(f"spec.acme.solvers[{i}].http01.ingress.ingressClassName",
+                                  "the name of an IngressClass")
+                ingress_class = klass
             if ingress.get("pathType") is not None:
                 try:
                     path_type = PathType(ingress["pathType"])
@@ -99,4 +106,5 @@ def parse_issuer(
         eab=eab,
         solver_types=tuple(solver_types) or ("http-01",),
         http01_path_type=path_type,
+        http01_ingress_class=ingress_class,
     )

@@ -110,6 +110,9 @@ class AcmeIssuer:
     eab: ExternalAccountBinding | None = None
     solver_types: tuple[str, ...] = ("http-01",)
     http01_path_type: PathType = PathType.EXACT
+    http01_ingress_class: str | None = None
+    """IngressClass for temporary HTTP-01 Ingresses (solvers[].http01.ingress
+    ingressClassName or class); None: the class of the Ingress that asked."""
 
 
 @dataclass(frozen=True)

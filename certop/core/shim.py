@@ -24,6 +24,8 @@ from certop.core.models import CertificateSpec, KeyAlgorithm
 
 API_VERSION = "certop.dev/v1"
 SHIM_LABEL = "certop.dev/ingress-shim"
+CLASS_ANNOTATION = "certop.dev/http01-ingress-class"
+"""The IngressClass of the Ingress that asked, for its temporary HTTP-01 Ingresses."""
 
 
 @dataclass(frozen=True)
@@ -87,7 +89,8 @@ def _owners(obj: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 def plan(owner: Owner, desired: Sequence[CertificateSpec],
-         existing: Mapping[str, Mapping[str, Any]]) -> list[Action]:
+         existing: Mapping[str, Mapping[str, Any]],
+         ingress_class: str | None = None) -> list[Action]:
     """The actions that make the namespace's Certificates match what `owner` needs."""
     actions: list[Action] = []
     wanted_names: set[str] = set()
@@ -101,6 +104,8 @@ def plan(owner: Owner, desired: Sequence[CertificateSpec],
                 "apiVersion": API_VERSION, "kind": "Certificate",
                 "metadata": {"name": name, "namespace": spec.namespace,
                              "labels": {SHIM_LABEL: "true"},
+                             "annotations": {CLASS_ANNOTATION: ingress_class}
+                             if ingress_class else {},
                              "ownerReferences": [owner.reference()]},
                 "spec": wanted,
             }))

@@ -35,6 +35,7 @@ from certop.core.errors import CertopError, ConfigError
 from certop.core.issuers import parse_issuer
 from certop.core.models import AcmeIssuer, CertificateSpec, Fqdn, KeyAlgorithm, SecretName
 from certop.core.renewal import decide, renewal_time
+from certop.core.shim import CLASS_ANNOTATION
 from certop.proxy.metrics import Metrics
 from certop.store.ports import StoredCert
 from certop.store.secrets import (
@@ -284,9 +285,10 @@ class CertificateController:
         account = self._account(issuer, namespace)
         if await asyncio.to_thread(self.certs.owned, spec.namespace, spec.secret_name) is False:
             raise SecretNotOwned(spec.namespace, spec.secret_name)
+        asked = (body["metadata"].get("annotations") or {}).get(CLASS_ANNOTATION)
         solver = IngressSolver(Http01Solver(self.tokens, self.settings.self_check_addr),
                                self.api, spec.namespace, self.settings.solver_service,
-                               self.settings.solver_port, None,
+                               self.settings.solver_port, issuer.http01_ingress_class or asked,
                                issuer.http01_path_type.value)
         session = OrderSession(spec, account, solver, self.journal)
         self.metrics.add("acme_orders_total")

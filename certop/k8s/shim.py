@@ -54,14 +54,15 @@ class Shim:
         except ConfigError as exc:
             kopf.warn(body, reason="InvalidIngress", message=f"{exc.field}: {exc.expected}")
             return
-        self._apply(body, owner, meta["namespace"], desired)
+        self._apply(body, owner, meta["namespace"], desired, ingress.ingress_class)
 
     def on_ingress_deleted(self, body: kopf.Body, **_: Any) -> None:
         meta = body["metadata"]
         self._apply(body, Owner(meta["name"], meta["uid"]), meta["namespace"], [])
 
-    def _apply(self, body: kopf.Body, owner: Owner, namespace: str, desired: Any) -> None:
-        for action in plan(owner, desired, self._existing(namespace)):
+    def _apply(self, body: kopf.Body, owner: Owner, namespace: str, desired: Any,
+               ingress_class: str | None = None) -> None:
+        for action in plan(owner, desired, self._existing(namespace), ingress_class):
             try:
                 if action.act is Act.CREATE:
                     assert action.body is not None

@@ -141,6 +141,14 @@ def test_an_annotated_ingress_gets_a_tls_secret_from_pebble(
                  if key[0].plural == "ingresses" and key[2].startswith("certop-http01-")]
     assert temporary
     assert all(cluster.emulator.objects[key].deleted for key in temporary)
+    last = cluster.emulator.objects[temporary[0]].last.raw
+    assert last["spec"]["ingressClassName"] == "certop"  # the issuer's override
+    (rule,) = last["spec"]["rules"]
+    assert rule["host"] == "web.certop.test"
+    (path,) = rule["http"]["paths"]
+    assert path["pathType"] == "Exact"
+    assert path["path"].startswith("/.well-known/acme-challenge/")
+    assert path["backend"]["service"]["name"] == "certop-solver"
     # The ACME account key is kept in the resource namespace, in the Secret the issuer names.
     account = secret_data(cluster, "certop", "pebble-account")
     assert account is not None and "tls.key" in account.data

@@ -65,3 +65,9 @@ def test_a_dropped_tls_entry_deletes_or_releases() -> None:
     release = actions[1].body
     assert release is not None
     assert [r["uid"] for r in release["metadata"]["ownerReferences"]] == ["uid-shop"]
+
+
+def test_the_asking_ingress_class_travels_on_the_certificate() -> None:
+    (action,) = plan(WEB, [spec("web-tls", "a.test")], {}, ingress_class="nginx")
+    assert action.body is not None
+    assert action.body["metadata"]["annotations"] == {"certop.dev/http01-ingress-class": "nginx"}
