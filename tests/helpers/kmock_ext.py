@@ -7,7 +7,8 @@ Stock kmock 0.8 (pinned; this touches its internals, keep it small and tested):
   ignores a stale `metadata.resourceVersion` in a merge patch (should be 409);
 - snapshots objects for a watch, then subscribes: writes in between are lost; it ignores
   `?resourceVersion=` and lists report no resourceVersion;
-- keeps every request forever and scans them all on each new one (slow after ~1000).
+- keeps every request forever and scans them all on each new one (slow after ~1000);
+- calls the core group's version "/v1" in discovery, so kubectl cannot map core kinds.
 This subclass fixes those; `tests/k8s/test_kmock_ext.py` proves each fix.
 """
 
@@ -104,6 +105,13 @@ class Emulator(kmock.KubernetesEmulator):  # type: ignore[misc]
             if "spec" in request.data:
                 generation = int((current.get("metadata") or {}).get("generation", 1))
                 request.data["metadata"]["generation"] = generation + 1
+
+    async def _serve_version(self, request: rendering.Request) -> rendering.Payload:
+        # kmock names the core group's version "/v1"; API servers (and kubectl) say "v1".
+        payload = await super()._serve_version(request)
+        if isinstance(payload, dict) and str(payload.get("groupVersion", "")).startswith("/"):
+            payload["groupVersion"] = payload["groupVersion"].lstrip("/")
+        return payload
 
     async def _serve_list(self, request: rendering.Request) -> rendering.Payload:
         payload = await super()._serve_list(request)

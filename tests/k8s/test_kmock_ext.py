@@ -99,3 +99,12 @@ def test_the_request_history_stays_bounded(kube: EmulatorThread) -> None:
     for _ in range(50):
         api.list_namespaced_secret("ns-e")
     assert len(kube.emulator._requests) <= 2
+
+
+def test_core_discovery_names_its_group_version_like_an_api_server(
+        kube: EmulatorThread) -> None:
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(kube.url + "/api/v1", timeout=5) as resp:
+        assert json.loads(resp.read())["groupVersion"] == "v1"
