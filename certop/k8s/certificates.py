@@ -207,12 +207,12 @@ class CertificateController:
 
     # -- status ----------------------------------------------------------------------------
 
-    def _status(self, spec: CertificateSpec, name: str, status: dict[str, Any]) -> None:
+    def _status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         try:
             self.custom.patch_namespaced_custom_object_status(
-                GROUP, VERSION, spec.namespace, "certificates", name, {"status": status})
+                GROUP, VERSION, namespace, "certificates", name, {"status": status})
         except ApiException as exc:
-            log.warning("Certificate %s/%s: status not written: HTTP %s", spec.namespace, name,
+            log.warning("Certificate %s/%s: status not written: HTTP %s", namespace, name,
                         exc.status)
 
     # -- the daemon ------------------------------------------------------------------------
@@ -245,7 +245,7 @@ class CertificateController:
             decision = decide(spec, facts, now)
             if not decision.issue and facts is not None:
                 renew_at = renewal_time(facts.not_before, facts.not_after)
-                await asyncio.to_thread(self._status, spec, name, {
+                await asyncio.to_thread(self._status, spec.namespace, name, {
                     "conditions": _condition(True, "Ready", "certificate is up to date", now),
                     "notBefore": _ts(facts.not_before), "notAfter": _ts(facts.not_after),
                     "renewalTime": _ts(renew_at), "failedIssuanceAttempts": failures})
@@ -272,9 +272,7 @@ class CertificateController:
 
     def _status_failed(self, name: str, body: kopf.Body, reason: str, message: str,
                        failures: int) -> None:
-        meta = body["metadata"]
-        spec = CertificateSpec(meta["namespace"], SecretName(""), (), "")
-        self._status(spec, name, {
+        self._status(body["metadata"]["namespace"], name, {
             "conditions": _condition(False, reason, message, self.clock.now()),
             "failedIssuanceAttempts": failures, "lastFailureTime": _ts(self.clock.now())})
 

@@ -66,19 +66,25 @@ class Responder:
         self.thread.join(10)
 
 
+def create_issuer(kube: EmulatorThread, info: pebblectl.PebbleInfo,
+                  solver: dict[str, Any] | None = None) -> None:
+    """The ClusterIssuer `pebble`, trusting Pebble's API through caBundle."""
+    kube.custom().create_cluster_custom_object("certop.dev", "v1", "clusterissuers", {
+        "apiVersion": "certop.dev/v1", "kind": "ClusterIssuer",
+        "metadata": {"name": "pebble"},
+        "spec": {"acme": {
+            "server": info.directory_url, "email": "ops@certop.test",
+            "caBundle": base64.b64encode(Path(info.api_ca).read_bytes()).decode(),
+            "privateKeySecretRef": {"name": "pebble-account"},
+            "solvers": [{"http01": {"ingress": solver or {}}}]}},
+    })
+
+
 @pytest.fixture
 def cluster(pebble: pebblectl.PebbleInfo) -> Iterator[EmulatorThread]:
     tokens = TokenStore()
     with EmulatorThread() as kube, Responder(tokens, pebble.http_port):
-        kube.custom().create_cluster_custom_object("certop.dev", "v1", "clusterissuers", {
-            "apiVersion": "certop.dev/v1", "kind": "ClusterIssuer",
-            "metadata": {"name": "pebble"},
-            "spec": {"acme": {
-                "server": pebble.directory_url, "email": "ops@certop.test",
-                "caBundle": base64.b64encode(Path(pebble.api_ca).read_bytes()).decode(),
-                "privateKeySecretRef": {"name": "pebble-account"},
-                "solvers": [{"http01": {"ingress": {"ingressClassName": "certop"}}}]}},
-        })
+        create_issuer(kube, pebble, {"ingressClassName": "certop"})
         registry = kopf.OperatorRegistry()
         Shim(kube.api_client()).register(registry)
         settings = OperatorSettings(resource_namespace="certop",
@@ -204,14 +210,7 @@ def test_an_operator_restart_mid_order_resumes_it_without_leaking_the_ingress(
     responder_port = pebblectl.free_port()
     with EmulatorThread() as kube, Gate(responder_port) as gate, \
             pebblectl.running(tmp_path / "pebble", http_port=gate.port) as info:
-        kube.custom().create_cluster_custom_object("certop.dev", "v1", "clusterissuers", {
-            "apiVersion": "certop.dev/v1", "kind": "ClusterIssuer",
-            "metadata": {"name": "pebble"},
-            "spec": {"acme": {
-                "server": info.directory_url, "email": "ops@certop.test",
-                "caBundle": base64.b64encode(Path(info.api_ca).read_bytes()).decode(),
-                "privateKeySecretRef": {"name": "pebble-account"},
-                "solvers": [{"http01": {"ingress": {}}}]}}})
+        create_issuer(kube, info)
 
         def operator(tokens: TokenStore) -> OperatorThread:
             registry = kopf.OperatorRegistry()
@@ -260,13 +259,7 @@ def test_a_failed_challenge_backs_off_with_a_condition_and_events_on_the_ingress
     responder_port = pebblectl.free_port()
     with EmulatorThread() as kube, \
             pebblectl.running(tmp_path / "pebble", http_port=pebblectl.free_port()) as info:
-        kube.custom().create_cluster_custom_object("certop.dev", "v1", "clusterissuers", {
-            "apiVersion": "certop.dev/v1", "kind": "ClusterIssuer",
-            "metadata": {"name": "pebble"},
-            "spec": {"acme": {
-                "server": info.directory_url,
-                "caBundle": base64.b64encode(Path(info.api_ca).read_bytes()).decode(),
-                "solvers": [{"http01": {"ingress": {}}}]}}})
+        create_issuer(kube, info)
         tokens = TokenStore()
         registry = kopf.OperatorRegistry()
         Shim(kube.api_client()).register(registry)
