@@ -67,13 +67,13 @@ class Responder:
 
 
 def create_issuer(kube: EmulatorThread, info: pebblectl.PebbleInfo,
-                  solver: dict[str, Any] | None = None) -> None:
+                  solver: dict[str, Any] | None = None, server: str | None = None) -> None:
     """The ClusterIssuer `pebble`, trusting Pebble's API through caBundle."""
     kube.custom().create_cluster_custom_object("certop.dev", "v1", "clusterissuers", {
         "apiVersion": "certop.dev/v1", "kind": "ClusterIssuer",
         "metadata": {"name": "pebble"},
         "spec": {"acme": {
-            "server": info.directory_url, "email": "ops@certop.test",
+            "server": server or info.directory_url, "email": "ops@certop.test",
             "caBundle": base64.b64encode(Path(info.api_ca).read_bytes()).decode(),
             "privateKeySecretRef": {"name": "pebble-account"},
             "solvers": [{"http01": {"ingress": solver or {}}}]}},
@@ -295,3 +295,41 @@ def test_a_failed_challenge_backs_off_with_a_condition_and_events_on_the_ingress
             # Backing off: the next order is seconds away, not a hot loop.
             placed = [r for r in caplog.records if "placed order" in r.getMessage()]
             assert len(placed) == 1
+
+
+
+@pytest.mark.slow
+def test_rate_limited_orders_wait_for_retry_after_with_no_hot_loop(tmp_path: Path) -> None:
+    from faultproxy import FaultProxy
+
+    responder_port = pebblectl.free_port()
+    with EmulatorThread() as kube, \
+            pebblectl.running(tmp_path / "pebble", http_port=responder_port) as info, \
+            FaultProxy(info, tmp_path / "pebble", retry_after=30) as proxy:
+        create_issuer(kube, info, server=proxy.directory_url)
+        tokens = TokenStore()
+        registry = kopf.OperatorRegistry()
+        Shim(kube.api_client()).register(registry)
+        settings = OperatorSettings(resource_namespace="certop",
+                                    self_check_addr=("127.0.0.1", responder_port))
+        CertificateController(kube.api_client(), tokens, settings).register(registry)
+        with Responder(tokens, responder_port), \
+                OperatorThread(registry, kube.url, posting=True):
+            client.NetworkingV1Api(kube.api_client()).create_namespaced_ingress(
+                NS, ingress("web", "limited.certop.test", "web-tls"))
+
+            def condition() -> dict[str, Any]:
+                try:
+                    found = kube.custom().get_namespaced_custom_object(
+                        "certop.dev", "v1", NS, "certificates", "web-tls")
+                except client.ApiException:
+                    return {}
+                conditions = found.get("status", {}).get("conditions", [])
+                return dict(conditions[0]) if conditions else {}
+
+            wait_for(lambda: condition().get("reason") == "RateLimited", timeout=30,
+                     what="Ready=False, RateLimited")
+            assert "next in 30s" in condition()["message"]  # the CA's Retry-After, honoured
+            assert proxy.counts["/order-plz"] == 1
+            # directory, nonce, account, one refused order: a handful, not a loop
+            assert proxy.total <= 6, dict(proxy.counts)

@@ -1,0 +1,111 @@
+"""A fault-injecting HTTPS proxy in front of Pebble (which never rate-limits by itself).
+
+It terminates TLS with Pebble's own API certificate, forwards each request to Pebble with its
+own Host header (Pebble builds every URL from the Host it sees, so clients stay on the proxy),
+counts requests per path, and answers `rateLimited` (429 + Retry-After) for new orders while
+`rate_limited` is set. Loopback only."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import http.client
+import json
+import ssl
+import threading
+from pathlib import Path
+
+import pebblectl
+
+
+class FaultProxy:
+    def __init__(self, info: pebblectl.PebbleInfo, workdir: Path, retry_after: int = 30) -> None:
+        self.info = info
+        self.target_port = int(info.directory_url.split(":")[2].split("/")[0])
+        self.port = pebblectl.free_port()
+        self.retry_after = retry_after
+        self.rate_limited = True
+        self.counts: collections.Counter[str] = collections.Counter()
+        self.server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self.server_ctx.load_cert_chain(workdir / "api-cert.pem", workdir / "api-key.pem")
+        self.client_ctx = ssl.create_default_context(cafile=info.api_ca)
+        self.loop = asyncio.new_event_loop()
+        self.ready = threading.Event()
+        self.done: asyncio.Event | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    @property
+    def directory_url(self) -> str:
+        return f"https://127.0.0.1:{self.port}/dir"
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+
+        async def serve() -> None:
+            self.done = asyncio.Event()
+            server = await asyncio.start_server(self._handle, "127.0.0.1", self.port,
+                                                ssl=self.server_ctx)
+            self.ready.set()
+            await self.done.wait()
+            server.close()
+            await server.wait_closed()
+
+        self.loop.run_until_complete(serve())
+        self.loop.close()
+
+    def __enter__(self) -> FaultProxy:
+        self.thread.start()
+        self.ready.wait(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self.done is not None
+        self.loop.call_soon_threadsafe(self.done.set)
+        self.thread.join(10)
+
+    def _forward(self, method: str, path: str, headers: dict[str, str], body: bytes
+                 ) -> tuple[int, list[tuple[str, str]], bytes]:
+        conn = http.client.HTTPSConnection("127.0.0.1", self.target_port,
+                                           context=self.client_ctx, timeout=10)
+        try:
+            conn.request(method, path, body=body or None, headers=headers)
+            resp = conn.getresponse()
+            return resp.status, resp.getheaders(), resp.read()
+        finally:
+            conn.close()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                lines = head.decode("latin-1").split("\r\n")
+                method, path, _ = lines[0].split(" ", 2)
+                headers = dict(line.split(": ", 1) for line in lines[1:] if ": " in line)
+                length = int(headers.get("Content-Length", "0") or 0)
+                body = await reader.readexactly(length) if length else b""
+                self.counts[path] += 1
+                if self.rate_limited and path == "/order-plz":
+                    problem = json.dumps({"type": "urn:ietf:params:acme:error:rateLimited",
+                                          "detail": "too many new orders recently"}).encode()
+                    status, out_headers = 429, [
+                        ("Content-Type", "application/problem+json"),
+                        ("Retry-After", str(self.retry_after))]
+                    payload = problem
+                else:
+                    status, out_headers, payload = await asyncio.to_thread(
+                        self._forward, method, path, headers, body)
+                    out_headers = [(k, v) for k, v in out_headers
+                                   if k.lower() not in ("content-length", "connection",
+                                                        "transfer-encoding")]
+                lines_out = [f"HTTP/1.1 {status} X"] + [f"{k}: {v}" for k, v in out_headers]
+                lines_out.append(f"Content-Length: {len(payload)}")
+                writer.write(("\r\n".join(lines_out) + "\r\n\r\n").encode("latin-1") + payload)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError):
+            pass
+        finally:
+            writer.close()
