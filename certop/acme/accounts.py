@@ -8,6 +8,7 @@ with that account's URL.
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import logging
 import threading
@@ -25,6 +26,11 @@ from certop.store.ports import AccountStore
 
 log = logging.getLogger(__name__)
 USER_AGENT = "certop/0.1"
+
+
+def _utc(when: datetime.datetime) -> datetime.datetime:
+    """The acme library mixes aware and naive local datetimes: make them aware UTC."""
+    return when.astimezone(datetime.UTC)
 
 
 def account_id(server: str, email: str | None) -> str:
@@ -114,6 +120,18 @@ class Account:
         net = self._network(self._jwk)
         net.account = self._regr
         return client.ClientV2(self._directory, net)
+
+    def renewal_info(self, cert_pem: bytes
+                     ) -> tuple[datetime.datetime | None, datetime.datetime]:
+        """ARI (RFC 9773): (when to renew, when to ask again), both UTC-aware. The first is
+        None when the CA offers no `renewalInfo` (then the lifetime policy applies)."""
+        acme = self.client()
+        try:
+            when, again = acme.renewal_time(cert_pem)
+        except errors.ARIError as exc:
+            log.info("renewal info unavailable (%s); asking again later", exc)
+            when, again = None, exc.retry_after
+        return _utc(when) if when else None, _utc(again)
 
     @property
     def jwk(self) -> JWKEC:

@@ -125,6 +125,8 @@ class CertificateController:
         self._accounts: dict[str, Account] = {}
         self._ca_dir = Path(tempfile.mkdtemp(prefix="certop-ca-"))
         self._changed: dict[str, asyncio.Event] = {}
+        self._ari: dict[str, tuple[bytes, datetime.datetime | None, datetime.datetime]] = {}
+        """uid -> (certificate, ARI renewal time, when to ask again)."""
 
     def register(self, registry: kopf.OperatorRegistry) -> None:
         kopf.daemon(GROUP, VERSION, "certificates", registry=registry, id="issuance",
@@ -219,10 +221,14 @@ class CertificateController:
 
     async def daemon(self, body: kopf.Body, name: str, uid: str, stopped: kopf.DaemonStopped,
                      **_: Any) -> None:
+        # Exists before the first look, so a spec change during the first order still
+        # wakes the next pause (the change handler finds the event and sets it).
+        self._changed.setdefault(uid, asyncio.Event())
         try:
             await self._run(body, name, uid, stopped)
         finally:
             self._changed.pop(uid, None)
+            self._ari.pop(uid, None)
 
     async def _run(self, body: kopf.Body, name: str, uid: str,
                    stopped: kopf.DaemonStopped) -> None:
@@ -242,9 +248,10 @@ class CertificateController:
                     facts = crypto.load_pair(stored.fullchain_pem, stored.key_pem).facts
                 except crypto.CertificateUnreadable:
                     facts = None
-            decision = decide(spec, facts, now)
+            ari_at = await self._ari_time(uid, spec, stored, now) if facts is not None else None
+            decision = decide(spec, facts, now, ari_renew_at=ari_at)
             if not decision.issue and facts is not None:
-                renew_at = renewal_time(facts.not_before, facts.not_after)
+                renew_at = ari_at or renewal_time(facts.not_before, facts.not_after)
                 await asyncio.to_thread(self._status, spec.namespace, name, {
                     "conditions": _condition(True, "Ready", "certificate is up to date", now),
                     "notBefore": _ts(facts.not_before), "notAfter": _ts(facts.not_after),
@@ -269,6 +276,27 @@ class CertificateController:
                 self._status_failed(name, body, reason, message, failures)
                 _tell(body, "Warning", reason, f"Certificate {name}: {message}")
                 await self._pause(uid, stopped, delay)
+
+    async def _ari_time(self, uid: str, spec: CertificateSpec, stored: StoredCert | None,
+                        now: datetime.datetime) -> datetime.datetime | None:
+        """The CA's suggested renewal time (RFC 9773), asked again at most as often as the
+        CA's Retry-After says; None when the CA offers no renewal info."""
+        if stored is None:
+            return None
+        cached = self._ari.get(uid)
+        if cached is not None and cached[0] == stored.fullchain_pem and now < cached[2]:
+            return cached[1]
+        try:
+            issuer = await asyncio.to_thread(self._issuer, spec)
+            account = self._account(issuer, spec.namespace if spec.issuer_kind == "Issuer"
+                                    else self.settings.resource_namespace)
+            when, again = await asyncio.to_thread(account.renewal_info, stored.fullchain_pem)
+        except (CertopError, ApiException) as exc:
+            log.info("Certificate %s/%s: no renewal info (%s)", spec.namespace,
+                     spec.secret_name, exc)
+            return cached[1] if cached else None
+        self._ari[uid] = (stored.fullchain_pem, when, again)
+        return when
 
     def _status_failed(self, name: str, body: kopf.Body, reason: str, message: str,
                        failures: int) -> None:

@@ -3,12 +3,14 @@
 It terminates TLS with Pebble's own API certificate, forwards each request to Pebble with its
 own Host header (Pebble builds every URL from the Host it sees, so clients stay on the proxy),
 counts requests per path, and answers `rateLimited` (429 + Retry-After) for new orders while
-`rate_limited` is set. Loopback only."""
+`rate_limited` is set. With `ari_window` it also offers ACME Renewal Information (RFC 9773):
+a `renewalInfo` URL in the directory and that window for every certificate. Loopback only."""
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import datetime
 import http.client
 import json
 import ssl
@@ -25,6 +27,7 @@ class FaultProxy:
         self.port = pebblectl.free_port()
         self.retry_after = retry_after
         self.rate_limited = True
+        self.ari_window: tuple[datetime.datetime, datetime.datetime] | None = None
         self.counts: collections.Counter[str] = collections.Counter()
         self.server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         self.server_ctx.load_cert_chain(workdir / "api-cert.pem", workdir / "api-key.pem")
@@ -88,7 +91,13 @@ class FaultProxy:
                 length = int(headers.get("Content-Length", "0") or 0)
                 body = await reader.readexactly(length) if length else b""
                 self.counts[path] += 1
-                if self.rate_limited and path == "/order-plz":
+                if self.ari_window is not None and path.startswith("/renewal-info/"):
+                    start, end = (w.strftime("%Y-%m-%dT%H:%M:%SZ") for w in self.ari_window)
+                    payload = json.dumps({"suggestedWindow": {"start": start,
+                                                              "end": end}}).encode()
+                    status, out_headers = 200, [("Content-Type", "application/json"),
+                                                ("Retry-After", "3600")]
+                elif self.rate_limited and path == "/order-plz":
                     problem = json.dumps({"type": "urn:ietf:params:acme:error:rateLimited",
                                           "detail": "too many new orders recently"}).encode()
                     status, out_headers = 429, [
@@ -101,6 +110,10 @@ class FaultProxy:
                     out_headers = [(k, v) for k, v in out_headers
                                    if k.lower() not in ("content-length", "connection",
                                                         "transfer-encoding")]
+                    if self.ari_window is not None and path == "/dir":
+                        directory = json.loads(payload)
+                        directory["renewalInfo"] = f"https://127.0.0.1:{self.port}/renewal-info"
+                        payload = json.dumps(directory).encode()
                 lines_out = [f"HTTP/1.1 {status} X"] + [f"{k}: {v}" for k, v in out_headers]
                 lines_out.append(f"Content-Length: {len(payload)}")
                 writer.write(("\r\n".join(lines_out) + "\r\n\r\n").encode("latin-1") + payload)

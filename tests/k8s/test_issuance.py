@@ -333,3 +333,45 @@ def test_rate_limited_orders_wait_for_retry_after_with_no_hot_loop(tmp_path: Pat
             assert proxy.counts["/order-plz"] == 1
             # directory, nonce, account, one refused order: a handful, not a loop
             assert proxy.total <= 6, dict(proxy.counts)
+
+
+
+@pytest.mark.slow
+def test_the_renewal_time_follows_the_cas_renewal_info_when_offered(tmp_path: Path) -> None:
+    import datetime
+
+    from faultproxy import FaultProxy
+
+    responder_port = pebblectl.free_port()
+    now = datetime.datetime.now(datetime.UTC)
+    window = (now + datetime.timedelta(days=1), now + datetime.timedelta(days=2))
+    with EmulatorThread() as kube, \
+            pebblectl.running(tmp_path / "pebble", http_port=responder_port) as info, \
+            FaultProxy(info, tmp_path / "pebble") as proxy:
+        proxy.rate_limited = False
+        proxy.ari_window = window
+        create_issuer(kube, info, server=proxy.directory_url)
+        tokens = TokenStore()
+        registry = kopf.OperatorRegistry()
+        Shim(kube.api_client()).register(registry)
+        settings = OperatorSettings(resource_namespace="certop",
+                                    self_check_addr=("127.0.0.1", responder_port))
+        CertificateController(kube.api_client(), tokens, settings).register(registry)
+        with Responder(tokens, responder_port), OperatorThread(registry, kube.url):
+            client.NetworkingV1Api(kube.api_client()).create_namespaced_ingress(
+                NS, ingress("web", "ari.certop.test", "web-tls"))
+
+            def renewal() -> str | None:
+                try:
+                    found = kube.custom().get_namespaced_custom_object(
+                        "certop.dev", "v1", NS, "certificates", "web-tls")
+                except client.ApiException:
+                    return None
+                value = found.get("status", {}).get("renewalTime")
+                return str(value) if value else None
+
+            wait_for(lambda: renewal() is not None, timeout=60, what="a renewal time")
+            when = datetime.datetime.fromisoformat(str(renewal()).replace("Z", "+00:00"))
+            # Pebble's certificates last 5 years: 2/3 of that would be years away.
+            assert window[0] - datetime.timedelta(seconds=1) <= when <= window[1]
+            assert any(path.startswith("/renewal-info/") for path in proxy.counts)
