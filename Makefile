@@ -18,12 +18,13 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-# Debian's pebble ships `pebble` and `pebble-challtestsrv`; curl is used by the demo.
+# Debian's pebble ships `pebble` and `pebble-challtestsrv`; curl is used by the demo;
+# kubectl applies manifests/ to the Kubernetes emulator in one test.
 deps-debian:
 	@if ! command -v pebble >/dev/null || ! command -v pebble-challtestsrv >/dev/null \
-	    || ! command -v curl >/dev/null; then \
-	  echo "installing Debian packages: pebble curl"; \
-	  $(APT) update -qq && $(APT) install -y -qq pebble curl >/dev/null; \
+	    || ! command -v curl >/dev/null || ! command -v kubectl >/dev/null; then \
+	  echo "installing Debian packages: pebble curl kubectl"; \
+	  $(APT) update -qq && $(APT) install -y -qq pebble curl kubectl >/dev/null; \
 	fi
 
 demo: venv deps-debian

@@ -35,8 +35,11 @@ RESOURCES: dict[str, dict[str, Any]] = {
 
 
 class EmulatorThread:
-    def __init__(self, resources: dict[str, dict[str, Any]] | None = None) -> None:
+    def __init__(self, resources: dict[str, dict[str, Any]] | None = None,
+                 bundled: bool = False) -> None:
         self.resources = resources or RESOURCES
+        self.bundled = bundled
+        """Also declare kmock's bundled built-in resources (what kubectl apply needs)."""
         self.loop = asyncio.new_event_loop()
         self.ready = threading.Event()
         self.stopping: asyncio.Event | None = None
@@ -52,6 +55,10 @@ class EmulatorThread:
     async def _serve(self) -> None:
         self.stopping = asyncio.Event()
         async with Emulator() as emulator, kmock.Server(emulator) as server:
+            if self.bundled:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    emulator.resources.load_bundled()
             for resource, info in self.resources.items():
                 emulator.resources[resource] = info
             self.emulator = emulator
