@@ -46,6 +46,7 @@ class Lease:
         self.identity = identity
         self.duration = duration
         self.held = False
+        self._told_waiting = False
 
     def try_acquire(self) -> bool:
         """One attempt to take or renew the Lease (blocking; run it in a thread)."""
@@ -70,6 +71,10 @@ class Lease:
         duration = (lease.spec.lease_duration_seconds if lease.spec else None) or self.duration
         expired = renewed is None or (now - renewed).total_seconds() > duration
         if holder not in (None, "", self.identity) and not expired:
+            if not self.held and not self._told_waiting:
+                log.info("standing by: the leader Lease %s/%s is held by %s", self.namespace,
+                         self.name, holder)
+                self._told_waiting = True
             return self._lost(None)
         version = lease.metadata.resource_version if lease.metadata else None
         patch: dict[str, Any] = {"metadata": {"resourceVersion": version}, "spec": spec}

@@ -112,3 +112,36 @@ def test_certop_operator_issues_a_secret_for_an_annotated_ingress(
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0, (tmp_path / "operator.log").read_text()[-3000:]
+
+
+@pytest.mark.slow
+def test_a_replica_that_does_not_hold_the_lease_is_alive_but_not_ready(
+        tmp_path: Path, emulator_url: str) -> None:
+    import datetime
+
+    api = api_client(emulator_url)
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    client.CoordinationV1Api(api).create_namespaced_lease("certop", {
+        "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": {"name": "certop-leader"},
+        "spec": {"holderIdentity": "the-other-replica", "leaseDurationSeconds": 3600,
+                 "renewTime": now}})
+    admin = pebblectl.free_port()
+    env = dict(os.environ, KUBECONFIG=str(kubeconfig(tmp_path / "kubeconfig", emulator_url)))
+    with open(tmp_path / "operator.log", "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "certop.cli", "operator", "-A",
+             "--cluster-resource-namespace", "certop", "--listen", "127.0.0.1",
+             "--solver-port", str(pebblectl.free_port()), "--admin-port", str(admin)],
+            stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        wait_for(lambda: status(admin, "/healthz") == 200, timeout=30, what="the admin port")
+        wait_for(lambda: "standing by" in (tmp_path / "operator.log").read_text(), timeout=30,
+                 what="the operator to see the other holder")
+        # The solver Service must not send the CA's requests to a follower.
+        assert status(admin, "/readyz") == 503
+        lease = client.CoordinationV1Api(api).read_namespaced_lease("certop-leader", "certop")
+        assert lease.spec.holder_identity == "the-other-replica"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0, (tmp_path / "operator.log").read_text()[-3000:]
