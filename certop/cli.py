@@ -232,9 +232,15 @@ def _operator(args: argparse.Namespace) -> int:
         resource_namespace=args.cluster_resource_namespace or default_namespace(),
         listen=args.listen, solver_port=args.solver_port, solver_service=args.solver_service,
         admin_port=args.admin_port, lease_name=args.lease)
+    import kubernetes
+
     try:
         with asyncio.Runner(loop_factory=_loop_factory(args.event_loop)) as runner:
             return runner.run(run_operator(run))
+    except kubernetes.config.ConfigException as exc:
+        print(f"certop: error: no Kubernetes login: not in a cluster and no usable KUBECONFIG "
+              f"({exc})", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
 

@@ -145,3 +145,14 @@ def test_a_replica_that_does_not_hold_the_lease_is_alive_but_not_ready(
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0, (tmp_path / "operator.log").read_text()[-3000:]
+
+
+def test_no_kubernetes_login_is_one_clear_line(tmp_path: Path) -> None:
+    env = dict(os.environ, KUBECONFIG=str(tmp_path / "missing"))
+    env.pop("KUBERNETES_SERVICE_HOST", None)
+    result = subprocess.run([sys.executable, "-m", "certop.cli", "operator", "--listen",
+                             "127.0.0.1", "--solver-port", "0"],
+                            capture_output=True, text=True, timeout=60, env=env, check=False)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("certop: error: no Kubernetes login")
