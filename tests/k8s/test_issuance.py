@@ -80,17 +80,34 @@ def create_issuer(kube: EmulatorThread, info: pebblectl.PebbleInfo,
     })
 
 
+def operator(kube: EmulatorThread, tokens: TokenStore, responder_port: int,
+             posting: bool = False) -> OperatorThread:
+    """The shim and the Certificate daemons under kopf, as `certop operator` wires them."""
+    registry = kopf.OperatorRegistry()
+    Shim(kube.api_client()).register(registry)
+    settings = OperatorSettings(resource_namespace="certop",
+                                self_check_addr=("127.0.0.1", responder_port))
+    CertificateController(kube.api_client(), tokens, settings).register(registry)
+    return OperatorThread(registry, kube.url, posting=posting)
+
+
+def ready_condition(kube: EmulatorThread, name: str = "web-tls") -> dict[str, Any]:
+    """The Certificate's Ready condition, {} while the shim has not created it yet."""
+    try:
+        found = kube.custom().get_namespaced_custom_object("certop.dev", "v1", NS,
+                                                           "certificates", name)
+    except client.ApiException:
+        return {}
+    conditions = found.get("status", {}).get("conditions", [])
+    return dict(conditions[0]) if conditions else {}
+
+
 @pytest.fixture
 def cluster(pebble: pebblectl.PebbleInfo) -> Iterator[EmulatorThread]:
     tokens = TokenStore()
     with EmulatorThread() as kube, Responder(tokens, pebble.http_port):
         create_issuer(kube, pebble, {"ingressClassName": "certop"})
-        registry = kopf.OperatorRegistry()
-        Shim(kube.api_client()).register(registry)
-        settings = OperatorSettings(resource_namespace="certop",
-                                    self_check_addr=("127.0.0.1", pebble.http_port))
-        CertificateController(kube.api_client(), tokens, settings).register(registry)
-        with OperatorThread(registry, kube.url, posting=True):
+        with operator(kube, tokens, pebble.http_port, posting=True):
             yield kube
 
 
@@ -212,14 +229,6 @@ def test_an_operator_restart_mid_order_resumes_it_without_leaking_the_ingress(
             pebblectl.running(tmp_path / "pebble", http_port=gate.port) as info:
         create_issuer(kube, info)
 
-        def operator(tokens: TokenStore) -> OperatorThread:
-            registry = kopf.OperatorRegistry()
-            Shim(kube.api_client()).register(registry)
-            settings = OperatorSettings(resource_namespace="certop",
-                                        self_check_addr=("127.0.0.1", responder_port))
-            CertificateController(kube.api_client(), tokens, settings).register(registry)
-            return OperatorThread(registry, kube.url)
-
         def journal() -> Any:
             return secret_data(kube, NS, "certop-order-web-tls")
 
@@ -230,7 +239,7 @@ def test_an_operator_restart_mid_order_resumes_it_without_leaking_the_ingress(
 
         with caplog.at_level("INFO", logger="certop"):
             tokens = TokenStore()
-            with Responder(tokens, responder_port), operator(tokens):
+            with Responder(tokens, responder_port), operator(kube, tokens, responder_port):
                 client.NetworkingV1Api(kube.api_client()).create_namespaced_ingress(
                     NS, ingress("web", "web.certop.test", "web-tls"))
                 # Pebble's validation is held at the gate: the order is answered, not done.
@@ -239,7 +248,7 @@ def test_an_operator_restart_mid_order_resumes_it_without_leaking_the_ingress(
                 assert len(temporary()) == 1
             # Stopped mid-order. A new run (fresh memory) resumes from the journal Secret.
             tokens = TokenStore()
-            with Responder(tokens, responder_port), operator(tokens):
+            with Responder(tokens, responder_port), operator(kube, tokens, responder_port):
                 wait_for(lambda: any("resuming order" in r.getMessage()
                                      for r in caplog.records), what="the resumed order")
                 wait_for(lambda: len(tokens) > 0, what="the token presented again")
@@ -261,30 +270,16 @@ def test_a_failed_challenge_backs_off_with_a_condition_and_events_on_the_ingress
             pebblectl.running(tmp_path / "pebble", http_port=pebblectl.free_port()) as info:
         create_issuer(kube, info)
         tokens = TokenStore()
-        registry = kopf.OperatorRegistry()
-        Shim(kube.api_client()).register(registry)
-        settings = OperatorSettings(resource_namespace="certop",
-                                    self_check_addr=("127.0.0.1", responder_port))
-        CertificateController(kube.api_client(), tokens, settings).register(registry)
         with caplog.at_level("INFO", logger="certop"), Responder(tokens, responder_port), \
-                OperatorThread(registry, kube.url, posting=True):
+                operator(kube, tokens, responder_port, posting=True):
             client.NetworkingV1Api(kube.api_client()).create_namespaced_ingress(
                 NS, ingress("web", "fail.certop.test", "web-tls"))
 
-            def condition() -> dict[str, Any]:
-                try:
-                    found = kube.custom().get_namespaced_custom_object(
-                        "certop.dev", "v1", NS, "certificates", "web-tls")
-                except client.ApiException:
-                    return {}  # not created by the shim yet
-                conditions = found.get("status", {}).get("conditions", [])
-                return dict(conditions[0]) if conditions else {}
-
-            wait_for(lambda: condition().get("reason") == "ChallengeFailed", timeout=30,
+            wait_for(lambda: ready_condition(kube).get("reason") == "ChallengeFailed", timeout=30,
                      what="Ready=False, ChallengeFailed")
-            assert condition()["status"] == "False"
-            assert "fail.certop.test" in condition()["message"]
-            assert "next in" in condition()["message"]
+            assert ready_condition(kube)["status"] == "False"
+            assert "fail.certop.test" in ready_condition(kube)["message"]
+            assert "next in" in ready_condition(kube)["message"]
 
             def warnings_on(kind: str) -> list[str]:
                 return [e.message for e in kube.core().list_namespaced_event(NS).items
@@ -308,28 +303,15 @@ def test_rate_limited_orders_wait_for_retry_after_with_no_hot_loop(tmp_path: Pat
             FaultProxy(info, tmp_path / "pebble", retry_after=30) as proxy:
         create_issuer(kube, info, server=proxy.directory_url)
         tokens = TokenStore()
-        registry = kopf.OperatorRegistry()
-        Shim(kube.api_client()).register(registry)
-        settings = OperatorSettings(resource_namespace="certop",
-                                    self_check_addr=("127.0.0.1", responder_port))
-        CertificateController(kube.api_client(), tokens, settings).register(registry)
         with Responder(tokens, responder_port), \
-                OperatorThread(registry, kube.url, posting=True):
+                operator(kube, tokens, responder_port, posting=True):
             client.NetworkingV1Api(kube.api_client()).create_namespaced_ingress(
                 NS, ingress("web", "limited.certop.test", "web-tls"))
 
-            def condition() -> dict[str, Any]:
-                try:
-                    found = kube.custom().get_namespaced_custom_object(
-                        "certop.dev", "v1", NS, "certificates", "web-tls")
-                except client.ApiException:
-                    return {}
-                conditions = found.get("status", {}).get("conditions", [])
-                return dict(conditions[0]) if conditions else {}
-
-            wait_for(lambda: condition().get("reason") == "RateLimited", timeout=30,
+            wait_for(lambda: ready_condition(kube).get("reason") == "RateLimited", timeout=30,
                      what="Ready=False, RateLimited")
-            assert "next in 30s" in condition()["message"]  # the CA's Retry-After, honoured
+            # The CA's Retry-After, honoured:
+            assert "next in 30s" in ready_condition(kube)["message"]
             assert proxy.counts["/order-plz"] == 1
             # directory, nonce, account, one refused order: a handful, not a loop
             assert proxy.total <= 6, dict(proxy.counts)
@@ -352,12 +334,7 @@ def test_the_renewal_time_follows_the_cas_renewal_info_when_offered(tmp_path: Pa
         proxy.ari_window = window
         create_issuer(kube, info, server=proxy.directory_url)
         tokens = TokenStore()
-        registry = kopf.OperatorRegistry()
-        Shim(kube.api_client()).register(registry)
-        settings = OperatorSettings(resource_namespace="certop",
-                                    self_check_addr=("127.0.0.1", responder_port))
-        CertificateController(kube.api_client(), tokens, settings).register(registry)
-        with Responder(tokens, responder_port), OperatorThread(registry, kube.url):
+        with Responder(tokens, responder_port), operator(kube, tokens, responder_port):
             client.NetworkingV1Api(kube.api_client()).create_namespaced_ingress(
                 NS, ingress("web", "ari.certop.test", "web-tls"))
 
