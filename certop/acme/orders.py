@@ -1,13 +1,22 @@
 """One certificate order, driven one bounded step at a time (RFC 8555 section 7.4).
 
 `OrderSession.step()` does one round of network work and returns either the issued chain or
-when to look again; the caller schedules that next look (it never sleeps here). State that must
-survive a crash goes to the `OrderJournal` before it matters:
+when to look again; the caller schedules that next look (it never sleeps here). The work comes
+in stages (`Stage`); a step that completes one says so, so that the caller can stop cleanly
+between two stages. State that must survive a crash goes to the `OrderJournal` before it
+matters, and each stage is idempotent when re-entered after a restart:
 
-1. a fresh private key and the hosts, then the order URL right after `newOrder` answers;
-2. on restart, a journalled order is fetched and continued (`pending` -> challenges, `ready` ->
-   finalize with the journalled key, `processing` -> poll, `valid` -> download), so no second
-   certificate is issued for the same identifiers; an `invalid` order is abandoned cleanly.
+1. `KEY`: a fresh private key and the hosts are journalled (a journalled key is reused);
+2. `ORDER`: the order URL is journalled right after `newOrder` answers;
+3. `CHALLENGES`: every pending authorization's challenge is presented, self-checked, answered;
+4. `FINALIZE`: the CSR (journalled key) is sent once the order is `ready`;
+5. `CERTIFICATE`: the chain is downloaded. The journal is kept until the caller has stored the
+   certificate and calls `finish()`: a crash in between downloads the same certificate again
+   instead of ordering a second one.
+
+On restart a journalled order is fetched and continued (`pending` -> challenges, `ready` ->
+finalize, `processing` -> poll, `valid` -> download), so no second certificate is issued for the
+same identifiers; an `invalid` order is abandoned cleanly.
 
 Polling starts at `poll_min` and grows by half each time up to `poll_max`, honouring the CA's
 Retry-After: the library's own 1 s floor does not apply.
@@ -15,6 +24,7 @@ Retry-After: the library's own 1 s floor does not apply.
 
 from __future__ import annotations
 
+import enum
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -33,13 +43,25 @@ log = logging.getLogger(__name__)
 SELF_CHECK_TRIES = 20
 
 
+class Stage(enum.Enum):
+    """The stages of one order, in order; each is safe to re-enter after a restart."""
+
+    KEY = "key"
+    ORDER = "order"
+    CHALLENGES = "challenges"
+    FINALIZE = "finalize"
+    CERTIFICATE = "certificate"
+
+
 @dataclass(frozen=True)
 class Step:
-    """Result of one step: the chain when done, else seconds until the next step."""
+    """Result of one step: the chain when done, else seconds until the next step; `stage` when
+    the step completed one."""
 
     fullchain_pem: bytes | None = None
     key_pem: bytes | None = None
     after: float = 0.0
+    stage: Stage | None = None
 
     @property
     def done(self) -> bool:
@@ -63,6 +85,7 @@ class OrderSession:
         self._self_checks: dict[str, int] = {}
         self.resumed = False
         self._look_at_authorizations = False
+        self._new_authorizations: list[messages.AuthorizationResource] | None = None
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -85,12 +108,12 @@ class OrderSession:
         self._entry = None
         self.journal.clear(self.spec.namespace, self.spec.secret_name)
 
-    def _poll(self, retry_after: float | None = None) -> Step:
+    def _poll(self, retry_after: float | None = None, stage: Stage | None = None) -> Step:
         after = self._interval
         self._interval = min(self._interval * 1.5, self.poll_max)
         if retry_after is not None:
             after = max(after, min(retry_after, 60.0))
-        return Step(after=after)
+        return Step(after=after, stage=stage)
 
     def _start_entry(self) -> dict[str, Any]:
         """The journalled order for this spec, or a new entry with a fresh key (saved first)."""
@@ -129,14 +152,28 @@ class OrderSession:
     def step(self) -> Step:
         if self._entry is None:
             self._entry = self._start_entry()
+            if not self._entry.get("order_url"):
+                return Step(stage=Stage.KEY)
         entry = self._entry
         if not entry.get("order_url"):
             orderr = self.acme.new_order(self._csr())
             self._save({**entry, "order_url": orderr.uri})
             log.info("%s: placed order %s", self.spec, orderr.uri)
-            self._work_authorizations(orderr.authorizations)
-            return self._poll()
+            self._new_authorizations = orderr.authorizations
+            return Step(stage=Stage.ORDER)
+        if self._new_authorizations is not None:
+            authorizations, self._new_authorizations = self._new_authorizations, None
+            return self._challenges(authorizations)
         return self._advance(entry["order_url"])
+
+    def finish(self) -> None:
+        """The caller has stored the certificate: the journalled order is done with."""
+        self._abandon()
+
+    def _challenges(self, authorizations: list[messages.AuthorizationResource]) -> Step:
+        self._work_authorizations(authorizations)
+        # A failed self-check leaves the stage open: the next look repeats it.
+        return self._poll(stage=None if self._look_at_authorizations else Stage.CHALLENGES)
 
     def _fetch_order(self, url: str) -> tuple[messages.Order, float | None]:
         response = self.acme._post_as_get(url)
@@ -153,13 +190,13 @@ class OrderSession:
             if self._look_at_authorizations:
                 # A resumed order, or a self-check to repeat: present and answer what is pending.
                 self._look_at_authorizations = False
-                self._work_authorizations([self._fetch_authz(u) for u in body.authorizations])
+                return self._challenges([self._fetch_authz(u) for u in body.authorizations])
             return self._poll(retry_after)
         if status == messages.STATUS_READY:
             orderr = messages.OrderResource(body=body, uri=url, csr_pem=self._csr())
             self.acme.begin_finalization(orderr)
             self._interval = self.poll_min
-            return self._poll()
+            return self._poll(stage=Stage.FINALIZE)
         if status == messages.STATUS_PROCESSING:
             return self._poll(retry_after)
         if status == messages.STATUS_VALID and body.certificate:
@@ -167,8 +204,7 @@ class OrderSession:
             assert self._entry is not None
             key_pem = self._entry["key_pem"].encode()
             self.cleanup()
-            self._abandon()
-            return Step(fullchain_pem=fullchain, key_pem=key_pem)
+            return Step(fullchain_pem=fullchain, key_pem=key_pem, stage=Stage.CERTIFICATE)
         if status == messages.STATUS_VALID:
             return self._poll(retry_after)
         # invalid (or unknown): find out why, then start over next time.

@@ -5,6 +5,13 @@ The daemon is the cluster counterpart of the standalone runner's loop, over the 
 order in bounded steps run in a thread (the next step is scheduled, never slept for in a
 thread), store, report on the status, then wait until the renewal time (re-checked at least
 every `recheck` seconds, and at once when the object changes).
+
+Issuance goes through named stages: `trigger` (decided to issue), the order's own `key`,
+`order`, `challenges`, `finalize`, `certificate` (see `acme.orders`), then `store` (the Secret
+is written) and `ready` (the order journal is cleared and the status says Ready). A stopped
+daemon stops between two stages; whatever must survive lives in the journal Secret and the TLS
+Secret, so a new run re-enters the interrupted stage without a second order. A journal left by
+a run that stopped after `store` is cleared at the first look that finds the Secret current.
 Failures back off with `core.backoff` (never under the CA's Retry-After) and show on the
 status and as events with stable reasons.
 """
@@ -17,7 +24,7 @@ import datetime
 import logging
 import random
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -50,6 +57,8 @@ from solvers.http01.tokens import TokenStore
 
 log = logging.getLogger(__name__)
 GROUP, VERSION = "certop.dev", "v1"
+StageHook = Callable[[str, CertificateSpec, kopf.DaemonStopped], Awaitable[None]]
+"""Called after each stage with its name (tests use it to stop the operator there)."""
 
 
 @dataclass(frozen=True)
@@ -111,8 +120,10 @@ def _ts(when: datetime.datetime) -> str:
 class CertificateController:
     def __init__(self, api: client.ApiClient, tokens: TokenStore,
                  settings: OperatorSettings | None = None, clock: Clock | None = None,
-                 backoff: Backoff | None = None, metrics: Metrics | None = None) -> None:
+                 backoff: Backoff | None = None, metrics: Metrics | None = None,
+                 stage_hook: StageHook | None = None) -> None:
         self.api = api
+        self.stage_hook = stage_hook
         self.metrics = metrics or Metrics()
         self.core = client.CoreV1Api(api)
         self.custom = client.CustomObjectsApi(api)
@@ -230,9 +241,19 @@ class CertificateController:
             self._changed.pop(uid, None)
             self._ari.pop(uid, None)
 
+    async def _stage(self, stage: str, spec: CertificateSpec, stopped: kopf.DaemonStopped
+                     ) -> bool:
+        """Stage `stage` is done: log it, tell the hook; True when the daemon must stop now."""
+        log.info("Certificate %s/%s: %s done", spec.namespace, spec.secret_name, stage)
+        if self.stage_hook is not None:
+            await self.stage_hook(stage, spec, stopped)
+        return bool(stopped)
+
     async def _run(self, body: kopf.Body, name: str, uid: str,
                    stopped: kopf.DaemonStopped) -> None:
         failures = 0
+        journalled = True  # an order journal may be left over (an earlier run, the last order)
+        reported = False  # the Ready stage is reported once per issuance (and at start)
         while not stopped:
             now = self.clock.now()
             try:
@@ -251,17 +272,28 @@ class CertificateController:
             ari_at = await self._ari_time(uid, spec, stored, now) if facts is not None else None
             decision = decide(spec, facts, now, ari_renew_at=ari_at)
             if not decision.issue and facts is not None:
+                if journalled:
+                    journalled = not await self._clear_journal(spec)
                 renew_at = ari_at or renewal_time(facts.not_before, facts.not_after)
                 await asyncio.to_thread(self._status, spec.namespace, name, {
                     "conditions": _condition(True, "Ready", "certificate is up to date", now),
                     "notBefore": _ts(facts.not_before), "notAfter": _ts(facts.not_after),
                     "renewalTime": _ts(renew_at), "failedIssuanceAttempts": failures})
+                if not reported:
+                    reported = True
+                    if await self._stage("ready", spec, stopped):
+                        return
                 wait = min(max((renew_at - now).total_seconds(), 0.0), self.settings.recheck)
                 await self._pause(uid, stopped, wait)
                 continue
             try:
-                await self._issue(spec, body)
+                if await self._stage("trigger", spec, stopped):
+                    return
+                journalled = True
+                if not await self._issue(spec, body, stopped):
+                    return  # stopped between two stages
                 failures = 0
+                reported = False
                 _tell(body, "Normal", "Issued", f"certificate for {', '.join(spec.hosts)} "
                       f"stored in Secret {spec.secret_name}")
             except asyncio.CancelledError:
@@ -276,6 +308,15 @@ class CertificateController:
                 self._status_failed(name, body, reason, message, failures)
                 _tell(body, "Warning", reason, f"Certificate {name}: {message}")
                 await self._pause(uid, stopped, delay)
+
+    async def _clear_journal(self, spec: CertificateSpec) -> bool:
+        try:
+            await asyncio.to_thread(self.journal.clear, spec.namespace, spec.secret_name)
+        except CertopError as exc:
+            log.warning("Certificate %s/%s: %s (tried again at the next look)", spec.namespace,
+                        spec.secret_name, exc)
+            return False
+        return True
 
     async def _ari_time(self, uid: str, spec: CertificateSpec, stored: StoredCert | None,
                         now: datetime.datetime) -> datetime.datetime | None:
@@ -304,7 +345,10 @@ class CertificateController:
             "conditions": _condition(False, reason, message, self.clock.now()),
             "failedIssuanceAttempts": failures, "lastFailureTime": _ts(self.clock.now())})
 
-    async def _issue(self, spec: CertificateSpec, body: kopf.Body) -> None:
+    async def _issue(self, spec: CertificateSpec, body: kopf.Body, stopped: kopf.DaemonStopped
+                     ) -> bool:
+        """Order, answer, store; False when stopped between two stages (nothing is lost: the
+        next run re-enters the stage)."""
         issuer = await asyncio.to_thread(self._issuer, spec)
         namespace = spec.namespace if spec.issuer_kind == "Issuer" else \
             self.settings.resource_namespace
@@ -321,9 +365,13 @@ class CertificateController:
         try:
             while True:
                 step = await asyncio.to_thread(session.step)
+                if step.stage is not None and await self._stage(step.stage.value, spec, stopped):
+                    return False
                 if step.done:
                     break
-                await asyncio.sleep(step.after)  # the order's next check, scheduled
+                await stopped.wait(step.after)  # the order's next check, scheduled
+                if stopped:
+                    return False
         finally:
             await asyncio.to_thread(session.cleanup)
             self.metrics.add("acme_requests_total", session.requests_sent)
@@ -331,3 +379,4 @@ class CertificateController:
         await asyncio.to_thread(self.certs.save, spec.namespace, spec.secret_name,
                                 StoredCert(step.fullchain_pem, step.key_pem))
         self.metrics.add("certificates_issued_total")
+        return not await self._stage("store", spec, stopped)

@@ -220,6 +220,11 @@ class Standalone:
             return
         state.facts = loaded.facts
         state.version = self.certs.version(spec.namespace, spec.secret_name)
+        if not self.settings.serve_only and \
+                not decide(spec, loaded.facts, self.clock.now()).issue:
+            # Stored and current: an order journalled before a crash between storing the
+            # certificate and clearing the journal is done with.
+            self.journal.clear(spec.namespace, spec.secret_name)
         # Serve what exists (even expired or for other hosts) until its replacement is ready.
         self.proxy.certs.put(spec.key, stored)
 
@@ -290,6 +295,7 @@ class Standalone:
             loaded = crypto.load_pair(pair.fullchain_pem, pair.key_pem)
             await loop.run_in_executor(self._executor, self.certs.save, spec.namespace,
                                        spec.secret_name, pair)
+            await loop.run_in_executor(self._executor, session.finish)
             self.proxy.certs.put(spec.key, pair)
             state.facts = loaded.facts
             state.failures = 0

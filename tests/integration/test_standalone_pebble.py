@@ -130,6 +130,11 @@ def test_a_restart_on_the_same_state_dir_reuses_account_and_certificate(
     assert "registered ACME account" in first.text() and "placed order" in first.text()
     crt = tmp_path / "state/certs/default/web-tls/current/tls.crt"
     before = crt.read_bytes()
+    # As if the first run had died between storing the certificate and clearing its order
+    # journal: the stored certificate is current, so the journal is done with, not resumed.
+    leftover = tmp_path / "state/orders/default/web-tls.json"
+    leftover.parent.mkdir(parents=True, exist_ok=True)
+    leftover.write_text(json.dumps({"hosts": [HOST], "order_url": "https://127.0.0.1:1/o/1"}))
     second = CertopProcess(tmp_path, pebble, *args, name="second")
     try:
         status, _ = second.wait_https(HOST, pebble_root)
@@ -139,6 +144,7 @@ def test_a_restart_on_the_same_state_dir_reuses_account_and_certificate(
     assert "registered ACME account" not in second.text()
     assert "placed order" not in second.text() and "issuing" not in second.text()
     assert crt.read_bytes() == before
+    assert not leftover.exists()
 
 
 def test_kill_9_mid_order_then_restart_resumes_the_same_order(

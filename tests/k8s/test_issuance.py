@@ -20,7 +20,8 @@ from kube import EmulatorThread, OperatorThread, wait_for
 from kubernetes import client
 
 from certop import crypto
-from certop.k8s.certificates import CertificateController, OperatorSettings
+from certop.core.models import CertificateSpec
+from certop.k8s.certificates import CertificateController, OperatorSettings, StageHook
 from certop.k8s.shim import Shim
 from certop.proxy.server import Proxy
 from certop.proxy.tls import CertBook
@@ -81,13 +82,14 @@ def create_issuer(kube: EmulatorThread, info: pebblectl.PebbleInfo,
 
 
 def operator(kube: EmulatorThread, tokens: TokenStore, responder_port: int,
-             posting: bool = False) -> OperatorThread:
+             posting: bool = False, stage_hook: StageHook | None = None) -> OperatorThread:
     """The shim and the Certificate daemons under kopf, as `certop operator` wires them."""
     registry = kopf.OperatorRegistry()
     Shim(kube.api_client()).register(registry)
     settings = OperatorSettings(resource_namespace="certop",
                                 self_check_addr=("127.0.0.1", responder_port))
-    CertificateController(kube.api_client(), tokens, settings).register(registry)
+    CertificateController(kube.api_client(), tokens, settings,
+                          stage_hook=stage_hook).register(registry)
     return OperatorThread(registry, kube.url, posting=posting)
 
 
@@ -219,15 +221,35 @@ def test_changed_hosts_are_reissued_and_a_foreign_secret_is_left_alone(
     assert secret_data(cluster, NS, "theirs-tls").data["tls.crt"] == "Zm9yZWlnbg=="
 
 
+def placed_orders(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "placed order" in r.getMessage()]
+
+
+STAGES = ["trigger", "key", "order", "challenges", "finalize", "certificate", "store", "ready"]
+
+
 @pytest.mark.slow
-def test_an_operator_restart_mid_order_resumes_it_without_leaking_the_ingress(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize("stage", STAGES)
+def test_an_operator_stopped_after_any_stage_completes_on_restart_with_one_order(
+        stage: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Stopped right after `stage`, a new run (fresh memory) completes the certificate: one
+    order placed in all, no temporary Ingress left, no order journal left."""
     from gate import Gate
 
+    reached = threading.Event()
+
+    async def hold(name: str, spec: CertificateSpec, stopped: kopf.DaemonStopped) -> None:
+        if name == stage:
+            reached.set()
+            await stopped.wait()  # the operator stops here, between two stages
+
     responder_port = pebblectl.free_port()
+    host = f"{stage}.stages.certop.test"
     with EmulatorThread() as kube, Gate(responder_port) as gate, \
             pebblectl.running(tmp_path / "pebble", http_port=gate.port) as info:
         create_issuer(kube, info)
+        if stage != "challenges":
+            gate.open()  # held only to stop with the challenge answered, not yet validated
 
         def journal() -> Any:
             return secret_data(kube, NS, "certop-order-web-tls")
@@ -237,28 +259,44 @@ def test_an_operator_restart_mid_order_resumes_it_without_leaking_the_ingress(
                     and key[2].startswith("certop-http01-")
                     and not kube.emulator.objects[key].deleted]
 
+        def done(name: str) -> list[str]:
+            return [r.getMessage() for r in caplog.records
+                    if r.getMessage().endswith(f" {name} done")]
+
         with caplog.at_level("INFO", logger="certop"):
             tokens = TokenStore()
-            with Responder(tokens, responder_port), operator(kube, tokens, responder_port):
+            with Responder(tokens, responder_port), \
+                    operator(kube, tokens, responder_port, stage_hook=hold):
                 client.NetworkingV1Api(kube.api_client()).create_namespaced_ingress(
-                    NS, ingress("web", "web.certop.test", "web-tls"))
-                # Pebble's validation is held at the gate: the order is answered, not done.
-                assert gate.arrived.wait(30)
-                wait_for(lambda: journal() is not None, what="the journalled order")
-                assert len(temporary()) == 1
-            # Stopped mid-order. A new run (fresh memory) resumes from the journal Secret.
+                    NS, ingress("web", host, "web-tls"))
+                assert reached.wait(60), f"stage {stage} never reached"
+            # Stopped: no later stage ran; the interrupted state is what a new run finds.
+            later = STAGES[STAGES.index(stage) + 1:]
+            assert not any(done(name) for name in later), later
+            if stage == "challenges":
+                assert gate.arrived.is_set() and journal() is not None
+            assert not temporary(), "a stopped operator removes its temporary Ingress"
+            placed = len(placed_orders(caplog))
+            caplog.clear()
             tokens = TokenStore()
             with Responder(tokens, responder_port), operator(kube, tokens, responder_port):
-                wait_for(lambda: any("resuming order" in r.getMessage()
-                                     for r in caplog.records), what="the resumed order")
-                wait_for(lambda: len(tokens) > 0, what="the token presented again")
-                gate.open()
-                wait_for(lambda: secret_data(kube, NS, "web-tls") is not None, timeout=60,
-                         what="the TLS Secret")
-                wait_for(lambda: not temporary(), what="the temporary Ingress to go")
-        placed = [r for r in caplog.records if "placed order" in r.getMessage()]
-        assert len(placed) == 1
-        assert journal() is None
+                if stage == "challenges":
+                    wait_for(lambda: len(tokens) > 0, what="the token presented again")
+                    gate.open()
+                wait_for(lambda: ready_condition(kube).get("status") == "True", timeout=60,
+                         what=f"Ready after a stop at {stage}")
+                secret = secret_data(kube, NS, "web-tls")
+                pair = crypto.load_pair(base64.b64decode(secret.data["tls.crt"]),
+                                        base64.b64decode(secret.data["tls.key"]))
+                assert pair.facts.hosts == {host}
+                wait_for(lambda: journal() is None, what="the order journal to go")
+                assert not temporary()
+                resumed = any("resuming order" in r.getMessage() for r in caplog.records)
+                assert resumed == (stage in ("order", "challenges", "finalize", "certificate"))
+                again = bool(done("trigger"))
+                assert again == (stage not in ("store", "ready"))
+            placed += len(placed_orders(caplog))
+        assert placed == 1, placed
 
 
 @pytest.mark.slow
