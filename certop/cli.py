@@ -36,6 +36,17 @@ log = logging.getLogger("certop")
 EXIT_USAGE = 2
 
 
+def _seconds(text: str) -> int:
+    """A whole number of seconds, at least 3 (the Lease is renewed every third)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected whole seconds, got {text!r}") from None
+    if value < 3:
+        raise argparse.ArgumentTypeError(f"expected at least 3 seconds, got {value}")
+    return value
+
+
 def _standalone_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "standalone",
@@ -112,6 +123,9 @@ def _operator_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
                    help="/healthz, /readyz (the Lease holder only), /metrics")
     p.add_argument("--lease", default="certop-leader", metavar="NAME",
                    help="the coordination.k8s.io Lease that elects the active replica")
+    p.add_argument("--lease-duration", type=_seconds, default=15, metavar="SECONDS",
+                   help="how long a replica that stopped renewing the Lease (crashed, cut "
+                        "off) keeps it before another takes over; renewed every third")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -231,7 +245,8 @@ def _operator(args: argparse.Namespace) -> int:
         namespaces=tuple(args.namespace), default_issuer=args.default_issuer,
         resource_namespace=args.cluster_resource_namespace or default_namespace(),
         listen=args.listen, solver_port=args.solver_port, solver_service=args.solver_service,
-        admin_port=args.admin_port, lease_name=args.lease)
+        admin_port=args.admin_port, lease_name=args.lease,
+        lease_duration=args.lease_duration)
     import kubernetes
 
     try:

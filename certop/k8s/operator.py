@@ -48,6 +48,7 @@ class OperatorRun:
     admin_port: int | None = None
     """/healthz, /readyz (only the Lease holder is ready), /metrics."""
     lease_name: str = "certop-leader"
+    lease_duration: int = 15
     """The coordination.k8s.io Lease that elects the active replica."""
 
 
@@ -65,7 +66,8 @@ async def run_operator(run: OperatorRun) -> int:
     responder = Proxy(CertBook(), tokens, StaticBackends({}))
     await responder.start(run.listen, run.solver_port, None)
     identity = f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
-    lease = Lease(api, run.resource_namespace, run.lease_name, identity)
+    lease = Lease(api, run.resource_namespace, run.lease_name, identity,
+                  run.lease_duration)
     leading, lost, stop = asyncio.Event(), asyncio.Event(), asyncio.Event()
     admin = Admin(responder, lambda: leading.is_set() and not lost.is_set())
     if run.admin_port is not None:

@@ -156,3 +156,83 @@ def test_no_kubernetes_login_is_one_clear_line(tmp_path: Path) -> None:
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("certop: error: no Kubernetes login")
+
+
+@pytest.mark.slow
+def test_kill_9_mid_challenge_then_restart_removes_the_leaked_ingress_and_resumes(
+        tmp_path: Path, emulator_url: str) -> None:
+    from gate import Gate
+
+    from solvers.http01.ingress import TOKEN_LABEL
+
+    api = api_client(emulator_url)
+    net = client.NetworkingV1Api(api)
+    responder = pebblectl.free_port()
+    env = dict(os.environ, KUBECONFIG=str(kubeconfig(tmp_path / "kubeconfig", emulator_url)))
+
+    def start(name: str) -> tuple[subprocess.Popen[bytes], Path]:
+        log_path = tmp_path / f"{name}.log"
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "certop.cli", "operator", "-A",
+                 "--cluster-resource-namespace", "certop", "--listen", "127.0.0.1",
+                 "--solver-port", str(responder), "--admin-port", str(pebblectl.free_port()),
+                 "--lease-duration", "3"],
+                stdout=log, stderr=subprocess.STDOUT, env=env)
+        return proc, log_path
+
+    def temporary() -> list[str]:
+        return [i.metadata.name for i in net.list_namespaced_ingress("shop").items
+                if (i.metadata.labels or {}).get(TOKEN_LABEL) == "true"]
+
+    def secret() -> Any:
+        try:
+            return client.CoreV1Api(api).read_namespaced_secret("kill-tls", "shop")
+        except client.ApiException:
+            return None
+
+    # Pebble validates through a gate held shut: the challenge is answered, never validated.
+    with Gate(responder) as gate, \
+            pebblectl.running(tmp_path / "pebble", http_port=gate.port) as info:
+        client.CustomObjectsApi(api).create_cluster_custom_object(
+            "certop.dev", "v1", "clusterissuers", {
+                "apiVersion": "certop.dev/v1", "kind": "ClusterIssuer",
+                "metadata": {"name": "pebble"},
+                "spec": {"acme": {
+                    "server": info.directory_url, "email": "ops@certop.test",
+                    "caBundle": base64.b64encode(Path(info.api_ca).read_bytes()).decode(),
+                    "privateKeySecretRef": {"name": "pebble-account"},
+                    "solvers": [{"http01": {"ingress": {}}}]}}})
+        net.create_namespaced_ingress("shop", {
+            "apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+            "metadata": {"name": "web", "annotations": {"certop.dev/cluster-issuer": "pebble"}},
+            "spec": {"tls": [{"hosts": ["kill.certop.test"], "secretName": "kill-tls"}],
+                     "rules": [{"host": "kill.certop.test", "http": {"paths": [{
+                         "path": "/", "pathType": "Prefix", "backend": {"service": {
+                             "name": "web", "port": {"number": 80}}}}]}}]}})
+        first, first_log = start("first")
+        try:
+            assert gate.arrived.wait(60), first_log.read_text()[-3000:]
+        finally:
+            first.kill()  # SIGKILL: no cleanup runs
+            first.wait(timeout=30)
+        leaked = temporary()
+        assert len(leaked) == 1, "the crash leaves its temporary Ingress behind"
+        assert "placed order" in first_log.read_text()
+
+        second, second_log = start("second")
+        try:
+            # The dead replica's Lease runs out (3 s), the new one leads, sweeps, resumes.
+            wait_for(lambda: "presented http-01" in second_log.read_text(), timeout=30,
+                     what=f"the resumed order: {second_log.read_text()[-2000:]}")
+            gate.open()
+            wait_for(lambda: secret() is not None, timeout=60,
+                     what=f"the Secret: {second_log.read_text()[-2000:]}")
+            wait_for(lambda: not temporary(), what="no temporary Ingress left")
+        finally:
+            second.send_signal(signal.SIGTERM)
+            assert second.wait(timeout=30) == 0, second_log.read_text()[-3000:]
+        text = second_log.read_text()
+        assert f"removed leftover HTTP-01 Ingress shop/{leaked[0]}" in text
+        assert "resuming order" in text
+        assert "placed order" not in text
