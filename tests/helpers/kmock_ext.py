@@ -8,7 +8,9 @@ Stock kmock 0.8 (pinned; this touches its internals, keep it small and tested):
 - snapshots objects for a watch, then subscribes: writes in between are lost; it ignores
   `?resourceVersion=` and lists report no resourceVersion;
 - keeps every request forever and scans them all on each new one (slow after ~1000);
-- calls the core group's version "/v1" in discovery, so kubectl cannot map core kinds.
+- calls the core group's version "/v1" in discovery, so kubectl cannot map core kinds;
+- parses `/api/v1/namespaces[/NAME]` as a namespace segment, so Namespace objects themselves
+  cannot be created, read or listed (its path parser is wrapped below, once, at import).
 This subclass fixes those; `tests/k8s/test_kmock_ext.py` proves each fix.
 """
 
@@ -24,9 +26,27 @@ from typing import Any
 
 import jsonpatch
 import kmock
-from kmock._internal import enums, rendering
+from kmock._internal import enums, parsing, rendering
 
 _GENERATE_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
+_NAMESPACE_SUBRESOURCES = ("status", "finalize")
+
+
+def _parse_path(path: str, _parse: Any = parsing.parse_path) -> parsing.ParsedPath:
+    """kmock's path parser, except that the cluster-scoped Namespace kind is itself a resource:
+    `/api/v1/namespaces`, `/api/v1/namespaces/NAME` and its status/finalize subresources."""
+    parts = path.strip("/").split("/")
+    if parts[:3] == ["api", "v1", "namespaces"] and (
+            len(parts) in (3, 4) or (len(parts) == 5 and parts[4] in _NAMESPACE_SUBRESOURCES)):
+        return parsing.ParsedPath(group="", version="v1", plural="namespaces", namespace=None,
+                                  name=parts[3] if len(parts) > 3 else None,
+                                  subresource=parts[4] if len(parts) > 4 else None)
+    result: parsing.ParsedPath = _parse(path)
+    return result
+
+
+if parsing.parse_path.__name__ != _parse_path.__name__:
+    parsing.parse_path = _parse_path
 
 
 class Emulator(kmock.KubernetesEmulator):  # type: ignore[misc]

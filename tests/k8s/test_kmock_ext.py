@@ -108,3 +108,24 @@ def test_core_discovery_names_its_group_version_like_an_api_server(
 
     with urllib.request.urlopen(kube.url + "/api/v1", timeout=5) as resp:
         assert json.loads(resp.read())["groupVersion"] == "v1"
+
+
+def test_namespaces_are_objects_of_their_own_and_namespaced_paths_still_work(
+        kube: EmulatorThread) -> None:
+    api = kube.core()
+    made = api.create_namespace({"apiVersion": "v1", "kind": "Namespace",
+                                 "metadata": {"name": "team-a"}})
+    assert made.metadata.name == "team-a" and made.metadata.uid
+    assert made.metadata.namespace is None
+    assert api.read_namespace("team-a").metadata.uid == made.metadata.uid
+    assert "team-a" in [n.metadata.name for n in api.list_namespace().items]
+    with pytest.raises(ApiException) as info:
+        api.read_namespace("team-b")
+    assert info.value.status == 404
+    # A Secret in the namespace is still under /api/v1/namespaces/team-a/secrets.
+    api.create_namespaced_secret("team-a", secret("inside"))
+    assert api.read_namespaced_secret("inside", "team-a").metadata.namespace == "team-a"
+    api.delete_namespace("team-a")
+    with pytest.raises(ApiException) as info:
+        api.read_namespace("team-a")
+    assert info.value.status == 404

@@ -1,8 +1,6 @@
-"""The manifests apply with kubectl (installed on these machines) to the emulator.
-
-The Namespace object is left out: kmock 0.8 cannot create cluster-scoped namespaces (its
-path parser takes `namespaces` for a namespace segment); every other manifest goes through
-kubectl's own client-side apply."""
+"""`kubectl apply -k manifests/` (what the README tells users to run) against the emulator:
+kubectl (installed on these machines) builds the kustomization and applies every object,
+the Namespace included, through its own client-side apply."""
 
 from __future__ import annotations
 
@@ -13,11 +11,11 @@ import yaml
 from kube import EmulatorThread
 
 ROOT = Path(__file__).resolve().parents[2] / "manifests"
-FILES = ["crds/certificates.yaml", "crds/clusterissuers.yaml", "crds/issuers.yaml",
-         "rbac.yaml", "service.yaml", "deployment.yaml", "ingressclass.yaml"]
 
 
-def test_kubectl_applies_the_manifests(tmp_path: Path) -> None:
+def test_kubectl_applies_the_kustomization(tmp_path: Path) -> None:
+    listed = yaml.safe_load((ROOT / "kustomization.yaml").read_text())["resources"]
+    objects = sum(1 for f in listed for d in yaml.safe_load_all((ROOT / f).read_text()) if d)
     with EmulatorThread(bundled=True) as kube:
         config = tmp_path / "kubeconfig"
         config.write_text(
@@ -25,15 +23,21 @@ def test_kubectl_applies_the_manifests(tmp_path: Path) -> None:
             f'"{kube.url}"}}}}]\nusers: [{{name: u, user: {{token: x}}}}]\ncontexts: '
             "[{name: e, context: {cluster: e, user: u}}]\ncurrent-context: e\n")
         kubectl = ["kubectl", "--kubeconfig", str(config)]
-        applied = subprocess.run(
-            [*kubectl, "apply", "--validate=false",
-             *[arg for f in FILES for arg in ("-f", str(ROOT / f))]],
-            capture_output=True, text=True, timeout=60, check=False)
+
+        def run(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run([*kubectl, *args], capture_output=True, text=True,
+                                  timeout=60, check=False)
+
+        applied = run("apply", "--validate=false", "-k", str(ROOT))
         assert applied.returncode == 0, applied.stderr
-        objects = sum(1 for f in FILES for d in yaml.safe_load_all((ROOT / f).read_text()) if d)
-        assert applied.stdout.count(" created") == objects == 11
-        replicas = subprocess.run(
-            [*kubectl, "get", "deployment", "certop", "-n", "certop", "-o",
-             "jsonpath={.spec.replicas}"], capture_output=True, text=True, timeout=60,
-            check=False)
+        assert applied.stdout.count(" created") == objects == 12, applied.stdout
+        assert "namespace/certop created" in applied.stdout
+        replicas = run("get", "deployment", "certop", "-n", "certop", "-o",
+                       "jsonpath={.spec.replicas}")
         assert replicas.stdout == "2", replicas.stderr
+        assert run("get", "namespace", "certop", "-o", "name").stdout.strip() == \
+            "namespace/certop"
+        # Applying again changes nothing.
+        again = run("apply", "--validate=false", "-k", str(ROOT))
+        assert again.returncode == 0, again.stderr
+        assert " created" not in again.stdout, again.stdout
