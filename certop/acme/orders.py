@@ -84,6 +84,8 @@ class OrderSession:
         self._answered: set[str] = set()
         self._self_checks: dict[str, int] = {}
         self.resumed = False
+        self.placed = False
+        """True once this session placed or resumed an order."""
         self._look_at_authorizations = False
         self._new_authorizations: list[messages.AuthorizationResource] | None = None
 
@@ -94,6 +96,11 @@ class OrderSession:
         if self._acme is None:
             self._acme = self.account.client()
         return self._acme
+
+    @property
+    def order_url(self) -> str | None:
+        """The order being worked on (None before `newOrder`)."""
+        return self._entry.get("order_url") if self._entry else None
 
     @property
     def requests_sent(self) -> int:
@@ -127,7 +134,7 @@ class OrderSession:
             and entry.get("key_pem")
         ):
             if entry.get("order_url"):
-                self.resumed = self._look_at_authorizations = True
+                self.resumed = self._look_at_authorizations = self.placed = True
                 log.info("%s: resuming order %s", self.spec, entry["order_url"])
             return entry
         key = crypto.generate_key(self.spec.key_algorithm)
@@ -158,6 +165,7 @@ class OrderSession:
         if not entry.get("order_url"):
             orderr = self.acme.new_order(self._csr())
             self._save({**entry, "order_url": orderr.uri})
+            self.placed = True
             log.info("%s: placed order %s", self.spec, orderr.uri)
             self._new_authorizations = orderr.authorizations
             return Step(stage=Stage.ORDER)

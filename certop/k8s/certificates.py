@@ -35,7 +35,7 @@ from kubernetes.client.exceptions import ApiException
 
 from certop import crypto
 from certop.acme.accounts import Account, account_id
-from certop.acme.orders import OrderSession
+from certop.acme.orders import OrderSession, Stage
 from certop.core.backoff import Backoff
 from certop.core.clock import Clock, SystemClock
 from certop.core.errors import CertopError, ConfigError
@@ -57,6 +57,8 @@ from solvers.http01.tokens import TokenStore
 
 log = logging.getLogger(__name__)
 GROUP, VERSION = "certop.dev", "v1"
+_ORDER_STATES = {Stage.ORDER: "pending", Stage.FINALIZE: "processing"}
+"""status.order.state after these stages (the order's ACME state as certop last saw it)."""
 StageHook = Callable[[str, CertificateSpec, kopf.DaemonStopped], Awaitable[None]]
 """Called after each stage with its name (tests use it to stop the operator there)."""
 
@@ -278,7 +280,8 @@ class CertificateController:
                 await asyncio.to_thread(self._status, spec.namespace, name, {
                     "conditions": _condition(True, "Ready", "certificate is up to date", now),
                     "notBefore": _ts(facts.not_before), "notAfter": _ts(facts.not_after),
-                    "renewalTime": _ts(renew_at), "failedIssuanceAttempts": failures})
+                    "renewalTime": _ts(renew_at), "failedIssuanceAttempts": failures,
+                    "order": None})
                 if not reported:
                     reported = True
                     if await self._stage("ready", spec, stopped):
@@ -361,10 +364,14 @@ class CertificateController:
                                self.settings.solver_port, issuer.http01_ingress_class or asked,
                                issuer.http01_path_type.value)
         session = OrderSession(spec, account, solver, self.journal)
+        name = body["metadata"]["name"]
         self.metrics.add("acme_orders_total")
         try:
             while True:
                 step = await asyncio.to_thread(session.step)
+                if step.stage in _ORDER_STATES:
+                    await asyncio.to_thread(self._status, spec.namespace, name, {"order": {
+                        "url": session.order_url, "state": _ORDER_STATES[step.stage]}})
                 if step.stage is not None and await self._stage(step.stage.value, spec, stopped):
                     return False
                 if step.done:
@@ -375,6 +382,9 @@ class CertificateController:
         finally:
             await asyncio.to_thread(session.cleanup)
             self.metrics.add("acme_requests_total", session.requests_sent)
+            if session.order_url is None and session.placed:
+                # Abandoned (the CA made it invalid): the next attempt orders afresh.
+                await asyncio.to_thread(self._status, spec.namespace, name, {"order": None})
         assert step.fullchain_pem is not None and step.key_pem is not None
         await asyncio.to_thread(self.certs.save, spec.namespace, spec.secret_name,
                                 StoredCert(step.fullchain_pem, step.key_pem))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import itertools
+import json
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -91,6 +92,15 @@ def operator(kube: EmulatorThread, tokens: TokenStore, responder_port: int,
     CertificateController(kube.api_client(), tokens, settings,
                           stage_hook=stage_hook).register(registry)
     return OperatorThread(registry, kube.url, posting=posting)
+
+
+def certificate_status(kube: EmulatorThread, name: str = "web-tls") -> dict[str, Any]:
+    try:
+        found = kube.custom().get_namespaced_custom_object("certop.dev", "v1", NS,
+                                                           "certificates", name)
+    except client.ApiException:
+        return {}
+    return dict(found.get("status") or {})
 
 
 def ready_condition(kube: EmulatorThread, name: str = "web-tls") -> dict[str, Any]:
@@ -276,6 +286,15 @@ def test_an_operator_stopped_after_any_stage_completes_on_restart_with_one_order
             if stage == "challenges":
                 assert gate.arrived.is_set() and journal() is not None
             assert not temporary(), "a stopped operator removes its temporary Ingress"
+            # The current order shows on the Certificate's status, as the journal has it.
+            order = certificate_status(kube).get("order")
+            if stage in ("order", "challenges", "finalize", "certificate", "store"):
+                entry = json.loads(base64.b64decode(journal().data["order"]))
+                assert order == {"url": entry["order_url"], "state":
+                                 "pending" if stage in ("order", "challenges")
+                                 else "processing"}
+            else:
+                assert not order
             placed = len(placed_orders(caplog))
             caplog.clear()
             tokens = TokenStore()
@@ -290,6 +309,7 @@ def test_an_operator_stopped_after_any_stage_completes_on_restart_with_one_order
                                         base64.b64decode(secret.data["tls.key"]))
                 assert pair.facts.hosts == {host}
                 wait_for(lambda: journal() is None, what="the order journal to go")
+                assert not certificate_status(kube).get("order")
                 assert not temporary()
                 resumed = any("resuming order" in r.getMessage() for r in caplog.records)
                 assert resumed == (stage in ("order", "challenges", "finalize", "certificate"))
@@ -318,6 +338,7 @@ def test_a_failed_challenge_backs_off_with_a_condition_and_events_on_the_ingress
             assert ready_condition(kube)["status"] == "False"
             assert "fail.certop.test" in ready_condition(kube)["message"]
             assert "next in" in ready_condition(kube)["message"]
+            assert not certificate_status(kube).get("order")  # abandoned: the next is new
 
             def warnings_on(kind: str) -> list[str]:
                 return [e.message for e in kube.core().list_namespaced_event(NS).items
