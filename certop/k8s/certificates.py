@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import datetime
 import logging
 import random
@@ -27,7 +28,7 @@ import tempfile
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import kopf
 from kubernetes import client
@@ -57,6 +58,7 @@ from solvers.http01.tokens import TokenStore
 
 log = logging.getLogger(__name__)
 GROUP, VERSION = "certop.dev", "v1"
+_T = TypeVar("_T")
 _ORDER_STATES = {Stage.ORDER: "pending", Stage.FINALIZE: "processing"}
 """status.order.state after these stages (the order's ACME state as certop last saw it)."""
 StageHook = Callable[[str, CertificateSpec, kopf.DaemonStopped], Awaitable[None]]
@@ -115,6 +117,19 @@ def _tell(body: kopf.Body, kind: str, reason: str, message: str) -> None:
     kopf.event(targets, type=kind, reason=reason, message=message)
 
 
+async def _in_thread(call: Callable[[], _T]) -> _T:
+    """`call()` in a thread. Cancelled meanwhile, it still waits for the call to end, so that
+    nothing the call does (presenting a token, creating an Ingress) happens after the
+    caller's cleanup."""
+    future = asyncio.ensure_future(asyncio.to_thread(call))
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await future
+        raise
+
+
 def _ts(when: datetime.datetime) -> str:
     return when.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -142,8 +157,10 @@ class CertificateController:
         """uid -> (certificate, ARI renewal time, when to ask again)."""
 
     def register(self, registry: kopf.OperatorRegistry) -> None:
+        # Stopping: the daemon is asked first (it stops between two stages, removing its
+        # temporary Ingresses) and cancelled only if it has not after 5 s.
         kopf.daemon(GROUP, VERSION, "certificates", registry=registry, id="issuance",
-                    cancellation_timeout=10.0)(self.daemon)
+                    cancellation_backoff=5.0, cancellation_timeout=10.0)(self.daemon)
         kopf.on.update(GROUP, VERSION, "certificates", registry=registry, id="spec-changed",
                        field="spec")(self.on_spec_changed)
         kopf.on.startup(registry=registry, id="leftover-http01-ingresses")(
@@ -368,7 +385,7 @@ class CertificateController:
         self.metrics.add("acme_orders_total")
         try:
             while True:
-                step = await asyncio.to_thread(session.step)
+                step = await _in_thread(session.step)
                 if step.stage in _ORDER_STATES:
                     await asyncio.to_thread(self._status, spec.namespace, name, {"order": {
                         "url": session.order_url, "state": _ORDER_STATES[step.stage]}})
@@ -380,7 +397,7 @@ class CertificateController:
                 if stopped:
                     return False
         finally:
-            await asyncio.to_thread(session.cleanup)
+            await _in_thread(session.cleanup)
             self.metrics.add("acme_requests_total", session.requests_sent)
             if session.order_url is None and session.placed:
                 # Abandoned (the CA made it invalid): the next attempt orders afresh.

@@ -36,6 +36,8 @@ class FaultProxy:
         self.ready = threading.Event()
         self.done: asyncio.Event | None = None
         self.thread = threading.Thread(target=self._run, daemon=True)
+        self._handlers: set[asyncio.Task[None]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
 
     @property
     def directory_url(self) -> str:
@@ -55,6 +57,13 @@ class FaultProxy:
             self.ready.set()
             await self.done.wait()
             server.close()
+            # Keep-alive clients may still be connected: drop them, and wait for their tasks.
+            for writer in list(self._writers):
+                writer.transport.abort()
+            handlers = list(self._handlers)
+            for task in handlers:
+                task.cancel()
+            await asyncio.gather(*handlers, return_exceptions=True)
             await server.wait_closed()
 
         self.loop.run_until_complete(serve())
@@ -82,6 +91,10 @@ class FaultProxy:
             conn.close()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.add(task)
+        self._writers.add(writer)
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -121,4 +134,6 @@ class FaultProxy:
         except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError):
             pass
         finally:
-            writer.close()
+            self._handlers.discard(task)
+            self._writers.discard(writer)
+            writer.transport.abort()
