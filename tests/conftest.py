@@ -19,6 +19,7 @@ import pebblectl
 import pytest
 from fakeclock import FakeClock
 
+from certop.core.backoff import Backoff
 from certop.core.clock import Clock, SystemClock
 from certop.core.models import AcmeIssuer, ObjectRef
 from certop.proxy.server import Proxy
@@ -138,6 +139,7 @@ async def standalone(
     http_port: int | None = None,
     directory_url: str | None = None,
     cli_issuer: bool = True,
+    backoff: Backoff | None = None,
 ) -> AsyncIterator[Running]:
     """certop standalone in this process (same code path as the CLI), on free ports."""
     http_port = http_port or pebble.http_port
@@ -154,7 +156,7 @@ async def standalone(
     proxy = Proxy(CertBook(), TokenStore(), config.backends)
     await proxy.start("127.0.0.1", http_port, https_port)
     runner = Standalone(settings, proxy, FileCertStore(state_dir), FileAccountStore(state_dir),
-                        FileOrderJournal(state_dir), clock or SystemClock())
+                        FileOrderJournal(state_dir), clock or SystemClock(), backoff)
     runner.apply(config)
     stop = asyncio.Event()
     task = asyncio.create_task(runner.run(stop))

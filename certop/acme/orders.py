@@ -32,9 +32,10 @@ from typing import Any
 from acme import challenges, client, messages
 
 from certop import crypto
+from certop.acme import ari
 from certop.acme.accounts import Account
 from certop.acme.network import parse_retry_after
-from certop.core.errors import ChallengeFailed, OrderFailed, TemporaryError
+from certop.core.errors import CertopError, ChallengeFailed, OrderFailed, TemporaryError
 from certop.core.models import CertificateSpec
 from certop.store.ports import OrderJournal
 from solvers.base import Solver
@@ -70,8 +71,15 @@ class Step:
 
 class OrderSession:
     def __init__(self, spec: CertificateSpec, account: Account, solver: Solver,
-                 journal: OrderJournal, *, poll_min: float = 0.02, poll_max: float = 2.0) -> None:
+                 journal: OrderJournal, *, poll_min: float = 0.02, poll_max: float = 2.0,
+                 replaces: str | None = None, stored_key_pem: bytes | None = None) -> None:
         self.spec = spec
+        self.stored_key_pem = stored_key_pem
+        """The key of the certificate in store: a journalled order with this key is one whose
+        certificate was stored already (a stop between storing and clearing the journal)."""
+        self.replaces = replaces
+        """The ARI identifier of the certificate this order renews (sent when the CA offers
+        renewal information)."""
         self.account = account
         self.solver = solver
         self.journal = journal
@@ -125,6 +133,11 @@ class OrderSession:
     def _start_entry(self) -> dict[str, Any]:
         """The journalled order for this spec, or a new entry with a fresh key (saved first)."""
         entry = self.journal.load(self.spec.namespace, self.spec.secret_name)
+        if entry and self.stored_key_pem is not None and \
+                str(entry.get("key_pem", "")).encode() == self.stored_key_pem:
+            log.info("%s: the journalled order %s is stored already", self.spec,
+                     entry.get("order_url"))
+            entry = None
         if (
             entry
             and entry.get("hosts") == list(self.spec.hosts)
@@ -163,7 +176,7 @@ class OrderSession:
                 return Step(stage=Stage.KEY)
         entry = self._entry
         if not entry.get("order_url"):
-            orderr = self.acme.new_order(self._csr())
+            orderr = self._new_order()
             self._save({**entry, "order_url": orderr.uri})
             self.placed = True
             log.info("%s: placed order %s", self.spec, orderr.uri)
@@ -173,6 +186,27 @@ class OrderSession:
             authorizations, self._new_authorizations = self._new_authorizations, None
             return self._challenges(authorizations)
         return self._advance(entry["order_url"])
+
+    def _new_order(self) -> messages.OrderResource:
+        identifiers = [messages.Identifier(typ=messages.IDENTIFIER_FQDN, value=host)
+                       for host in self.spec.hosts]
+        replaces = self.replaces if ari.offered(self.acme.directory) else None
+        try:
+            response = self.acme._post(self.acme.directory["newOrder"],
+                                       ari.NewOrder(identifiers=identifiers, replaces=replaces))
+        except CertopError as exc:
+            problem = exc.__cause__
+            if replaces is None or not isinstance(problem, messages.Error) or \
+                    problem.code not in ari.REFUSED_REPLACES:
+                raise
+            log.info("%s: the CA refused to replace %s (%s): ordering without it", self.spec,
+                     replaces, problem.detail or problem.code)
+            response = self.acme._post(self.acme.directory["newOrder"],
+                                       ari.NewOrder(identifiers=identifiers))
+        body = messages.Order.from_json(response.json())
+        return messages.OrderResource(
+            body=body, uri=response.headers.get("Location"), csr_pem=self._csr(),
+            authorizations=[self._fetch_authz(url) for url in body.authorizations])
 
     def finish(self) -> None:
         """The caller has stored the certificate: the journalled order is done with."""

@@ -62,3 +62,8 @@ class OrderFailed(TemporaryError):
 
 class AcmeRejected(PermanentError):
     """The CA refused the request for a reason retrying will not fix (e.g. unauthorized)."""
+
+
+class AlreadyDue(TemporaryError):
+    """A certificate is due for renewal right after it was issued (clock skew, a lifetime too
+    short for the policy, a CA asking for renewal at once): back off instead of looping."""

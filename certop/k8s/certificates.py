@@ -35,11 +35,12 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from certop import crypto
+from certop.acme import ari
 from certop.acme.accounts import Account, account_id
 from certop.acme.orders import OrderSession, Stage
 from certop.core.backoff import Backoff
 from certop.core.clock import Clock, SystemClock
-from certop.core.errors import CertopError, ConfigError
+from certop.core.errors import AlreadyDue, CertopError, ConfigError
 from certop.core.issuers import parse_issuer
 from certop.core.models import AcmeIssuer, CertificateSpec, Fqdn, KeyAlgorithm, SecretName
 from certop.core.renewal import decide, renewal_time
@@ -273,6 +274,7 @@ class CertificateController:
         failures = 0
         journalled = True  # an order journal may be left over (an earlier run, the last order)
         reported = False  # the Ready stage is reported once per issuance (and at start)
+        fresh = False  # the stored certificate was issued by this loop's last attempt
         while not stopped:
             now = self.clock.now()
             try:
@@ -291,6 +293,7 @@ class CertificateController:
             ari_at = await self._ari_time(uid, spec, stored, now) if facts is not None else None
             decision = decide(spec, facts, now, ari_renew_at=ari_at)
             if not decision.issue and facts is not None:
+                fresh = False
                 if journalled:
                     journalled = not await self._clear_journal(spec)
                 renew_at = ari_at or renewal_time(facts.not_before, facts.not_after)
@@ -307,18 +310,25 @@ class CertificateController:
                 await self._pause(uid, stopped, wait)
                 continue
             try:
+                if fresh and facts is not None:
+                    # Never a hot loop: a certificate due right after its issuance means the
+                    # clock is off or the CA asks for renewal at once; back off.
+                    raise AlreadyDue(f"the new certificate is already due ({decision.reason}): "
+                                     "is this machine's clock ahead of the CA's?")
                 if await self._stage("trigger", spec, stopped):
                     return
                 journalled = True
-                if not await self._issue(spec, body, stopped):
+                if not await self._issue(spec, body, stopped, stored):
                     return  # stopped between two stages
                 failures = 0
                 reported = False
+                fresh = True
                 _tell(body, "Normal", "Issued", f"certificate for {', '.join(spec.hosts)} "
                       f"stored in Secret {spec.secret_name}")
             except asyncio.CancelledError:
                 raise
             except (CertopError, crypto.CertificateUnreadable, ApiException) as exc:
+                fresh = False
                 failures += 1
                 reason = "SecretNotOwned" if isinstance(exc, SecretNotOwned) else \
                     type(exc).__name__
@@ -365,8 +375,8 @@ class CertificateController:
             "conditions": _condition(False, reason, message, self.clock.now()),
             "failedIssuanceAttempts": failures, "lastFailureTime": _ts(self.clock.now())})
 
-    async def _issue(self, spec: CertificateSpec, body: kopf.Body, stopped: kopf.DaemonStopped
-                     ) -> bool:
+    async def _issue(self, spec: CertificateSpec, body: kopf.Body, stopped: kopf.DaemonStopped,
+                     stored: StoredCert | None) -> bool:
         """Order, answer, store; False when stopped between two stages (nothing is lost: the
         next run re-enters the stage)."""
         issuer = await asyncio.to_thread(self._issuer, spec)
@@ -380,7 +390,13 @@ class CertificateController:
                                self.api, spec.namespace, self.settings.solver_service,
                                self.settings.solver_port, issuer.http01_ingress_class or asked,
                                issuer.http01_path_type.value)
-        session = OrderSession(spec, account, solver, self.journal)
+        replaces = stored_key_pem = None
+        if stored is not None:
+            stored_key_pem = stored.key_pem
+            with contextlib.suppress(ValueError):
+                replaces = ari.cert_id(stored.fullchain_pem)
+        session = OrderSession(spec, account, solver, self.journal, replaces=replaces,
+                               stored_key_pem=stored_key_pem)
         name = body["metadata"]["name"]
         self.metrics.add("acme_orders_total")
         try:
@@ -406,4 +422,7 @@ class CertificateController:
         await asyncio.to_thread(self.certs.save, spec.namespace, spec.secret_name,
                                 StoredCert(step.fullchain_pem, step.key_pem))
         self.metrics.add("certificates_issued_total")
-        return not await self._stage("store", spec, stopped)
+        if await self._stage("store", spec, stopped):
+            return False
+        await _in_thread(session.finish)
+        return True

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from certop import crypto
+from certop.acme import ari
 from certop.acme.accounts import Account
 from certop.acme.orders import OrderSession
 from certop.core import annotations as ann
@@ -28,7 +29,7 @@ from certop.core import routing
 from certop.core.backoff import Backoff
 from certop.core.clock import Clock
 from certop.core.desired import certificate_specs
-from certop.core.errors import CertopError, ConfigError
+from certop.core.errors import AlreadyDue, CertopError, ConfigError
 from certop.core.models import AcmeIssuer, CertificateSpec
 from certop.core.renewal import CertFacts, decide, renewal_time
 from certop.proxy.server import Proxy
@@ -124,6 +125,13 @@ class _CertState:
     forced: bool = False
     version: str | None = None
     """The stored version last handed to the proxy (serve-only processes)."""
+    ari_at: datetime.datetime | None = None
+    """The CA's suggested renewal time for the current certificate (RFC 9773), if offered."""
+    ari_next: float = 0.0
+    """Monotonic time of the next question about it (the CA's Retry-After)."""
+    ari_task: asyncio.Task[None] | None = None
+    fresh: bool = False
+    """The current certificate came from this process's last order (and ARI not asked yet)."""
 
 
 @dataclass
@@ -190,8 +198,9 @@ class Standalone:
         for key in list(self._states):
             if key not in wanted:
                 gone = self._states.pop(key)
-                if gone.task is not None:
-                    gone.task.cancel()
+                for task in (gone.task, gone.ari_task):
+                    if task is not None:
+                        task.cancel()
         for key, spec in wanted.items():
             existing = self._states.get(key)
             if existing is None:
@@ -219,6 +228,7 @@ class Standalone:
             log.warning("%s: stored certificate unusable (%s): issuing a new one", spec, exc)
             return
         state.facts = loaded.facts
+        state.ari_at, state.ari_next = None, 0.0
         state.version = self.certs.version(spec.namespace, spec.secret_name)
         if not self.settings.serve_only and \
                 not decide(spec, loaded.facts, self.clock.now()).issue:
@@ -266,10 +276,16 @@ class Standalone:
         for state in self._states.values():
             if state.task is not None or self.settings.serve_only:
                 continue
+            if state.facts is not None and state.ari_task is None:
+                if state.ari_next <= mono:
+                    state.ari_task = asyncio.create_task(self._ask_renewal_info(state))
+                else:
+                    next_look = min(next_look, state.ari_next - mono)
             if state.not_before_attempt > mono:
                 next_look = min(next_look, state.not_before_attempt - mono)
                 continue
-            decision = decide(state.spec, state.facts, now, forced=state.forced)
+            decision = decide(state.spec, state.facts, now, forced=state.forced,
+                              ari_renew_at=state.ari_at)
             if decision.issue:
                 log.info("%s: issuing (%s)", state.spec, decision.reason)
                 state.task = asyncio.create_task(self._issue(state))
@@ -277,13 +293,57 @@ class Standalone:
                 next_look = min(next_look, (decision.renew_at - now).total_seconds())
         return max(next_look, 0.0)
 
+    async def _ask_renewal_info(self, state: _CertState) -> None:
+        """The CA's suggested renewal time for the stored certificate (RFC 9773), asked again
+        when the CA's Retry-After says; a CA without `renewalInfo` leaves the lifetime policy."""
+        try:
+            await self._renewal_info(state)
+        finally:
+            state.ari_task = None
+            self._wake.set()
+        await self._notify()
+
+    async def _renewal_info(self, state: _CertState) -> None:
+        spec = state.spec
+        loop = asyncio.get_running_loop()
+        try:
+            stored = await loop.run_in_executor(self._executor, self.certs.load,
+                                                spec.namespace, spec.secret_name)
+            if stored is None:
+                state.ari_next = self.clock.monotonic() + self.settings.check_interval
+                return
+            account = self._account(spec.issuer)
+            when, again = await loop.run_in_executor(self._executor, account.renewal_info,
+                                                     stored.fullchain_pem)
+        except (CertopError, OSError, KeyError) as exc:
+            log.info("%s: no renewal information (%s); asking again later", spec, exc)
+            state.ari_next = self.clock.monotonic() + self.settings.check_interval
+            return
+        now = self.clock.now()
+        state.ari_next = self.clock.monotonic() + max((again - now).total_seconds(), 60.0)
+        state.ari_at = when
+        if when is not None:
+            log.info("%s: the CA suggests renewal at %s", spec, when.isoformat())
+            if state.fresh and when <= now:
+                # Never a hot loop: a CA asking to replace what it just issued waits a backoff.
+                self._failed(state, AlreadyDue("the CA asks to replace the certificate it just "
+                                                "issued"), None)
+        state.fresh = False
+
     async def _issue(self, state: _CertState) -> None:
         spec = state.spec
         loop = asyncio.get_running_loop()
         session: OrderSession | None = None
         try:
             account = self._account(spec.issuer)
-            session = OrderSession(spec, account, self.solver, self.journal)
+            stored = await loop.run_in_executor(self._executor, self.certs.load,
+                                                spec.namespace, spec.secret_name)
+            replaces = None
+            if stored is not None:
+                with contextlib.suppress(ValueError):
+                    replaces = ari.cert_id(stored.fullchain_pem)
+            session = OrderSession(spec, account, self.solver, self.journal, replaces=replaces,
+                                   stored_key_pem=stored.key_pem if stored else None)
             self.stats.orders += 1
             while True:
                 step = await loop.run_in_executor(self._executor, session.step)
@@ -298,6 +358,7 @@ class Standalone:
             await loop.run_in_executor(self._executor, session.finish)
             self.proxy.certs.put(spec.key, pair)
             state.facts = loaded.facts
+            state.ari_at, state.ari_next, state.fresh = None, 0.0, True
             state.failures = 0
             state.forced = False
             self.stats.issued += 1
@@ -424,7 +485,8 @@ class Standalone:
         finally:
             stopper.cancel()
             watcher.cancel()
-            tasks = [s.task for s in self._states.values() if s.task is not None]
+            tasks = [t for s in self._states.values() for t in (s.task, s.ari_task)
+                     if t is not None]
             for task in tasks:
                 task.cancel()
             await asyncio.gather(watcher, stopper, *tasks, return_exceptions=True)

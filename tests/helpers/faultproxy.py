@@ -4,11 +4,14 @@ It terminates TLS with Pebble's own API certificate, forwards each request to Pe
 own Host header (Pebble builds every URL from the Host it sees, so clients stay on the proxy),
 counts requests per path, and answers `rateLimited` (429 + Retry-After) for new orders while
 `rate_limited` is set. With `ari_window` it also offers ACME Renewal Information (RFC 9773):
-a `renewalInfo` URL in the directory and that window for every certificate. Loopback only."""
+a `renewalInfo` URL in the directory and that window for every certificate (with
+`ari_due_first`, a window in the past for the first one asked about). It records the payload
+of every newOrder (`orders`) and the certificate IDs asked about (`ari_asked`). Loopback only."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import collections
 import datetime
 import http.client
@@ -20,6 +23,10 @@ from pathlib import Path
 import pebblectl
 
 
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
 class FaultProxy:
     def __init__(self, info: pebblectl.PebbleInfo, workdir: Path, retry_after: int = 30) -> None:
         self.info = info
@@ -28,6 +35,12 @@ class FaultProxy:
         self.retry_after = retry_after
         self.rate_limited = True
         self.ari_window: tuple[datetime.datetime, datetime.datetime] | None = None
+        self.ari_due_first = False
+        """The first certificate asked about gets a window in the past: renew it now."""
+        self.ari_asked: list[str] = []
+        """Certificate IDs asked about, in order (no repeats)."""
+        self.orders: list[dict[str, object]] = []
+        """The payload of every newOrder request."""
         self.counts: collections.Counter[str] = collections.Counter()
         self.server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         self.server_ctx.load_cert_chain(workdir / "api-cert.pem", workdir / "api-key.pem")
@@ -104,8 +117,19 @@ class FaultProxy:
                 length = int(headers.get("Content-Length", "0") or 0)
                 body = await reader.readexactly(length) if length else b""
                 self.counts[path] += 1
+                if path == "/order-plz":
+                    jws = json.loads(body)
+                    self.orders.append(json.loads(_unb64(jws["payload"])))
                 if self.ari_window is not None and path.startswith("/renewal-info/"):
-                    start, end = (w.strftime("%Y-%m-%dT%H:%M:%SZ") for w in self.ari_window)
+                    asked = path.rsplit("/", 1)[1]
+                    if asked not in self.ari_asked:
+                        self.ari_asked.append(asked)
+                    window = self.ari_window
+                    if self.ari_due_first and asked == self.ari_asked[0]:
+                        now = datetime.datetime.now(datetime.UTC)
+                        window = (now - datetime.timedelta(hours=2),
+                                  now - datetime.timedelta(hours=1))
+                    start, end = (w.strftime("%Y-%m-%dT%H:%M:%SZ") for w in window)
                     payload = json.dumps({"suggestedWindow": {"start": start,
                                                               "end": end}}).encode()
                     status, out_headers = 200, [("Content-Type", "application/json"),

@@ -22,6 +22,7 @@ from fakeclock import FakeClock
 from gate import Gate
 
 from certop import crypto
+from certop.core.backoff import Backoff
 from certop.store.files import FileCertStore
 from certop.store.ports import StoredCert
 
@@ -376,3 +377,38 @@ def _state(pid: int) -> str:
         return Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()[0]
     except OSError:
         return "gone"
+
+
+async def test_the_cas_renewal_info_schedules_renewal_and_the_order_names_what_it_replaces(
+        tmp_path: Path, pebble: pebblectl.PebbleInfo, backend: Echo) -> None:
+    """ARI (RFC 9773) in standalone mode: the CA asks for the first certificate to be replaced
+    now; certop backs off once (it just issued it), orders a replacement naming it, and then
+    follows the CA's window for the new one."""
+    from faultproxy import FaultProxy
+
+    from certop.acme import ari
+
+    now = dt.datetime.now(dt.UTC)
+    window = (now + dt.timedelta(days=1), now + dt.timedelta(days=2))
+    files = [write_ingress(tmp_path / "web.yaml", "web", ["ari.certop.test"], "web-tls")]
+    with FaultProxy(pebble, Path(pebble.api_ca).parent) as proxy:
+        proxy.rate_limited = False
+        proxy.ari_window = window
+        proxy.ari_due_first = True
+        async with standalone(pebble, tmp_path / "state", files,
+                              [f"web=127.0.0.1:{backend.port}"],
+                              directory_url=proxy.directory_url,
+                              backoff=Backoff(base=0.2)) as run:
+            await run.runner.wait_until(lambda: run.runner.stats.issued == 2, timeout=60)
+            assert any("replace the certificate it just issued" in e
+                       for e in run.runner.stats.events)
+            await run.runner.wait_until(lambda: len(proxy.ari_asked) == 2, timeout=30)
+            stored = FileCertStore(tmp_path / "state").load("default", "web-tls")
+            assert stored is not None
+            assert ari.cert_id(stored.fullchain_pem) == proxy.ari_asked[1]
+            state = run.runner._states[("default", "web-tls")]
+            await run.runner.wait_until(lambda: state.ari_at is not None, timeout=30)
+            assert state.ari_at is not None and window[0] <= state.ari_at <= window[1]
+        first, renewal = proxy.orders
+        assert "replaces" not in first
+        assert renewal["replaces"] == proxy.ari_asked[0]

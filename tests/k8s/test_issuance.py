@@ -413,3 +413,38 @@ def test_the_renewal_time_follows_the_cas_renewal_info_when_offered(tmp_path: Pa
             # Pebble's certificates last 5 years: 2/3 of that would be years away.
             assert window[0] - datetime.timedelta(seconds=1) <= when <= window[1]
             assert any(path.startswith("/renewal-info/") for path in proxy.counts)
+
+
+@pytest.mark.slow
+def test_a_renewal_the_ca_asks_for_names_the_certificate_it_replaces(tmp_path: Path) -> None:
+    import datetime
+
+    from faultproxy import FaultProxy
+
+    from certop.acme import ari
+
+    responder_port = pebblectl.free_port()
+    now = datetime.datetime.now(datetime.UTC)
+    with EmulatorThread() as kube, \
+            pebblectl.running(tmp_path / "pebble", http_port=responder_port) as info, \
+            FaultProxy(info, tmp_path / "pebble") as proxy:
+        proxy.rate_limited = False
+        proxy.ari_window = (now + datetime.timedelta(days=1), now + datetime.timedelta(days=2))
+        proxy.ari_due_first = True  # the CA asks for the first certificate to be replaced now
+        create_issuer(kube, info, server=proxy.directory_url)
+        tokens = TokenStore()
+        with Responder(tokens, responder_port), operator(kube, tokens, responder_port):
+            client.NetworkingV1Api(kube.api_client()).create_namespaced_ingress(
+                NS, ingress("web", "replace.certop.test", "web-tls"))
+
+            def stored_id() -> str | None:
+                found = secret_data(kube, NS, "web-tls")
+                return ari.cert_id(base64.b64decode(found.data["tls.crt"])) if found else None
+
+            wait_for(lambda: len(proxy.ari_asked) == 2 and stored_id() == proxy.ari_asked[1],
+                     timeout=60, what="the renewed certificate, asked about")
+            wait_for(lambda: certificate_status(kube).get("renewalTime", "") >
+                     now.strftime("%Y-%m-%dT%H:%M:%SZ"), what="the second certificate Ready")
+        first, renewal = proxy.orders  # one order each, no more
+        assert "replaces" not in first
+        assert renewal["replaces"] == proxy.ari_asked[0]  # acme's ID for the first certificate
