@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from acme import challenges, client, messages
+from acme import errors as acme_errors
 
 from certop import crypto
 from certop.acme import ari
@@ -194,13 +195,16 @@ class OrderSession:
         try:
             response = self.acme._post(self.acme.directory["newOrder"],
                                        ari.NewOrder(identifiers=identifiers, replaces=replaces))
-        except CertopError as exc:
-            problem = exc.__cause__
-            if replaces is None or not isinstance(problem, messages.Error) or \
-                    problem.code not in ari.REFUSED_REPLACES:
+        except (CertopError, acme_errors.ConflictError) as exc:
+            # `acme` turns every 409 (alreadyReplaced, conflict) into a bare ConflictError.
+            problem = exc.__cause__ if isinstance(exc, CertopError) else exc
+            if replaces is None or not (
+                    isinstance(problem, acme_errors.ConflictError) or (
+                        isinstance(problem, messages.Error)
+                        and problem.code in ari.REFUSED_REPLACES)):
                 raise
             log.info("%s: the CA refused to replace %s (%s): ordering without it", self.spec,
-                     replaces, problem.detail or problem.code)
+                     replaces, problem)
             response = self.acme._post(self.acme.directory["newOrder"],
                                        ari.NewOrder(identifiers=identifiers))
         body = messages.Order.from_json(response.json())

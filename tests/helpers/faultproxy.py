@@ -41,6 +41,8 @@ class FaultProxy:
         """Certificate IDs asked about, in order (no repeats)."""
         self.orders: list[dict[str, object]] = []
         """The payload of every newOrder request."""
+        self.refuse_replaces = False
+        """Answer `alreadyReplaced` to a newOrder that names a certificate it replaces."""
         self.counts: collections.Counter[str] = collections.Counter()
         self.server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         self.server_ctx.load_cert_chain(workdir / "api-cert.pem", workdir / "api-key.pem")
@@ -134,6 +136,11 @@ class FaultProxy:
                                                               "end": end}}).encode()
                     status, out_headers = 200, [("Content-Type", "application/json"),
                                                 ("Retry-After", "3600")]
+                elif self.refuse_replaces and path == "/order-plz" and \
+                        "replaces" in self.orders[-1]:
+                    payload = json.dumps({"type": "urn:ietf:params:acme:error:alreadyReplaced",
+                                          "detail": "already replaced"}).encode()
+                    status, out_headers = 409, [("Content-Type", "application/problem+json")]
                 elif self.rate_limited and path == "/order-plz":
                     problem = json.dumps({"type": "urn:ietf:params:acme:error:rateLimited",
                                           "detail": "too many new orders recently"}).encode()

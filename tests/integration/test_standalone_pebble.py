@@ -379,11 +379,12 @@ def _state(pid: int) -> str:
         return "gone"
 
 
+@pytest.mark.parametrize("refused", [False, True], ids=["replaces", "refused"])
 async def test_the_cas_renewal_info_schedules_renewal_and_the_order_names_what_it_replaces(
-        tmp_path: Path, pebble: pebblectl.PebbleInfo, backend: Echo) -> None:
+        tmp_path: Path, pebble: pebblectl.PebbleInfo, backend: Echo, refused: bool) -> None:
     """ARI (RFC 9773) in standalone mode: the CA asks for the first certificate to be replaced
-    now; certop backs off once (it just issued it), orders a replacement naming it, and then
-    follows the CA's window for the new one."""
+    now; certop backs off once (it just issued it), orders a replacement naming it (or, when
+    the CA refuses that, one without it), and then follows the CA's window for the new one."""
     from faultproxy import FaultProxy
 
     from certop.acme import ari
@@ -395,6 +396,7 @@ async def test_the_cas_renewal_info_schedules_renewal_and_the_order_names_what_i
         proxy.rate_limited = False
         proxy.ari_window = window
         proxy.ari_due_first = True
+        proxy.refuse_replaces = refused
         async with standalone(pebble, tmp_path / "state", files,
                               [f"web=127.0.0.1:{backend.port}"],
                               directory_url=proxy.directory_url,
@@ -409,6 +411,11 @@ async def test_the_cas_renewal_info_schedules_renewal_and_the_order_names_what_i
             state = run.runner._states[("default", "web-tls")]
             await run.runner.wait_until(lambda: state.ari_at is not None, timeout=30)
             assert state.ari_at is not None and window[0] <= state.ari_at <= window[1]
-        first, renewal = proxy.orders
+        if refused:
+            first, refused_order, renewal = proxy.orders
+            assert refused_order["replaces"] == proxy.ari_asked[0]
+            assert "replaces" not in renewal
+        else:
+            first, renewal = proxy.orders
+            assert renewal["replaces"] == proxy.ari_asked[0]
         assert "replaces" not in first
-        assert renewal["replaces"] == proxy.ari_asked[0]
