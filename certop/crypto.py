@@ -10,6 +10,7 @@ import datetime
 from dataclasses import dataclass
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
@@ -79,6 +80,23 @@ def split_chain(fullchain_pem: bytes) -> list[x509.Certificate]:
     if not certs:
         raise CertificateUnreadable("the certificate file holds no certificate")
     return certs
+
+
+def root_of(fullchain_pem: bytes) -> bytes | None:
+    """The chain's self-signed top certificate (PEM) when the chain carries it, else None: a
+    Secret's `ca.crt` "when known" (ACME chains usually stop below the root)."""
+    try:
+        certs = x509.load_pem_x509_certificates(fullchain_pem)
+    except ValueError:
+        return None
+    if len(certs) < 2 or certs[-1].issuer != certs[-1].subject:
+        return None
+    top = certs[-1]
+    try:
+        top.verify_directly_issued_by(top)
+    except (ValueError, TypeError, InvalidSignature):
+        return None
+    return top.public_bytes(serialization.Encoding.PEM)
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from certop import crypto
 from certop.core.errors import PermanentError, TemporaryError
 from certop.store.ports import StoredCert
 
@@ -90,6 +91,9 @@ class SecretCertStore:
     def save(self, namespace: str, name: str, cert: StoredCert) -> None:
         data: dict[str, bytes | str] = {"tls.crt": _b64(cert.fullchain_pem),
                                         "tls.key": _b64(cert.key_pem)}
+        root = crypto.root_of(cert.fullchain_pem)
+        if root is not None:
+            data["ca.crt"] = _b64(root)
         secret = self._read(namespace, name)
         if secret is None:
             body = client.V1Secret(
@@ -114,8 +118,9 @@ class SecretCertStore:
         if secret.metadata.resource_version:
             metadata["resourceVersion"] = secret.metadata.resource_version
         try:
+            # A null ca.crt removes one a chain with its root left behind.
             self.api.patch_namespaced_secret(name, namespace, {"metadata": metadata,
-                                                               "data": data},
+                                                               "data": {"ca.crt": None, **data}},
                                              _request_timeout=self.timeout)
         except ApiException as exc:
             raise TemporaryError(f"updating Secret {namespace}/{name}: HTTP "

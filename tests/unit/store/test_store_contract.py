@@ -163,3 +163,52 @@ def test_an_account_secret_certop_does_not_own_is_used_but_never_written(
     store.save_account_info("acct", {"uri": "https://ca/acct/9"})
     secret = api.read_namespaced_secret("le-account", "accounts")
     assert not (secret.metadata.annotations or {})
+
+
+def _chain(with_root: bool) -> bytes:
+    """leaf <- intermediate <- root, PEM; the root included or not."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+
+    def make(subject: str, issuer: str, key: Any, signer: Any, ca: bool) -> x509.Certificate:
+        return (x509.CertificateBuilder()
+                .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+                .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+                .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+                .add_extension(x509.BasicConstraints(ca=ca, path_length=None), True)
+                .sign(signer, hashes.SHA256()))
+
+    root_key, inter_key, leaf_key = (ec.generate_private_key(ec.SECP256R1()) for _ in range(3))
+    certs = [make("a.test", "inter", leaf_key, inter_key, False),
+             make("inter", "root", inter_key, root_key, True)]
+    if with_root:
+        certs.append(make("root", "root", root_key, root_key, True))
+    return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
+
+
+def test_a_secret_carries_ca_crt_when_the_chain_carries_its_root(
+        emulator: EmulatorThread) -> None:
+    import base64
+
+    api = emulator.core()
+    store = SecretCertStore(api)
+
+    def ca_crt() -> bytes | None:
+        data = api.read_namespaced_secret("web-tls", "ca-test").data or {}
+        return base64.b64decode(data["ca.crt"]) if "ca.crt" in data else None
+
+    rooted = _chain(with_root=True)
+    store.save("ca-test", "web-tls", StoredCert(rooted, b"k"))
+    found = ca_crt()
+    assert found is not None and rooted.endswith(found)
+    store.save("ca-test", "web-tls", StoredCert(_chain(with_root=False), b"k"))
+    assert ca_crt() is None  # the old root is not left behind
+    store.save("ca-test", "web-tls", StoredCert(_chain(with_root=True), b"k"))
+    assert ca_crt() is not None
