@@ -134,7 +134,8 @@ class OrderSession:
     def _start_entry(self) -> dict[str, Any]:
         """The journalled order for this spec, or a new entry with a fresh key (saved first)."""
         entry = self.journal.load(self.spec.namespace, self.spec.secret_name)
-        if entry and self.stored_key_pem is not None and \
+        # (Not with rotationPolicy Never: there every order of this certificate has that key.)
+        if entry and self.stored_key_pem is not None and not self.spec.reuse_key and \
                 str(entry.get("key_pem", "")).encode() == self.stored_key_pem:
             log.info("%s: the journalled order %s is stored already", self.spec,
                      entry.get("order_url"))
@@ -151,7 +152,7 @@ class OrderSession:
                 self.resumed = self._look_at_authorizations = self.placed = True
                 log.info("%s: resuming order %s", self.spec, entry["order_url"])
             return entry
-        key = crypto.generate_key(self.spec.key_algorithm)
+        key = self._kept_key() or crypto.generate_key(self.spec.key_algorithm)
         entry = {
             "hosts": list(self.spec.hosts),
             "server": self.account.issuer.server,
@@ -162,6 +163,20 @@ class OrderSession:
         }
         self._save(entry)
         return entry
+
+    def _kept_key(self) -> crypto.PrivateKey | None:
+        """With rotationPolicy Never, the stored certificate's key when it is of the wanted
+        algorithm (a changed algorithm needs a new key anyway)."""
+        if not self.spec.reuse_key or self.stored_key_pem is None:
+            return None
+        try:
+            key = crypto.key_from_pem(self.stored_key_pem)
+        except (ValueError, crypto.CertificateUnreadable):
+            return None
+        if crypto.key_algorithm_of(key) is not self.spec.key_algorithm:
+            return None
+        log.info("%s: keeping the current private key (rotationPolicy Never)", self.spec)
+        return key
 
     def _csr(self) -> bytes:
         assert self._entry is not None

@@ -6,9 +6,11 @@ ingress-nginx's redirect keys are honoured unchanged so existing manifests work 
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from certop.core.duration import parse_duration
 from certop.core.models import KeyAlgorithm
 
 CLUSTER_ISSUER = ("certop.dev/cluster-issuer", "cert-manager.io/cluster-issuer")
@@ -16,6 +18,9 @@ ISSUER = ("certop.dev/issuer", "cert-manager.io/issuer")
 TLS_ACME = "kubernetes.io/tls-acme"
 KEY_ALGORITHM = ("certop.dev/private-key-algorithm", "cert-manager.io/private-key-algorithm")
 KEY_SIZE = ("certop.dev/private-key-size", "cert-manager.io/private-key-size")
+RENEW_BEFORE = ("certop.dev/renew-before", "cert-manager.io/renew-before")
+ROTATION_POLICY = ("certop.dev/private-key-rotation-policy",
+                   "cert-manager.io/private-key-rotation-policy")
 SSL_REDIRECT = ("certop.dev/ssl-redirect", "nginx.ingress.kubernetes.io/ssl-redirect")
 FORCE_SSL_REDIRECT = ("certop.dev/force-ssl-redirect",
                       "nginx.ingress.kubernetes.io/force-ssl-redirect")
@@ -74,6 +79,27 @@ def key_algorithm(annotations: Mapping[str, str]) -> tuple[KeyAlgorithm, str | N
         except ValueError:
             return KeyAlgorithm.RSA2048, size[0] if size else None
     return KeyAlgorithm.ECDSA_P256, algo[0] if algo else None
+
+
+def renew_before(annotations: Mapping[str, str]) -> datetime.timedelta | None:
+    """How long before expiry to renew (a Go duration such as 720h), or None."""
+    found = _first(annotations, RENEW_BEFORE)
+    if not found:
+        return None
+    try:
+        return parse_duration(found[1])
+    except ValueError:
+        raise AnnotationError(found[0], "a duration such as 720h or 360h30m") from None
+
+
+def reuse_key(annotations: Mapping[str, str]) -> bool:
+    """privateKey rotationPolicy: Always (a new key per certificate, the default) or Never."""
+    found = _first(annotations, ROTATION_POLICY)
+    if not found or found[1] == "Always":
+        return False
+    if found[1] == "Never":
+        return True
+    raise AnnotationError(found[0], "Always or Never")
 
 
 def ssl_redirect(annotations: Mapping[str, str]) -> bool:

@@ -84,6 +84,12 @@ def certificate_specs(
             if bad is not None:
                 raise ConfigError(ing.ref.source, str(ing.ref), f"metadata.annotations[{bad}]",
                                   "ECDSA (256) or RSA (2048, 3072, 4096)")
+            try:
+                renew_before = ann.renew_before(ing.annotations)
+                reuse_key = ann.reuse_key(ing.annotations)
+            except ann.AnnotationError as exc:
+                raise ConfigError(ing.ref.source, str(ing.ref),
+                                  f"metadata.annotations[{exc.key}]", exc.expected) from None
             for j, host in enumerate(tls.hosts):
                 if host.startswith("*.") and issuer is not None \
                         and "dns-01" not in issuer.solver_types:
@@ -103,6 +109,8 @@ def certificate_specs(
                 issuer_kind="ClusterIssuer" if choice is None or choice.cluster else "Issuer",
                 key_algorithm=algo,
                 owners=(ing.ref,),
+                renew_before=renew_before,
+                reuse_key=reuse_key,
             )
             prior = by_key.get(spec.key)
             if prior is None:

@@ -7,6 +7,7 @@ messages quote.
 
 from __future__ import annotations
 
+import datetime
 import enum
 from dataclasses import dataclass, field
 from typing import NewType
@@ -127,6 +128,11 @@ class CertificateSpec:
     owners: tuple[ObjectRef, ...] = ()
     issuer_kind: str = "ClusterIssuer"
     """ClusterIssuer or Issuer (namespaced, in the certificate's namespace)."""
+    renew_before: datetime.timedelta | None = None
+    """Renew this long before expiry (cert-manager's renewBefore) instead of at 2/3 of the
+    lifetime; the CA's ARI window still comes first."""
+    reuse_key: bool = False
+    """privateKey.rotationPolicy Never: a renewal keeps the current private key."""
 
     @property
     def key(self) -> tuple[str, str]:

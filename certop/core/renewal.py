@@ -82,7 +82,8 @@ def decide(
         return Decision(True, Reason.KEY_CHANGED)
     if now >= facts.not_after:
         return Decision(True, Reason.EXPIRED)
-    at = ari_renew_at or renewal_time(facts.not_before, facts.not_after, renew_before)
+    at = ari_renew_at or renewal_time(facts.not_before, facts.not_after,
+                                      renew_before or spec.renew_before)
     if now >= at:
         return Decision(True, Reason.RENEWAL_DUE, at)
     return Decision(False, Reason.UP_TO_DATE, at)

@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from certop.core.duration import format_duration
 from certop.core.models import CertificateSpec, KeyAlgorithm
 
 API_VERSION = "certop.dev/v1"
@@ -63,12 +64,16 @@ class Action:
 def certificate_spec(spec: CertificateSpec) -> dict[str, Any]:
     algorithm, size = ("ECDSA", 256) if spec.key_algorithm is KeyAlgorithm.ECDSA_P256 else (
         "RSA", int(spec.key_algorithm.value.split("-")[1]))
-    return {
+    wanted: dict[str, Any] = {
         "secretName": spec.secret_name,
         "dnsNames": list(spec.hosts),
         "issuerRef": {"name": spec.issuer, "kind": spec.issuer_kind, "group": "certop.dev"},
-        "privateKey": {"algorithm": algorithm, "size": size, "rotationPolicy": "Always"},
+        "privateKey": {"algorithm": algorithm, "size": size,
+                       "rotationPolicy": "Never" if spec.reuse_key else "Always"},
     }
+    if spec.renew_before is not None:
+        wanted["renewBefore"] = format_duration(spec.renew_before)
+    return wanted
 
 
 def _same(existing: Mapping[str, Any], wanted: Mapping[str, Any]) -> bool:
@@ -80,6 +85,7 @@ def _same(existing: Mapping[str, Any], wanted: Mapping[str, Any]) -> bool:
         and (have.get("issuerRef") or {}).get("kind", "ClusterIssuer")
         == wanted["issuerRef"]["kind"]
         and (have.get("privateKey") or {}) == wanted["privateKey"]
+        and have.get("renewBefore") == wanted.get("renewBefore")
     )
 
 
@@ -126,7 +132,8 @@ def plan(owner: Owner, desired: Sequence[CertificateSpec],
                         f"{', '.join(others)} with other hosts or issuer; not changing it",
                 others=others))
             continue
-        actions.append(Action(Act.UPDATE, name, {"spec": wanted}))
+        # A merge patch: an explicit null removes a renewBefore the Ingress no longer asks for.
+        actions.append(Action(Act.UPDATE, name, {"spec": {"renewBefore": None, **wanted}}))
     for old_name, old in sorted(existing.items()):
         if old_name in wanted_names:
             continue

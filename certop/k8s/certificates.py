@@ -40,6 +40,7 @@ from certop.acme.accounts import Account, account_id
 from certop.acme.orders import OrderSession, Stage
 from certop.core.backoff import Backoff
 from certop.core.clock import Clock, SystemClock
+from certop.core.duration import parse_duration
 from certop.core.errors import AlreadyDue, CertopError, ConfigError
 from certop.core.issuers import parse_issuer
 from certop.core.models import AcmeIssuer, CertificateSpec, Fqdn, KeyAlgorithm, SecretName
@@ -92,12 +93,28 @@ def _spec_of(body: Mapping[str, Any]) -> CertificateSpec:
         raise ConfigError("", where, "spec.issuerRef.name", "the name of an issuer")
     key = spec.get("privateKey") or {}
     algo = KeyAlgorithm.ECDSA_P256
-    if key.get("algorithm") == "RSA":
-        algo = KeyAlgorithm(f"RSA-{key.get('size') or 2048}")
+    try:
+        if key.get("algorithm") == "RSA":
+            algo = KeyAlgorithm(f"RSA-{key.get('size') or 2048}")
+        elif key.get("size") not in (None, 256):
+            raise ValueError(key.get("size"))
+    except ValueError:
+        raise ConfigError("", where, "spec.privateKey.size",
+                          "256 for ECDSA; 2048, 3072 or 4096 for RSA") from None
+    if key.get("rotationPolicy") not in (None, "Always", "Never"):
+        raise ConfigError("", where, "spec.privateKey.rotationPolicy", "Always or Never")
+    renew_before = None
+    if spec.get("renewBefore"):
+        try:
+            renew_before = parse_duration(str(spec["renewBefore"]))
+        except ValueError:
+            raise ConfigError("", where, "spec.renewBefore",
+                              "a duration such as 720h or 360h30m") from None
     return CertificateSpec(
         namespace=meta["namespace"], secret_name=SecretName(spec.get("secretName", "")),
         hosts=tuple(sorted({Fqdn(n.lower()) for n in names})), issuer=ref["name"],
-        issuer_kind=ref.get("kind") or "ClusterIssuer", key_algorithm=algo)
+        issuer_kind=ref.get("kind") or "ClusterIssuer", key_algorithm=algo,
+        renew_before=renew_before, reuse_key=key.get("rotationPolicy") == "Never")
 
 
 def _condition(ready: bool, reason: str, message: str, now: datetime.datetime
@@ -296,7 +313,8 @@ class CertificateController:
                 fresh = False
                 if journalled:
                     journalled = not await self._clear_journal(spec)
-                renew_at = ari_at or renewal_time(facts.not_before, facts.not_after)
+                renew_at = ari_at or renewal_time(facts.not_before, facts.not_after,
+                                                  spec.renew_before)
                 await asyncio.to_thread(self._status, spec.namespace, name, {
                     "conditions": _condition(True, "Ready", "certificate is up to date", now),
                     "notBefore": _ts(facts.not_before), "notAfter": _ts(facts.not_after),

@@ -362,7 +362,8 @@ class Standalone:
             state.failures = 0
             state.forced = False
             self.stats.issued += 1
-            renew_at = renewal_time(loaded.facts.not_before, loaded.facts.not_after)
+            renew_at = renewal_time(loaded.facts.not_before, loaded.facts.not_after,
+                                    spec.renew_before)
             log.info("%s: certificate issued, valid until %s, renewal at %s", spec,
                      loaded.facts.not_after.isoformat(), renew_at.isoformat())
             again = decide(spec, loaded.facts, self.clock.now())

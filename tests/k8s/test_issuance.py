@@ -123,10 +123,12 @@ def cluster(pebble: pebblectl.PebbleInfo) -> Iterator[EmulatorThread]:
             yield kube
 
 
-def ingress(name: str, host: str, secret: str) -> dict[str, Any]:
+def ingress(name: str, host: str, secret: str,
+            annotations: dict[str, str] | None = None) -> dict[str, Any]:
     return {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
             "metadata": {"name": name,
-                         "annotations": {"certop.dev/cluster-issuer": "pebble"}},
+                         "annotations": {"certop.dev/cluster-issuer": "pebble",
+                                         **(annotations or {})}},
             "spec": {"ingressClassName": "certop",
                      "tls": [{"hosts": [host], "secretName": secret}],
                      "rules": [{"host": host, "http": {"paths": [{
@@ -190,6 +192,40 @@ def test_an_annotated_ingress_gets_a_tls_secret_from_pebble(
 
 
 @pytest.mark.slow
+def test_renew_before_and_rotation_policy_never_from_cert_manager_annotations(
+        cluster: EmulatorThread) -> None:
+    import datetime
+
+    net = client.NetworkingV1Api(cluster.api_client())
+    asks = {"cert-manager.io/renew-before": "720h",
+            "cert-manager.io/private-key-rotation-policy": "Never"}
+    net.create_namespaced_ingress(NS, ingress("web", "keep.certop.test", "web-tls", asks))
+    wait_for(lambda: ready_condition(cluster).get("status") == "True", timeout=60,
+             what="the first certificate Ready")
+    found = cluster.custom().get_namespaced_custom_object("certop.dev", "v1", NS,
+                                                          "certificates", "web-tls")
+    assert found["spec"]["renewBefore"] == "720h0m0s"
+    assert found["spec"]["privateKey"]["rotationPolicy"] == "Never"
+
+    def when(field: str) -> datetime.datetime:
+        return datetime.datetime.fromisoformat(
+            certificate_status(cluster)[field].replace("Z", "+00:00"))
+
+    assert when("notAfter") - when("renewalTime") == datetime.timedelta(hours=720)
+    first = secret_data(cluster, NS, "web-tls")
+    changed = ingress("web", "keep.certop.test", "web-tls", asks)
+    changed["spec"]["tls"][0]["hosts"].append("kept.certop.test")
+    net.patch_namespaced_ingress("web", NS, {"spec": changed["spec"]})
+
+    def reissued() -> bool:
+        found = secret_data(cluster, NS, "web-tls")
+        return found is not None and found.data["tls.crt"] != first.data["tls.crt"]
+
+    wait_for(reissued, timeout=60, what="the re-issued certificate")
+    assert secret_data(cluster, NS, "web-tls").data["tls.key"] == first.data["tls.key"]
+
+
+@pytest.mark.slow
 def test_changed_hosts_are_reissued_and_a_foreign_secret_is_left_alone(
         cluster: EmulatorThread) -> None:
     net = client.NetworkingV1Api(cluster.api_client())
@@ -204,12 +240,14 @@ def test_changed_hosts_are_reissued_and_a_foreign_secret_is_left_alone(
         return set(pair.facts.hosts)
 
     wait_for(lambda: hosts() == {"a.certop.test"}, timeout=60, what="the first certificate")
+    first_key = secret_data(cluster, NS, "web-tls").data["tls.key"]
     changed = ingress("web", "a.certop.test", "web-tls")
     changed["spec"]["tls"][0]["hosts"].append("b.certop.test")
     changed["spec"]["rules"][0]["host"] = "a.certop.test"
     net.patch_namespaced_ingress("web", NS, {"spec": changed["spec"]})
     wait_for(lambda: hosts() == {"a.certop.test", "b.certop.test"}, timeout=60,
              what="the re-issued certificate")
+    assert secret_data(cluster, NS, "web-tls").data["tls.key"] != first_key  # Always rotates
 
     # A Secret someone else made is never overwritten; the reason shows on the Certificate.
     cluster.core().create_namespaced_secret(NS, {

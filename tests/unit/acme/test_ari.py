@@ -104,3 +104,19 @@ def test_a_journalled_order_with_another_key_is_resumed() -> None:
     assert resumed.step().stage is Stage.KEY
     entry = journal.load("ns", "web-tls")
     assert entry is not None and entry["key_pem"] == key_pem  # the journalled key is reused
+
+
+def test_rotation_policy_never_keeps_the_stored_key_of_the_same_algorithm() -> None:
+    from dataclasses import replace
+
+    stored = crypto.key_to_pem(crypto.generate_key(KeyAlgorithm.ECDSA_P256))
+    keep = replace(SPEC, reuse_key=True)
+    for wanted, kept in ((keep, True), (SPEC, False),
+                         (replace(keep, key_algorithm=KeyAlgorithm.RSA2048), False)):
+        journal = MemoryOrderJournal()
+        account: Any = _Account(_Issuer())
+        OrderSession(wanted, account, solver=None, journal=journal,
+                     stored_key_pem=stored).step()
+        entry = journal.load("ns", "web-tls")
+        assert entry is not None
+        assert (entry["key_pem"].encode() == stored) is kept

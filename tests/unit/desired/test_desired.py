@@ -106,3 +106,28 @@ def test_rsa_keys_by_annotation() -> None:
         "certop.dev/cluster-issuer": "le", "cert-manager.io/private-key-algorithm": "RSA",
         "cert-manager.io/private-key-size": "3072"})], ISSUERS, None)
     assert d.specs[0].key_algorithm is KeyAlgorithm.RSA3072
+
+
+def test_renew_before_and_rotation_policy_by_annotation() -> None:
+    import datetime as dt
+
+    d = certificate_specs([ing("a", ["x.example"], "s", {
+        "certop.dev/cluster-issuer": "le", "cert-manager.io/renew-before": "720h",
+        "cert-manager.io/private-key-rotation-policy": "Never"})], ISSUERS, None)
+    assert d.specs[0].renew_before == dt.timedelta(days=30)
+    assert d.specs[0].reuse_key
+    plain = certificate_specs([ing("a", ["x.example"], "s")], ISSUERS, None).specs[0]
+    assert plain.renew_before is None and not plain.reuse_key
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("cert-manager.io/renew-before", "a month"),
+    ("cert-manager.io/renew-before", "-5h"),
+    ("certop.dev/renew-before", "0s"),
+    ("cert-manager.io/private-key-rotation-policy", "Sometimes"),
+])
+def test_a_bad_renewal_annotation_names_itself(key: str, value: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        certificate_specs([ing("a", ["x.example"], "s", {
+            "certop.dev/cluster-issuer": "le", key: value})], ISSUERS, None)
+    assert info.value.field == f"metadata.annotations[{key}]"

@@ -63,3 +63,29 @@ def test_backoff_doubles_with_jitter_up_to_the_cap() -> None:
 
 def test_backoff_never_undercuts_the_cas_retry_after() -> None:
     assert Backoff(base=10).delay(1, 0.0, retry_after=120) == 120
+
+
+@pytest.mark.parametrize(("text", "seconds"), [
+    ("720h", 720 * 3600), ("1h30m", 5400), ("90s", 90), ("1.5h", 5400), ("2h0m0s", 7200),
+    ("500ms", 0.5)])
+def test_go_durations(text: str, seconds: float) -> None:
+    from certop.core.duration import parse_duration
+
+    assert parse_duration(text).total_seconds() == seconds
+
+
+@pytest.mark.parametrize("text", ["", "h", "5", "5d", "1h 30m", "-1h", "0s", "1hx"])
+def test_not_go_durations(text: str) -> None:
+    from certop.core.duration import parse_duration
+
+    with pytest.raises(ValueError):
+        parse_duration(text)
+
+
+def test_a_certificates_own_renew_before_moves_its_renewal() -> None:
+    from dataclasses import replace
+
+    early = replace(SPEC, renew_before=dt.timedelta(days=45))
+    now = T0 + dt.timedelta(days=50)  # before 2/3 of 90 days, but inside the last 45
+    assert decide(early, facts(90), now).issue
+    assert not decide(SPEC, facts(90), now).issue

@@ -71,3 +71,20 @@ def test_the_asking_ingress_class_travels_on_the_certificate() -> None:
     (action,) = plan(WEB, [spec("web-tls", "a.test")], {}, ingress_class="nginx")
     assert action.body is not None
     assert action.body["metadata"]["annotations"] == {"certop.dev/http01-ingress-class": "nginx"}
+
+
+def test_renew_before_and_rotation_policy_travel_and_a_dropped_one_is_removed() -> None:
+    import datetime as dt
+    from dataclasses import replace
+
+    plain = spec("web-tls", "a.test")
+    asked = replace(plain, renew_before=dt.timedelta(hours=720), reuse_key=True)
+    (create,) = plan(WEB, [asked], {})
+    assert create.body is not None
+    assert create.body["spec"]["renewBefore"] == "720h0m0s"
+    assert create.body["spec"]["privateKey"]["rotationPolicy"] == "Never"
+    assert plan(WEB, [asked], {"web-tls": existing(asked, WEB)}) == []
+    (update,) = plan(WEB, [plain], {"web-tls": existing(asked, WEB)})
+    assert update.act is Act.UPDATE and update.body is not None
+    assert update.body["spec"]["renewBefore"] is None  # merge patch: removed
+    assert update.body["spec"]["privateKey"]["rotationPolicy"] == "Always"
