@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import enum
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,8 +37,9 @@ from certop import crypto
 from certop.acme import ari
 from certop.acme.accounts import Account
 from certop.acme.network import parse_retry_after
+from certop.core import solvers
 from certop.core.errors import CertopError, ChallengeFailed, OrderFailed, TemporaryError
-from certop.core.models import CertificateSpec
+from certop.core.models import CertificateSpec, SolverSpec
 from certop.store.ports import OrderJournal
 from solvers.base import Solver
 
@@ -73,8 +75,16 @@ class Step:
 class OrderSession:
     def __init__(self, spec: CertificateSpec, account: Account, solver: Solver,
                  journal: OrderJournal, *, poll_min: float = 0.02, poll_max: float = 2.0,
-                 replaces: str | None = None, stored_key_pem: bytes | None = None) -> None:
+                 replaces: str | None = None, stored_key_pem: bytes | None = None,
+                 labels: Mapping[str, str] | None = None,
+                 solver_specs: Sequence[SolverSpec] | None = None) -> None:
         self.spec = spec
+        self.labels = dict(labels or {})
+        """The Certificate's labels, for the issuer's solver selectors (matchLabels)."""
+        self.solver_specs = tuple(solver_specs if solver_specs is not None
+                                  else account.issuer.solvers)
+        """The issuer's solvers as it is now (the account may have been made before an
+        edit)."""
         self.stored_key_pem = stored_key_pem
         """The key of the certificate in store: a journalled order with this key is one whose
         certificate was stored already (a stop between storing and clearing the journal)."""
@@ -203,7 +213,20 @@ class OrderSession:
             return self._challenges(authorizations)
         return self._advance(entry["order_url"])
 
+    def _check_solver(self, identifier: str) -> None:
+        """The issuer's solver for `identifier` must be one certop runs here."""
+        chosen = solvers.select(self.solver_specs, identifier, self.labels)
+        if chosen is None:
+            raise ChallengeFailed(identifier, f"no solver of {self.account.issuer.ref} is "
+                                  "for this name (see its solvers' selectors)")
+        if chosen.challenge_type != self.solver.challenge_type:
+            raise ChallengeFailed(identifier, f"{self.account.issuer.ref} selects a "
+                                  f"{chosen.challenge_type} solver for it; certop solves "
+                                  f"{self.solver.challenge_type} only here")
+
     def _new_order(self) -> messages.OrderResource:
+        for host in self.spec.hosts:  # before the CA counts an order
+            self._check_solver(host)
         identifiers = [messages.Identifier(typ=messages.IDENTIFIER_FQDN, value=host)
                        for host in self.spec.hosts]
         replaces = self.replaces if ari.offered(self.acme.directory) else None
@@ -299,6 +322,7 @@ class OrderSession:
             if authz.status != messages.STATUS_PENDING:
                 detail = next((c.error.detail for c in authz.challenges if c.error), None)
                 raise ChallengeFailed(identifier, detail or f"authorization is {authz.status}")
+            self._check_solver(identifier)
             challb = next(
                 (c for c in authz.challenges
                  if isinstance(c.chall, challenges.HTTP01)

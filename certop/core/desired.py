@@ -19,6 +19,7 @@ from certop.core.models import (
     Fqdn,
     Ingress,
 )
+from certop.core.solvers import select as select_solver
 
 
 @dataclass(frozen=True)
@@ -91,12 +92,19 @@ def certificate_specs(
                 raise ConfigError(ing.ref.source, str(ing.ref),
                                   f"metadata.annotations[{exc.key}]", exc.expected) from None
             for j, host in enumerate(tls.hosts):
-                if host.startswith("*.") and issuer is not None \
-                        and "dns-01" not in issuer.solver_types:
+                chosen = select_solver(issuer.solvers, host) if issuer is not None else None
+                if issuer is not None and chosen is None:
+                    raise ConfigError(
+                        ing.ref.source, str(ing.ref), f"{field}.hosts[{j}]",
+                        f"a host one of issuer {issuer_name!r}'s solvers is for; no selector "
+                        f"matches {host}",
+                    )
+                if host.startswith("*.") and chosen is not None \
+                        and chosen.challenge_type != "dns-01":
                     raise ConfigError(
                         ing.ref.source, str(ing.ref), f"{field}.hosts[{j}]",
                         f"a wildcard host ({host}) needs a DNS-01 solver; issuer "
-                        f"{issuer_name!r} has only HTTP-01",
+                        f"{issuer_name!r} selects HTTP-01 for it",
                     )
                 if not _served_by_rule(host, ing):
                     warnings.append(f"{where}: {field}.hosts[{j}]: {host} is served by no rule")

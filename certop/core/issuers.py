@@ -13,7 +13,13 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from certop.core.ingress import Fields, object_ref
-from certop.core.models import AcmeIssuer, ExternalAccountBinding, PathType
+from certop.core.models import (
+    AcmeIssuer,
+    ExternalAccountBinding,
+    PathType,
+    SolverSelector,
+    SolverSpec,
+)
 
 ISSUER_API_VERSIONS = ("certop.dev/v1", "cert-manager.io/v1")
 SecretLookup = Callable[[str, str], Mapping[str, bytes] | None]
@@ -71,31 +77,8 @@ def parse_issuer(
         hmac = data[skey].decode().strip()
         eab = ExternalAccountBinding(kid, hmac)
 
-    solver_types: list[str] = []
-    path_type = PathType.EXACT
-    ingress_class: str | None = None
-    for i, raw in enumerate(f.sequence(acme.get("solvers"), "spec.acme.solvers")):
-        solver = f.mapping(raw, f"spec.acme.solvers[{i}]", required=True)
-        if "http01" in solver:
-            solver_types.append("http-01")
-            http01 = f.mapping(solver.get("http01"), f"spec.acme.solvers[{i}].http01")
-            ingress = f.mapping(http01.get("ingress"), f"spec.acme.solvers[{i}].http01.ingress")
-            klass = ingress.get("ingressClassName") or ingress.get("class")
-            if klass is not None:
-                if not isinstance(klass, str):
-                    raise f.error(f"spec.acme.solvers[{i}].http01.ingress.ingressClassName",
-                                  "the name of an IngressClass")
-                ingress_class = klass
-            if ingress.get("pathType") is not None:
-                try:
-                    path_type = PathType(ingress["pathType"])
-                except ValueError:
-                    raise f.error(f"spec.acme.solvers[{i}].http01.ingress.pathType",
-                                  "Exact or ImplementationSpecific") from None
-        elif "dns01" in solver:
-            solver_types.append("dns-01")
-        else:
-            raise f.error(f"spec.acme.solvers[{i}]", "an 'http01' or 'dns01' solver")
+    solvers = tuple(_solver(f, raw, f"spec.acme.solvers[{i}]") for i, raw in
+                    enumerate(f.sequence(acme.get("solvers"), "spec.acme.solvers")))
     return AcmeIssuer(
         ref=ref,
         server=server,
@@ -104,7 +87,43 @@ def parse_issuer(
         skip_tls_verify=skip,
         account_key_secret=key_secret,
         eab=eab,
-        solver_types=tuple(solver_types) or ("http-01",),
-        http01_path_type=path_type,
-        http01_ingress_class=ingress_class,
+        solvers=solvers or (SolverSpec(),),
     )
+
+
+def _names(f: Fields, value: Any, field: str) -> tuple[str, ...]:
+    items = f.sequence(value, field)
+    for j, item in enumerate(items):
+        if not isinstance(item, str) or not item:
+            raise f.error(f"{field}[{j}]", "a DNS name")
+    return tuple(items)
+
+
+def _solver(f: Fields, raw: Any, field: str) -> SolverSpec:
+    solver = f.mapping(raw, field, required=True)
+    sel = f.mapping(solver.get("selector"), f"{field}.selector")
+    labels = f.mapping(sel.get("matchLabels"), f"{field}.selector.matchLabels")
+    for key, value in labels.items():
+        if not isinstance(value, str):
+            raise f.error(f"{field}.selector.matchLabels.{key}", "a string label value")
+    selector = SolverSelector(
+        dns_names=_names(f, sel.get("dnsNames"), f"{field}.selector.dnsNames"),
+        dns_zones=_names(f, sel.get("dnsZones"), f"{field}.selector.dnsZones"),
+        match_labels=tuple(sorted((str(k), str(v)) for k, v in labels.items())))
+    if "dns01" in solver:
+        return SolverSpec("dns-01", selector)
+    if "http01" not in solver:
+        raise f.error(field, "an 'http01' or 'dns01' solver")
+    http01 = f.mapping(solver.get("http01"), f"{field}.http01")
+    ingress = f.mapping(http01.get("ingress"), f"{field}.http01.ingress")
+    klass = ingress.get("ingressClassName") or ingress.get("class")
+    if klass is not None and not isinstance(klass, str):
+        raise f.error(f"{field}.http01.ingress.ingressClassName", "the name of an IngressClass")
+    path_type = PathType.EXACT
+    if ingress.get("pathType") is not None:
+        try:
+            path_type = PathType(ingress["pathType"])
+        except ValueError:
+            raise f.error(f"{field}.http01.ingress.pathType",
+                          "Exact or ImplementationSpecific") from None
+    return SolverSpec("http-01", selector, path_type, klass)

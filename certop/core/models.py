@@ -99,6 +99,29 @@ class ExternalAccountBinding:
 
 
 @dataclass(frozen=True)
+class SolverSelector:
+    """spec.acme.solvers[].selector: which identifiers a solver is for (empty: all, as the
+    default of lowest priority)."""
+
+    dns_names: tuple[str, ...] = ()
+    dns_zones: tuple[str, ...] = ()
+    match_labels: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class SolverSpec:
+    """One entry of spec.acme.solvers."""
+
+    challenge_type: str = "http-01"
+    """http-01 or dns-01."""
+    selector: SolverSelector = SolverSelector()
+    http01_path_type: PathType = PathType.EXACT
+    http01_ingress_class: str | None = None
+    """IngressClass for temporary HTTP-01 Ingresses (http01.ingress ingressClassName or
+    class); None: the class of the Ingress that asked."""
+
+
+@dataclass(frozen=True)
 class AcmeIssuer:
     """An ACME (Cluster)Issuer: where to get certificates and how to prove control."""
 
@@ -109,11 +132,12 @@ class AcmeIssuer:
     skip_tls_verify: bool = False
     account_key_secret: str | None = None
     eab: ExternalAccountBinding | None = None
-    solver_types: tuple[str, ...] = ("http-01",)
-    http01_path_type: PathType = PathType.EXACT
-    http01_ingress_class: str | None = None
-    """IngressClass for temporary HTTP-01 Ingresses (solvers[].http01.ingress
-    ingressClassName or class); None: the class of the Ingress that asked."""
+    solvers: tuple[SolverSpec, ...] = (SolverSpec(),)
+    """In the issuer's order; `core.solvers.select` picks one per identifier."""
+
+    @property
+    def solver_types(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(s.challenge_type for s in self.solvers))
 
 
 @dataclass(frozen=True)

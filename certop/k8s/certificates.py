@@ -38,12 +38,20 @@ from certop import crypto
 from certop.acme import ari
 from certop.acme.accounts import Account, account_id
 from certop.acme.orders import OrderSession, Stage
+from certop.core import solvers
 from certop.core.backoff import Backoff
 from certop.core.clock import Clock, SystemClock
 from certop.core.duration import parse_duration
 from certop.core.errors import AlreadyDue, CertopError, ConfigError
 from certop.core.issuers import parse_issuer
-from certop.core.models import AcmeIssuer, CertificateSpec, Fqdn, KeyAlgorithm, SecretName
+from certop.core.models import (
+    AcmeIssuer,
+    CertificateSpec,
+    Fqdn,
+    KeyAlgorithm,
+    SecretName,
+    SolverSpec,
+)
 from certop.core.renewal import decide, renewal_time
 from certop.core.shim import CLASS_ANNOTATION
 from certop.proxy.metrics import Metrics
@@ -404,17 +412,24 @@ class CertificateController:
         if await asyncio.to_thread(self.certs.owned, spec.namespace, spec.secret_name) is False:
             raise SecretNotOwned(spec.namespace, spec.secret_name)
         asked = (body["metadata"].get("annotations") or {}).get(CLASS_ANNOTATION)
+        labels = dict(body["metadata"].get("labels") or {})
+
+        def route(host: str) -> tuple[str | None, str]:
+            """The temporary Ingress's class and pathType: the solver selected for `host`."""
+            chosen = solvers.select(issuer.solvers, host, labels) or SolverSpec()
+            return chosen.http01_ingress_class or asked, chosen.http01_path_type.value
+
         solver = IngressSolver(Http01Solver(self.tokens, self.settings.self_check_addr),
                                self.api, spec.namespace, self.settings.solver_service,
-                               self.settings.solver_port, issuer.http01_ingress_class or asked,
-                               issuer.http01_path_type.value)
+                               self.settings.solver_port, asked, route=route)
         replaces = stored_key_pem = None
         if stored is not None:
             stored_key_pem = stored.key_pem
             with contextlib.suppress(ValueError):
                 replaces = ari.cert_id(stored.fullchain_pem)
         session = OrderSession(spec, account, solver, self.journal, replaces=replaces,
-                               stored_key_pem=stored_key_pem)
+                               stored_key_pem=stored_key_pem, labels=labels,
+                               solver_specs=issuer.solvers)
         name = body["metadata"]["name"]
         self.metrics.add("acme_orders_total")
         try:

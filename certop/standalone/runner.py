@@ -342,8 +342,10 @@ class Standalone:
             if stored is not None:
                 with contextlib.suppress(ValueError):
                     replaces = ari.cert_id(stored.fullchain_pem)
+            assert self.config is not None
             session = OrderSession(spec, account, self.solver, self.journal, replaces=replaces,
-                                   stored_key_pem=stored.key_pem if stored else None)
+                                   stored_key_pem=stored.key_pem if stored else None,
+                                   solver_specs=self.config.issuers[spec.issuer].solvers)
             self.stats.orders += 1
             while True:
                 step = await loop.run_in_executor(self._executor, session.step)

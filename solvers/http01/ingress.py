@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable
 from typing import Any, cast
 
 from kubernetes import client
@@ -45,7 +46,11 @@ class IngressSolver:
 
     def __init__(self, local: Http01Solver, api: client.ApiClient, namespace: str,
                  service: str, port: int, ingress_class: str | None,
-                 path_type: str = "Exact") -> None:
+                 path_type: str = "Exact",
+                 route: Callable[[str], tuple[str | None, str]] | None = None) -> None:
+        """`route(identifier)` -> (IngressClass, pathType) for that identifier's temporary
+        Ingress (the issuer's solver selected for it); else `ingress_class`, `path_type`."""
+        self.route = route
         self.local = local
         self.net = client.NetworkingV1Api(api)
         self.namespace = namespace
@@ -57,8 +62,10 @@ class IngressSolver:
 
     def present(self, identifier: str, token: str, key_authorization: str) -> None:
         self.local.present(identifier, token, key_authorization)
+        klass, path_type = self.route(identifier) if self.route else (self.ingress_class,
+                                                                      self.path_type)
         body = temporary_ingress(self.namespace, identifier, token, self.service, self.port,
-                                 self.ingress_class, self.path_type)
+                                 klass, path_type)
         name = body["metadata"]["name"]
         try:
             self.net.create_namespaced_ingress(self.namespace, cast(Any, body))

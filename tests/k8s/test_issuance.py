@@ -69,7 +69,8 @@ class Responder:
 
 
 def create_issuer(kube: EmulatorThread, info: pebblectl.PebbleInfo,
-                  solver: dict[str, Any] | None = None, server: str | None = None) -> None:
+                  solver: dict[str, Any] | None = None, server: str | None = None,
+                  solvers: list[dict[str, Any]] | None = None) -> None:
     """The ClusterIssuer `pebble`, trusting Pebble's API through caBundle."""
     kube.custom().create_cluster_custom_object("certop.dev", "v1", "clusterissuers", {
         "apiVersion": "certop.dev/v1", "kind": "ClusterIssuer",
@@ -78,7 +79,7 @@ def create_issuer(kube: EmulatorThread, info: pebblectl.PebbleInfo,
             "server": server or info.directory_url, "email": "ops@certop.test",
             "caBundle": base64.b64encode(Path(info.api_ca).read_bytes()).decode(),
             "privateKeySecretRef": {"name": "pebble-account"},
-            "solvers": [{"http01": {"ingress": solver or {}}}]}},
+            "solvers": solvers or [{"http01": {"ingress": solver or {}}}]}},
     })
 
 
@@ -486,3 +487,33 @@ def test_a_renewal_the_ca_asks_for_names_the_certificate_it_replaces(tmp_path: P
         first, renewal = proxy.orders  # one order each, no more
         assert "replaces" not in first
         assert renewal["replaces"] == proxy.ari_asked[0]  # acme's ID for the first certificate
+
+
+@pytest.mark.slow
+def test_the_issuers_solver_selectors_pick_the_class_per_host(
+        pebble: pebblectl.PebbleInfo) -> None:
+    tokens = TokenStore()
+    with EmulatorThread() as kube, Responder(tokens, pebble.http_port):
+        create_issuer(kube, pebble, solvers=[
+            {"http01": {"ingress": {"ingressClassName": "everyone"}}},
+            {"selector": {"dnsNames": ["picked.certop.test"]},
+             "http01": {"ingress": {"ingressClassName": "picked",
+                                    "pathType": "ImplementationSpecific"}}},
+            {"selector": {"dnsZones": ["dns.certop.test"]}, "dns01": {"rfc2136": {
+                "nameserver": "127.0.0.1:53"}}}])
+        with operator(kube, tokens, pebble.http_port, posting=True):
+            net = client.NetworkingV1Api(kube.api_client())
+            net.create_namespaced_ingress(NS, ingress("web", "picked.certop.test", "web-tls"))
+            net.create_namespaced_ingress(NS, ingress("dns", "a.dns.certop.test", "dns-tls"))
+            wait_for(lambda: ready_condition(kube).get("status") == "True", timeout=60,
+                     what="the HTTP-01 certificate")
+            (key,) = [k for k in kube.emulator.objects if k[0].plural == "ingresses"
+                      and k[2].startswith("certop-http01-")]
+            made = kube.emulator.objects[key].last.raw
+            assert made["spec"]["ingressClassName"] == "picked"
+            assert made["spec"]["rules"][0]["http"]["paths"][0]["pathType"] == \
+                "ImplementationSpecific"
+            # A host the issuer gives to its DNS-01 solver is not tried over HTTP-01.
+            wait_for(lambda: ready_condition(kube, "dns-tls").get("reason") == "ChallengeFailed",
+                     timeout=30, what="the DNS-01 host refused")
+            assert "selects a dns-01 solver" in ready_condition(kube, "dns-tls")["message"]

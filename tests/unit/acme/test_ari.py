@@ -20,7 +20,7 @@ from cryptography.x509.oid import NameOID
 from certop import crypto
 from certop.acme import ari
 from certop.acme.orders import OrderSession, Stage
-from certop.core.models import CertificateSpec, Fqdn, KeyAlgorithm, SecretName
+from certop.core.models import CertificateSpec, Fqdn, KeyAlgorithm, SecretName, SolverSpec
 from certop.store.memory import MemoryOrderJournal
 
 
@@ -60,6 +60,7 @@ def test_new_order_carries_replaces_only_when_given() -> None:
 @dataclass
 class _Issuer:
     server: str = "https://ca.test/dir"
+    solvers: tuple[SolverSpec, ...] = (SolverSpec(),)
 
 
 @dataclass

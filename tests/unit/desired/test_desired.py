@@ -15,12 +15,13 @@ from certop.core.models import (
     PathType,
     SecretName,
     ServiceBackend,
+    SolverSpec,
 )
 
 ISSUERS = {
     "le": AcmeIssuer(ObjectRef("ClusterIssuer", "", "le"), "https://ca.test/dir", None),
     "dns": AcmeIssuer(ObjectRef("ClusterIssuer", "", "dns"), "https://ca.test/dir", None,
-                      solver_types=("dns-01",)),
+                      solvers=(SolverSpec("dns-01"),)),
 }
 
 
@@ -131,3 +132,19 @@ def test_a_bad_renewal_annotation_names_itself(key: str, value: str) -> None:
         certificate_specs([ing("a", ["x.example"], "s", {
             "certop.dev/cluster-issuer": "le", key: value})], ISSUERS, None)
     assert info.value.field == f"metadata.annotations[{key}]"
+
+
+def test_a_host_no_solver_selector_is_for_is_an_error_naming_it() -> None:
+    from certop.core.models import SolverSelector
+
+    only = {"zoned": AcmeIssuer(ObjectRef("ClusterIssuer", "", "zoned"), "https://ca.test/dir",
+                                None, solvers=(SolverSpec("http-01", SolverSelector(
+                                    dns_zones=("example.com",))),))}
+    ok = ing("a", ["www.example.com"], "s", {"certop.dev/cluster-issuer": "zoned"})
+    assert certificate_specs([ok], only, None).specs
+    bad = ing("a", ["www.example.com", "shop.example.org"], "s",
+              {"certop.dev/cluster-issuer": "zoned"})
+    with pytest.raises(ConfigError) as info:
+        certificate_specs([bad], only, None)
+    assert info.value.field == "spec.tls[0].hosts[1]"
+    assert "shop.example.org" in info.value.expected
