@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -109,27 +110,26 @@ def main(count: int) -> dict[str, float]:
             created = time.monotonic() - start
             wanted = {f"s{i}" for i in range(count)}
             deadline = time.monotonic() + 600
-            while True:  # until every Secret exists (polling the API)
-                names = {s.metadata.name for s in core.list_namespaced_secret("bench").items
-                         if s.type == "kubernetes.io/tls"}
-                if wanted <= names:
-                    break
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"{len(wanted & names)}/{count} Secrets after 600 s")
-                time.sleep(0.2)
-            took = time.monotonic() - start
+
+            def until(names: Callable[[], set[str]], what: str) -> float:
+                """Seconds since `start` once `names()` covers `wanted` (polling the API)."""
+                while True:
+                    have = names()
+                    if wanted <= have:
+                        return time.monotonic() - start
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"{len(wanted & have)}/{count} {what} after 600 s")
+                    time.sleep(0.2)
+
+            took = until(lambda: {s.metadata.name for s in core.list_namespaced_secret(
+                "bench").items if s.type == "kubernetes.io/tls"}, "Secrets")
             custom = client.CustomObjectsApi(api)
-            while True:  # until every Certificate says Ready=True (polling the API)
-                ready = {c["metadata"]["name"] for c in custom.list_namespaced_custom_object(
+            all_ready = until(lambda: {
+                c["metadata"]["name"] for c in custom.list_namespaced_custom_object(
                     "certop.dev", "v1", "bench", "certificates")["items"]
-                    if any(cond.get("type") == "Ready" and cond.get("status") == "True"
-                           for cond in (c.get("status") or {}).get("conditions") or [])}
-                if wanted <= ready:
-                    break
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"{len(wanted & ready)}/{count} Ready after 600 s")
-                time.sleep(0.2)
-            all_ready = time.monotonic() - start
+                if any(cond.get("type") == "Ready" and cond.get("status") == "True"
+                       for cond in (c.get("status") or {}).get("conditions") or [])},
+                "Certificates Ready")
             issued = metric(admin, "certop_certificates_issued_total")
             requests = metric(admin, "certop_acme_requests_total")
             return {"count": count, "seconds": took, "ready_seconds": all_ready,

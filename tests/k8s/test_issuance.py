@@ -96,6 +96,7 @@ def operator(kube: EmulatorThread, tokens: TokenStore, responder_port: int,
 
 
 def certificate_status(kube: EmulatorThread, name: str = "web-tls") -> dict[str, Any]:
+    """The Certificate's status, {} while the shim has not created it yet."""
     try:
         found = kube.custom().get_namespaced_custom_object("certop.dev", "v1", NS,
                                                            "certificates", name)
@@ -105,13 +106,8 @@ def certificate_status(kube: EmulatorThread, name: str = "web-tls") -> dict[str,
 
 
 def ready_condition(kube: EmulatorThread, name: str = "web-tls") -> dict[str, Any]:
-    """The Certificate's Ready condition, {} while the shim has not created it yet."""
-    try:
-        found = kube.custom().get_namespaced_custom_object("certop.dev", "v1", NS,
-                                                           "certificates", name)
-    except client.ApiException:
-        return {}
-    conditions = found.get("status", {}).get("conditions", [])
+    """The Certificate's Ready condition, {} before it has one."""
+    conditions = certificate_status(kube, name).get("conditions") or []
     return dict(conditions[0]) if conditions else {}
 
 
@@ -438,17 +434,10 @@ def test_the_renewal_time_follows_the_cas_renewal_info_when_offered(tmp_path: Pa
             client.NetworkingV1Api(kube.api_client()).create_namespaced_ingress(
                 NS, ingress("web", "ari.certop.test", "web-tls"))
 
-            def renewal() -> str | None:
-                try:
-                    found = kube.custom().get_namespaced_custom_object(
-                        "certop.dev", "v1", NS, "certificates", "web-tls")
-                except client.ApiException:
-                    return None
-                value = found.get("status", {}).get("renewalTime")
-                return str(value) if value else None
-
-            wait_for(lambda: renewal() is not None, timeout=60, what="a renewal time")
-            when = datetime.datetime.fromisoformat(str(renewal()).replace("Z", "+00:00"))
+            wait_for(lambda: bool(certificate_status(kube).get("renewalTime")), timeout=60,
+                     what="a renewal time")
+            when = datetime.datetime.fromisoformat(
+                str(certificate_status(kube)["renewalTime"]).replace("Z", "+00:00"))
             # Pebble's certificates last 5 years: 2/3 of that would be years away.
             assert window[0] - datetime.timedelta(seconds=1) <= when <= window[1]
             assert any(path.startswith("/renewal-info/") for path in proxy.counts)
@@ -517,3 +506,29 @@ def test_the_issuers_solver_selectors_pick_the_class_per_host(
             wait_for(lambda: ready_condition(kube, "dns-tls").get("reason") == "ChallengeFailed",
                      timeout=30, what="the DNS-01 host refused")
             assert "selects a dns-01 solver" in ready_condition(kube, "dns-tls")["message"]
+
+
+@pytest.mark.slow
+def test_a_namespaced_issuer_keeps_its_account_in_its_own_namespace(
+        pebble: pebblectl.PebbleInfo) -> None:
+    tokens = TokenStore()
+    with EmulatorThread() as kube, Responder(tokens, pebble.http_port):
+        kube.custom().create_namespaced_custom_object("certop.dev", "v1", NS, "issuers", {
+            "apiVersion": "certop.dev/v1", "kind": "Issuer",
+            "metadata": {"name": "team-ca", "namespace": NS},
+            "spec": {"acme": {
+                "server": pebble.directory_url, "email": "team@certop.test",
+                "caBundle": base64.b64encode(Path(pebble.api_ca).read_bytes()).decode(),
+                "privateKeySecretRef": {"name": "team-account"},
+                "solvers": [{"http01": {"ingress": {}}}]}}})
+        with operator(kube, tokens, pebble.http_port):
+            body = ingress("web", "team.certop.test", "web-tls")
+            body["metadata"]["annotations"] = {"cert-manager.io/issuer": "team-ca"}
+            client.NetworkingV1Api(kube.api_client()).create_namespaced_ingress(NS, body)
+            wait_for(lambda: ready_condition(kube).get("status") == "True", timeout=60,
+                     what="the certificate from the namespaced Issuer")
+            found = kube.custom().get_namespaced_custom_object("certop.dev", "v1", NS,
+                                                               "certificates", "web-tls")
+            assert found["spec"]["issuerRef"]["kind"] == "Issuer"
+            assert secret_data(kube, NS, "team-account") is not None
+            assert secret_data(kube, "certop", "team-account") is None
