@@ -49,6 +49,7 @@ from certop.core.models import (
     CertificateSpec,
     Fqdn,
     KeyAlgorithm,
+    ObjectRef,
     SecretName,
     SolverSpec,
 )
@@ -122,7 +123,9 @@ def _spec_of(body: Mapping[str, Any]) -> CertificateSpec:
         namespace=meta["namespace"], secret_name=SecretName(spec.get("secretName", "")),
         hosts=tuple(sorted({Fqdn(n.lower()) for n in names})), issuer=ref["name"],
         issuer_kind=ref.get("kind") or "ClusterIssuer", key_algorithm=algo,
-        renew_before=renew_before, reuse_key=key.get("rotationPolicy") == "Never")
+        renew_before=renew_before, reuse_key=key.get("rotationPolicy") == "Never",
+        owners=tuple(ObjectRef("Ingress", meta["namespace"], str(o.get("name")))
+                     for o in meta.get("ownerReferences") or [] if o.get("kind") == "Ingress"))
 
 
 def _condition(ready: bool, reason: str, message: str, now: datetime.datetime
@@ -289,7 +292,8 @@ class CertificateController:
     async def _stage(self, stage: str, spec: CertificateSpec, stopped: kopf.DaemonStopped
                      ) -> bool:
         """Stage `stage` is done: log it, tell the hook; True when the daemon must stop now."""
-        log.info("Certificate %s/%s: %s done", spec.namespace, spec.secret_name, stage)
+        asked = f" (Ingress {', '.join(o.name for o in spec.owners)})" if spec.owners else ""
+        log.info("Certificate %s/%s%s: %s done", spec.namespace, spec.secret_name, asked, stage)
         if self.stage_hook is not None:
             await self.stage_hook(stage, spec, stopped)
         return bool(stopped)
