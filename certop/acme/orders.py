@@ -240,6 +240,9 @@ class OrderSession:
                     isinstance(problem, acme_errors.ConflictError) or (
                         isinstance(problem, messages.Error)
                         and problem.code in ari.REFUSED_REPLACES)):
+                if isinstance(exc, acme_errors.ConflictError):
+                    raise TemporaryError(f"newOrder for {', '.join(self.spec.hosts)}: the CA "
+                                         "answered 409 Conflict") from exc
                 raise
             log.info("%s: the CA refused to replace %s (%s): ordering without it", self.spec,
                      replaces, problem)

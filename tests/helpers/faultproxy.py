@@ -43,6 +43,8 @@ class FaultProxy:
         """The payload of every newOrder request."""
         self.refuse_replaces = False
         """Answer `alreadyReplaced` to a newOrder that names a certificate it replaces."""
+        self.conflict_orders = False
+        """Answer 409 to every newOrder."""
         self.counts: collections.Counter[str] = collections.Counter()
         self.server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         self.server_ctx.load_cert_chain(workdir / "api-cert.pem", workdir / "api-key.pem")
@@ -136,8 +138,8 @@ class FaultProxy:
                                                               "end": end}}).encode()
                     status, out_headers = 200, [("Content-Type", "application/json"),
                                                 ("Retry-After", "3600")]
-                elif self.refuse_replaces and path == "/order-plz" and \
-                        "replaces" in self.orders[-1]:
+                elif path == "/order-plz" and (self.conflict_orders or (
+                        self.refuse_replaces and "replaces" in self.orders[-1])):
                     payload = json.dumps({"type": "urn:ietf:params:acme:error:alreadyReplaced",
                                           "detail": "already replaced"}).encode()
                     status, out_headers = 409, [("Content-Type", "application/problem+json")]

@@ -419,3 +419,20 @@ async def test_the_cas_renewal_info_schedules_renewal_and_the_order_names_what_i
             first, renewal = proxy.orders
             assert renewal["replaces"] == proxy.ari_asked[0]
         assert "replaces" not in first
+
+
+async def test_a_conflict_answer_to_a_new_order_backs_off_with_a_clear_reason(
+        tmp_path: Path, pebble: pebblectl.PebbleInfo, backend: Echo) -> None:
+    from faultproxy import FaultProxy
+
+    files = [write_ingress(tmp_path / "web.yaml", "web", ["conflict.certop.test"], "web-tls")]
+    with FaultProxy(pebble, Path(pebble.api_ca).parent) as proxy:
+        proxy.rate_limited = False
+        proxy.conflict_orders = True
+        async with standalone(pebble, tmp_path / "state", files,
+                              [f"web=127.0.0.1:{backend.port}"],
+                              directory_url=proxy.directory_url) as run:
+            await run.runner.wait_until(lambda: run.runner.stats.failures >= 1, timeout=30)
+            assert "409 Conflict" in run.runner.stats.events[-1]
+            assert "next attempt in" in run.runner.stats.events[-1]
+        assert proxy.counts["/order-plz"] == 1  # backing off, not retrying at once
