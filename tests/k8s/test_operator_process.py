@@ -50,6 +50,40 @@ current-context: emu
     return path
 
 
+def start_operator(tmp_path: Path, emulator_url: str, name: str, *args: str
+                   ) -> tuple[subprocess.Popen[bytes], Path]:
+    """`certop operator ARGS` logged in through a KUBECONFIG; its output in NAME.log."""
+    env = dict(os.environ, KUBECONFIG=str(kubeconfig(tmp_path / "kubeconfig", emulator_url)))
+    log_path = tmp_path / f"{name}.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "certop.cli", "operator", "--cluster-resource-namespace",
+             "certop", "--listen", "127.0.0.1", "--admin-port", str(pebblectl.free_port()),
+             *args], stdout=log, stderr=subprocess.STDOUT, env=env)
+    return proc, log_path
+
+
+def clusterissuer(api: client.ApiClient, info: pebblectl.PebbleInfo) -> None:
+    client.CustomObjectsApi(api).create_cluster_custom_object(
+        "certop.dev", "v1", "clusterissuers", {
+            "apiVersion": "certop.dev/v1", "kind": "ClusterIssuer",
+            "metadata": {"name": "pebble"},
+            "spec": {"acme": {
+                "server": info.directory_url, "email": "ops@certop.test",
+                "caBundle": base64.b64encode(Path(info.api_ca).read_bytes()).decode(),
+                "privateKeySecretRef": {"name": "pebble-account"},
+                "solvers": [{"http01": {"ingress": {}}}]}}})
+
+
+def web_ingress(host: str, secret: str) -> dict[str, Any]:
+    return {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+            "metadata": {"name": "web", "annotations": {"certop.dev/cluster-issuer": "pebble"}},
+            "spec": {"tls": [{"hosts": [host], "secretName": secret}],
+                     "rules": [{"host": host, "http": {"paths": [{
+                         "path": "/", "pathType": "Prefix", "backend": {"service": {
+                             "name": "web", "port": {"number": 80}}}}]}}]}}
+
+
 def api_client(url: str) -> client.ApiClient:
     config = client.Configuration()
     config.host = url
@@ -168,18 +202,10 @@ def test_kill_9_mid_challenge_then_restart_removes_the_leaked_ingress_and_resume
     api = api_client(emulator_url)
     net = client.NetworkingV1Api(api)
     responder = pebblectl.free_port()
-    env = dict(os.environ, KUBECONFIG=str(kubeconfig(tmp_path / "kubeconfig", emulator_url)))
 
     def start(name: str) -> tuple[subprocess.Popen[bytes], Path]:
-        log_path = tmp_path / f"{name}.log"
-        with open(log_path, "wb") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "certop.cli", "operator", "-A",
-                 "--cluster-resource-namespace", "certop", "--listen", "127.0.0.1",
-                 "--solver-port", str(responder), "--admin-port", str(pebblectl.free_port()),
-                 "--lease-duration", "3"],
-                stdout=log, stderr=subprocess.STDOUT, env=env)
-        return proc, log_path
+        return start_operator(tmp_path, emulator_url, name, "-A", "--solver-port",
+                              str(responder), "--lease-duration", "3")
 
     def temporary() -> list[str]:
         return [i.metadata.name for i in net.list_namespaced_ingress("shop").items
@@ -194,22 +220,8 @@ def test_kill_9_mid_challenge_then_restart_removes_the_leaked_ingress_and_resume
     # Pebble validates through a gate held shut: the challenge is answered, never validated.
     with Gate(responder) as gate, \
             pebblectl.running(tmp_path / "pebble", http_port=gate.port) as info:
-        client.CustomObjectsApi(api).create_cluster_custom_object(
-            "certop.dev", "v1", "clusterissuers", {
-                "apiVersion": "certop.dev/v1", "kind": "ClusterIssuer",
-                "metadata": {"name": "pebble"},
-                "spec": {"acme": {
-                    "server": info.directory_url, "email": "ops@certop.test",
-                    "caBundle": base64.b64encode(Path(info.api_ca).read_bytes()).decode(),
-                    "privateKeySecretRef": {"name": "pebble-account"},
-                    "solvers": [{"http01": {"ingress": {}}}]}}})
-        net.create_namespaced_ingress("shop", {
-            "apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
-            "metadata": {"name": "web", "annotations": {"certop.dev/cluster-issuer": "pebble"}},
-            "spec": {"tls": [{"hosts": ["kill.certop.test"], "secretName": "kill-tls"}],
-                     "rules": [{"host": "kill.certop.test", "http": {"paths": [{
-                         "path": "/", "pathType": "Prefix", "backend": {"service": {
-                             "name": "web", "port": {"number": 80}}}}]}}]}})
+        clusterissuer(api, info)
+        net.create_namespaced_ingress("shop", web_ingress("kill.certop.test", "kill-tls"))
         first, first_log = start("first")
         try:
             assert gate.arrived.wait(60), first_log.read_text()[-3000:]
@@ -236,3 +248,35 @@ def test_kill_9_mid_challenge_then_restart_removes_the_leaked_ingress_and_resume
         assert f"removed leftover HTTP-01 Ingress shop/{leaked[0]}" in text
         assert "resuming order" in text
         assert "placed order" not in text
+
+
+@pytest.mark.slow
+def test_an_operator_for_one_namespace_leaves_the_others_alone(
+        tmp_path: Path, emulator_url: str, pebble: pebblectl.PebbleInfo) -> None:
+    api = api_client(emulator_url)
+    clusterissuer(api, pebble)
+    net, core = client.NetworkingV1Api(api), client.CoreV1Api(api)
+    for name in ("shop", "elsewhere"):  # kopf serves namespaces that exist
+        core.create_namespace({"apiVersion": "v1", "kind": "Namespace",
+                               "metadata": {"name": name}})
+    proc, log_path = start_operator(tmp_path, emulator_url, "operator", "-n", "shop",
+                                    "--solver-port", str(pebble.http_port))
+
+    def secret(namespace: str) -> Any:
+        try:
+            return core.read_namespaced_secret("ns-tls", namespace)
+        except client.ApiException:
+            return None
+
+    try:
+        net.create_namespaced_ingress("elsewhere", web_ingress("else.certop.test", "ns-tls"))
+        net.create_namespaced_ingress("shop", web_ingress("shop.certop.test", "ns-tls"))
+        wait_for(lambda: secret("shop") is not None, timeout=60,
+                 what=f"the Secret in shop: {log_path.read_text()[-2000:]}")
+        custom = client.CustomObjectsApi(api)
+        assert custom.list_namespaced_custom_object("certop.dev", "v1", "elsewhere",
+                                                    "certificates")["items"] == []
+        assert secret("elsewhere") is None
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0, log_path.read_text()[-3000:]
