@@ -24,6 +24,7 @@ Retry-After: the library's own 1 s floor does not apply.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 from collections.abc import Mapping, Sequence
@@ -40,7 +41,7 @@ from certop.acme.network import parse_retry_after
 from certop.core import solvers
 from certop.core.errors import CertopError, ChallengeFailed, OrderFailed, TemporaryError
 from certop.core.models import CertificateSpec, SolverSpec
-from certop.store.ports import OrderJournal
+from certop.store.ports import OrderJournal, StoredCert
 from solvers.base import Solver
 
 log = logging.getLogger(__name__)
@@ -75,8 +76,7 @@ class Step:
 class OrderSession:
     def __init__(self, spec: CertificateSpec, account: Account, solver: Solver,
                  journal: OrderJournal, *, poll_min: float = 0.02, poll_max: float = 2.0,
-                 replaces: str | None = None, stored_key_pem: bytes | None = None,
-                 labels: Mapping[str, str] | None = None,
+                 stored: StoredCert | None = None, labels: Mapping[str, str] | None = None,
                  solver_specs: Sequence[SolverSpec] | None = None) -> None:
         self.spec = spec
         self.labels = dict(labels or {})
@@ -85,12 +85,15 @@ class OrderSession:
                                   else account.issuer.solvers)
         """The issuer's solvers as it is now (the account may have been made before an
         edit)."""
-        self.stored_key_pem = stored_key_pem
+        self.stored_key_pem = stored.key_pem if stored is not None else None
         """The key of the certificate in store: a journalled order with this key is one whose
         certificate was stored already (a stop between storing and clearing the journal)."""
-        self.replaces = replaces
+        self.replaces: str | None = None
         """The ARI identifier of the certificate this order renews (sent when the CA offers
         renewal information)."""
+        if stored is not None:
+            with contextlib.suppress(ValueError):  # not a readable certificate: nothing named
+                self.replaces = ari.cert_id(stored.fullchain_pem)
         self.account = account
         self.solver = solver
         self.journal = journal

@@ -35,7 +35,6 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from certop import crypto
-from certop.acme import ari
 from certop.acme.accounts import Account, account_id
 from certop.acme.orders import OrderSession, Stage
 from certop.core import solvers
@@ -426,14 +425,8 @@ class CertificateController:
         solver = IngressSolver(Http01Solver(self.tokens, self.settings.self_check_addr),
                                self.api, spec.namespace, self.settings.solver_service,
                                self.settings.solver_port, asked, route=route)
-        replaces = stored_key_pem = None
-        if stored is not None:
-            stored_key_pem = stored.key_pem
-            with contextlib.suppress(ValueError):
-                replaces = ari.cert_id(stored.fullchain_pem)
-        session = OrderSession(spec, account, solver, self.journal, replaces=replaces,
-                               stored_key_pem=stored_key_pem, labels=labels,
-                               solver_specs=issuer.solvers)
+        session = OrderSession(spec, account, solver, self.journal, stored=stored,
+                               labels=labels, solver_specs=issuer.solvers)
         name = body["metadata"]["name"]
         self.metrics.add("acme_orders_total")
         try:

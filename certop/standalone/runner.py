@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from certop import crypto
-from certop.acme import ari
 from certop.acme.accounts import Account
 from certop.acme.orders import OrderSession
 from certop.core import annotations as ann
@@ -338,13 +337,8 @@ class Standalone:
             account = self._account(spec.issuer)
             stored = await loop.run_in_executor(self._executor, self.certs.load,
                                                 spec.namespace, spec.secret_name)
-            replaces = None
-            if stored is not None:
-                with contextlib.suppress(ValueError):
-                    replaces = ari.cert_id(stored.fullchain_pem)
             assert self.config is not None
-            session = OrderSession(spec, account, self.solver, self.journal, replaces=replaces,
-                                   stored_key_pem=stored.key_pem if stored else None,
+            session = OrderSession(spec, account, self.solver, self.journal, stored=stored,
                                    solver_specs=self.config.issuers[spec.issuer].solvers)
             self.stats.orders += 1
             while True:

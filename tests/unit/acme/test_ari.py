@@ -22,6 +22,7 @@ from certop.acme import ari
 from certop.acme.orders import OrderSession, Stage
 from certop.core.models import CertificateSpec, Fqdn, KeyAlgorithm, SecretName, SolverSpec
 from certop.store.memory import MemoryOrderJournal
+from certop.store.ports import StoredCert
 
 
 def certificate(serial: int, with_aki: bool = True) -> bytes:
@@ -80,10 +81,10 @@ def _entry(key_pem: str, order_url: str | None) -> dict[str, Any]:
             "order_url": order_url}
 
 
-def session(journal: MemoryOrderJournal, stored_key_pem: bytes | None) -> OrderSession:
+def session(journal: MemoryOrderJournal, stored_key_pem: bytes) -> OrderSession:
     account: Any = _Account(_Issuer())
     return OrderSession(SPEC, account, solver=None, journal=journal,
-                        stored_key_pem=stored_key_pem)
+                        stored=StoredCert(b"", stored_key_pem))
 
 
 def test_a_journalled_order_whose_key_is_stored_already_is_not_resumed() -> None:
@@ -117,7 +118,7 @@ def test_rotation_policy_never_keeps_the_stored_key_of_the_same_algorithm() -> N
         journal = MemoryOrderJournal()
         account: Any = _Account(_Issuer())
         OrderSession(wanted, account, solver=None, journal=journal,
-                     stored_key_pem=stored).step()
+                     stored=StoredCert(b"", stored)).step()
         entry = journal.load("ns", "web-tls")
         assert entry is not None
         assert (entry["key_pem"].encode() == stored) is kept
