@@ -17,18 +17,19 @@ import datetime
 import http.client
 import json
 import ssl
-import threading
 from pathlib import Path
 
 import pebblectl
+from loopthread import LoopThread
 
 
 def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-class FaultProxy:
+class FaultProxy(LoopThread):
     def __init__(self, info: pebblectl.PebbleInfo, workdir: Path, retry_after: int = 30) -> None:
+        super().__init__()
         self.info = info
         self.target_port = int(info.directory_url.split(":")[2].split("/")[0])
         self.port = pebblectl.free_port()
@@ -49,10 +50,6 @@ class FaultProxy:
         self.server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         self.server_ctx.load_cert_chain(workdir / "api-cert.pem", workdir / "api-key.pem")
         self.client_ctx = ssl.create_default_context(cafile=info.api_ca)
-        self.loop = asyncio.new_event_loop()
-        self.ready = threading.Event()
-        self.done: asyncio.Event | None = None
-        self.thread = threading.Thread(target=self._run, daemon=True)
         self._handlers: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
 
@@ -64,37 +61,20 @@ class FaultProxy:
     def total(self) -> int:
         return sum(self.counts.values())
 
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-
-        async def serve() -> None:
-            self.done = asyncio.Event()
-            server = await asyncio.start_server(self._handle, "127.0.0.1", self.port,
-                                                ssl=self.server_ctx)
-            self.ready.set()
-            await self.done.wait()
-            server.close()
-            # Keep-alive clients may still be connected: drop them, and wait for their tasks.
-            for writer in list(self._writers):
-                writer.transport.abort()
-            handlers = list(self._handlers)
-            for task in handlers:
-                task.cancel()
-            await asyncio.gather(*handlers, return_exceptions=True)
-            await server.wait_closed()
-
-        self.loop.run_until_complete(serve())
-        self.loop.close()
-
-    def __enter__(self) -> FaultProxy:
-        self.thread.start()
-        self.ready.wait(10)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        assert self.done is not None
-        self.loop.call_soon_threadsafe(self.done.set)
-        self.thread.join(10)
+    async def serve(self) -> None:
+        server = await asyncio.start_server(self._handle, "127.0.0.1", self.port,
+                                            ssl=self.server_ctx)
+        self.started()
+        await self.stopping.wait()
+        server.close()
+        # Keep-alive clients may still be connected: drop them, and wait for their tasks.
+        for writer in list(self._writers):
+            writer.transport.abort()
+        handlers = list(self._handlers)
+        for task in handlers:
+            task.cancel()
+        await asyncio.gather(*handlers, return_exceptions=True)
+        await server.wait_closed()
 
     def _forward(self, method: str, path: str, headers: dict[str, str], body: bytes
                  ) -> tuple[int, list[tuple[str, str]], bytes]:

@@ -15,6 +15,7 @@ import kmock
 import kopf
 from kmock_ext import Emulator
 from kubernetes import client
+from loopthread import LoopThread
 
 VERBS = ["get", "list", "watch", "create", "patch", "delete"]
 # Discovery for what certop uses, plus v1/namespaces (without it kopf silently never watches).
@@ -34,26 +35,17 @@ RESOURCES: dict[str, dict[str, Any]] = {
 }
 
 
-class EmulatorThread:
+class EmulatorThread(LoopThread):
     def __init__(self, resources: dict[str, dict[str, Any]] | None = None,
                  bundled: bool = False) -> None:
+        super().__init__()
         self.resources = resources or RESOURCES
         self.bundled = bundled
         """Also declare kmock's bundled built-in resources (what kubectl apply needs)."""
-        self.loop = asyncio.new_event_loop()
-        self.ready = threading.Event()
-        self.stopping: asyncio.Event | None = None
         self.url = ""
         self.emulator: Any = None
-        self.thread = threading.Thread(target=self._run, daemon=True)
 
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        self.loop.run_until_complete(self._serve())
-        self.loop.close()
-
-    async def _serve(self) -> None:
-        self.stopping = asyncio.Event()
+    async def serve(self) -> None:
         async with Emulator() as emulator, kmock.Server(emulator) as server:
             if self.bundled:
                 with warnings.catch_warnings():
@@ -63,19 +55,8 @@ class EmulatorThread:
                 emulator.resources[resource] = info
             self.emulator = emulator
             self.url = f"http://{server.host}:{server.port}"
-            self.ready.set()
+            self.started()
             await self.stopping.wait()
-
-    def __enter__(self) -> EmulatorThread:
-        self.thread.start()
-        if not self.ready.wait(20):
-            raise RuntimeError("the Kubernetes emulator did not start")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        assert self.stopping is not None
-        self.loop.call_soon_threadsafe(self.stopping.set)
-        self.thread.join(20)
 
     def api_client(self) -> client.ApiClient:
         config = client.Configuration()

@@ -4,7 +4,6 @@ and certop's responder."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import itertools
 import json
@@ -19,6 +18,7 @@ import pytest
 from cryptography import x509
 from kube import EmulatorThread, OperatorThread, wait_for
 from kubernetes import client
+from loopthread import LoopThread
 
 from certop import crypto
 from certop.core.models import CertificateSpec
@@ -32,40 +32,20 @@ from solvers.http01 import TokenStore
 NS = "shop"
 
 
-class Responder:
+class Responder(LoopThread):
     """certop's HTTP-01 responder (the proxy with no routes) on its own loop in a thread."""
 
     def __init__(self, tokens: TokenStore, port: int) -> None:
+        super().__init__()
         self.tokens = tokens
         self.port = port
-        self.loop = asyncio.new_event_loop()
-        self.ready = threading.Event()
-        self.done: asyncio.Event | None = None
-        self.thread = threading.Thread(target=self._run, daemon=True)
 
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-
-        async def serve() -> None:
-            self.done = asyncio.Event()
-            proxy = Proxy(CertBook(), self.tokens, StaticBackends({}))
-            await proxy.start("127.0.0.1", self.port, None)
-            self.ready.set()
-            await self.done.wait()
-            await proxy.close(grace=0.5)
-
-        self.loop.run_until_complete(serve())
-        self.loop.close()
-
-    def __enter__(self) -> Responder:
-        self.thread.start()
-        self.ready.wait(10)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        assert self.done is not None
-        self.loop.call_soon_threadsafe(self.done.set)
-        self.thread.join(10)
+    async def serve(self) -> None:
+        proxy = Proxy(CertBook(), self.tokens, StaticBackends({}))
+        await proxy.start("127.0.0.1", self.port, None)
+        self.started()
+        await self.stopping.wait()
+        await proxy.close(grace=0.5)
 
 
 def create_issuer(kube: EmulatorThread, info: pebblectl.PebbleInfo,

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import pytest
 from echo import Echo
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from loopthread import LoopThread
 
 from certop.core import routing
 from certop.proxy.server import Proxy, ProxySettings
@@ -36,52 +36,32 @@ GOOD = b"GET /ok HTTP/1.1\r\nHost: fuzz.test\r\nConnection: close\r\n\r\n"
 ALLOWED = {200, 400, 404, 413, 431, 501, 502, 503, 504}
 
 
-class ProxyThread:
+class ProxyThread(LoopThread):
     """The proxy on its own event loop in a thread, so blocking test code can drive it."""
 
     def __init__(self, tmp: Path, backend_port: int) -> None:
+        super().__init__()
         path = tmp / "ing.yaml"
         path.write_text(INGRESS)
         self.ingresses = loader.load([path]).ingresses
         self.backends = StaticBackends.from_flags([f"web=127.0.0.1:{backend_port}"])
-        self.loop = asyncio.new_event_loop()
-        self.ready = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
         self.port = 0
-        self.proxy: Proxy | None = None
         self.error: BaseException | None = None
 
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-
+    async def serve(self) -> None:
         def on_error(loop: asyncio.AbstractEventLoop, context: dict[str, object]) -> None:
             self.error = context.get("exception") or RuntimeError(str(context))  # type: ignore[assignment]
 
         self.loop.set_exception_handler(on_error)
-
-        async def start() -> None:
-            self.proxy = Proxy(CertBook(), TokenStore(), self.backends,
-                               ProxySettings(header_limit=8192, body_limit=1 << 16,
-                                             header_timeout=2.0, read_timeout=2.0))
-            self.proxy.routes = routing.build(self.ingresses)
-            await self.proxy.start("127.0.0.1", 0, None)
-            self.port = self.proxy.ports()[0]
-
-        self.loop.run_until_complete(start())
-        self.ready.set()
-        self.loop.run_forever()
-        assert self.proxy is not None
-        self.loop.run_until_complete(self.proxy.close(grace=0.5))
-        self.loop.close()
-
-    def __enter__(self) -> ProxyThread:
-        self.thread.start()
-        self.ready.wait(10)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
+        proxy = Proxy(CertBook(), TokenStore(), self.backends,
+                      ProxySettings(header_limit=8192, body_limit=1 << 16,
+                                    header_timeout=2.0, read_timeout=2.0))
+        proxy.routes = routing.build(self.ingresses)
+        await proxy.start("127.0.0.1", 0, None)
+        self.port = proxy.ports()[0]
+        self.started()
+        await self.stopping.wait()
+        await proxy.close(grace=0.5)
 
 
 def talk(port: int, data: bytes) -> bytes:
