@@ -50,16 +50,18 @@ current-context: emu
     return path
 
 
-def start_operator(tmp_path: Path, emulator_url: str, name: str, *args: str
-                   ) -> tuple[subprocess.Popen[bytes], Path]:
-    """`certop operator ARGS` logged in through a KUBECONFIG; its output in NAME.log."""
+def start_operator(tmp_path: Path, emulator_url: str, name: str, *args: str,
+                   admin: int | None = None) -> tuple[subprocess.Popen[bytes], Path]:
+    """`certop operator ARGS` logged in through a KUBECONFIG, its admin port on `admin` (a
+    free one if not given); its output in NAME.log."""
     env = dict(os.environ, KUBECONFIG=str(kubeconfig(tmp_path / "kubeconfig", emulator_url)))
     log_path = tmp_path / f"{name}.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "certop.cli", "operator", "--cluster-resource-namespace",
-             "certop", "--listen", "127.0.0.1", "--admin-port", str(pebblectl.free_port()),
-             *args], stdout=log, stderr=subprocess.STDOUT, env=env)
+             "certop", "--listen", "127.0.0.1", "--admin-port",
+             str(admin or pebblectl.free_port()), *args],
+            stdout=log, stderr=subprocess.STDOUT, env=env)
     return proc, log_path
 
 
@@ -105,32 +107,16 @@ def status(port: int, path: str) -> int:
 def test_certop_operator_issues_a_secret_for_an_annotated_ingress(
         tmp_path: Path, emulator_url: str, pebble: pebblectl.PebbleInfo) -> None:
     api = api_client(emulator_url)
-    custom = client.CustomObjectsApi(api)
-    custom.create_cluster_custom_object("certop.dev", "v1", "clusterissuers", {
-        "apiVersion": "certop.dev/v1", "kind": "ClusterIssuer", "metadata": {"name": "pebble"},
-        "spec": {"acme": {"server": pebble.directory_url, "email": "ops@certop.test",
-                          "caBundle": base64.b64encode(Path(pebble.api_ca).read_bytes()).decode(),
-                          "privateKeySecretRef": {"name": "pebble-account"},
-                          "solvers": [{"http01": {"ingress": {}}}]}}})
+    clusterissuer(api, pebble)
     admin = pebblectl.free_port()
-    env = dict(os.environ, KUBECONFIG=str(kubeconfig(tmp_path / "kubeconfig", emulator_url)))
-    with open(tmp_path / "operator.log", "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "certop.cli", "operator", "-A",
-             "--cluster-resource-namespace", "certop", "--listen", "127.0.0.1",
-             "--solver-port", str(pebble.http_port), "--admin-port", str(admin)],
-            stdout=log, stderr=subprocess.STDOUT, env=env)
+    proc, log_path = start_operator(tmp_path, emulator_url, "operator", "-A", "--solver-port",
+                                    str(pebble.http_port), admin=admin)
     try:
         wait_for(lambda: status(admin, "/readyz") == 200, timeout=30,
-                 what=f"the operator to lead: {(tmp_path / 'operator.log').read_text()}")
-        client.NetworkingV1Api(api).create_namespaced_ingress("shop", {
-            "apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
-            "metadata": {"name": "web", "annotations": {"kubernetes.io/tls-acme": "true",
-                                                        "certop.dev/cluster-issuer": "pebble"}},
-            "spec": {"tls": [{"hosts": ["op.certop.test"], "secretName": "op-tls"}],
-                     "rules": [{"host": "op.certop.test", "http": {"paths": [{
-                         "path": "/", "pathType": "Prefix", "backend": {"service": {
-                             "name": "web", "port": {"number": 80}}}}]}}]}})
+                 what=f"the operator to lead: {log_path.read_text()}")
+        body = web_ingress("op.certop.test", "op-tls")
+        body["metadata"]["annotations"]["kubernetes.io/tls-acme"] = "true"
+        client.NetworkingV1Api(api).create_namespaced_ingress("shop", body)
 
         def secret() -> Any:
             try:
@@ -139,13 +125,13 @@ def test_certop_operator_issues_a_secret_for_an_annotated_ingress(
                 return None
 
         wait_for(lambda: secret() is not None, timeout=60,
-                 what=f"the Secret: {(tmp_path / 'operator.log').read_text()[-2000:]}")
+                 what=f"the Secret: {log_path.read_text()[-2000:]}")
         assert secret().type == "kubernetes.io/tls"
         lease = client.CoordinationV1Api(api).read_namespaced_lease("certop-leader", "certop")
         assert lease.spec.holder_identity
     finally:
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0, (tmp_path / "operator.log").read_text()[-3000:]
+        assert proc.wait(timeout=30) == 0, log_path.read_text()[-3000:]
 
 
 @pytest.mark.slow
@@ -161,16 +147,11 @@ def test_a_replica_that_does_not_hold_the_lease_is_alive_but_not_ready(
         "spec": {"holderIdentity": "the-other-replica", "leaseDurationSeconds": 3600,
                  "renewTime": now}})
     admin = pebblectl.free_port()
-    env = dict(os.environ, KUBECONFIG=str(kubeconfig(tmp_path / "kubeconfig", emulator_url)))
-    with open(tmp_path / "operator.log", "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "certop.cli", "operator", "-A",
-             "--cluster-resource-namespace", "certop", "--listen", "127.0.0.1",
-             "--solver-port", str(pebblectl.free_port()), "--admin-port", str(admin)],
-            stdout=log, stderr=subprocess.STDOUT, env=env)
+    proc, log_path = start_operator(tmp_path, emulator_url, "operator", "-A", "--solver-port",
+                                    str(pebblectl.free_port()), admin=admin)
     try:
         wait_for(lambda: status(admin, "/healthz") == 200, timeout=30, what="the admin port")
-        wait_for(lambda: "standing by" in (tmp_path / "operator.log").read_text(), timeout=30,
+        wait_for(lambda: "standing by" in log_path.read_text(), timeout=30,
                  what="the operator to see the other holder")
         # The solver Service must not send the CA's requests to a follower.
         assert status(admin, "/readyz") == 503
@@ -178,7 +159,7 @@ def test_a_replica_that_does_not_hold_the_lease_is_alive_but_not_ready(
         assert lease.spec.holder_identity == "the-other-replica"
     finally:
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0, (tmp_path / "operator.log").read_text()[-3000:]
+        assert proc.wait(timeout=30) == 0, log_path.read_text()[-3000:]
 
 
 def test_no_kubernetes_login_is_one_clear_line(tmp_path: Path) -> None:

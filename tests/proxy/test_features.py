@@ -15,30 +15,10 @@ import pebblectl
 import pytest
 from echo import Echo
 from proxy_helpers import client_context, self_signed_files, serving
+from proxy_helpers import ingress_yaml as ingress
 
 from certop.proxy.admin import Admin
 from certop.proxy.server import ProxySettings
-
-
-def ingress(name: str, host: str, annotations: dict[str, str] | None = None,
-            tls: bool = True, service: str = "web") -> str:
-    ann = "".join(f'\n    {k}: "{v}"' for k, v in (annotations or {}).items()) or " {}"
-    tls_block = f"\n  tls: [{{hosts: [{host}], secretName: {name}-tls}}]" if tls else ""
-    return f"""apiVersion: networking.k8s.io/v1
-kind: Ingress
-metadata:
-  name: {name}
-  namespace: default
-  annotations:{ann}
-spec:{tls_block}
-  rules:
-    - host: {host}
-      http:
-        paths:
-          - path: /
-            pathType: Prefix
-            backend: {{service: {{name: {service}, port: {{number: 80}}}}}}
-"""
 
 
 @pytest.fixture(scope="module")

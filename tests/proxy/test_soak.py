@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from echo import Echo
-from proxy_helpers import client_context, self_signed_files, serving
+from proxy_helpers import client_context, ingress_yaml, self_signed_files, serving
 
 from certop import crypto
 
@@ -24,23 +24,10 @@ CHANGES = 0.25  # seconds between configuration changes
 
 
 def manifests(extra_backend: str) -> str:
-    def one(name: str, host: str, service: str, tls: bool) -> str:
-        tls_block = f"\n  tls: [{{hosts: [{host}], secretName: {name}-tls}}]" if tls else ""
-        return f"""apiVersion: networking.k8s.io/v1
-kind: Ingress
-metadata: {{name: {name}, namespace: default}}
-spec:{tls_block}
-  rules:
-    - host: {host}
-      http:
-        paths:
-          - path: /
-            pathType: Prefix
-            backend: {{service: {{name: {service}, port: {{number: 80}}}}}}
-"""
     # a.test and b.test never change; c.test flips between the backends, adding churn.
-    return "---\n".join([one("a", "a.test", "svc-a", True), one("b", "b.test", "svc-b", False),
-                         one("c", "c.test", extra_backend, False)])
+    return "---\n".join([ingress_yaml("a", "a.test", service="svc-a"),
+                         ingress_yaml("b", "b.test", service="svc-b", tls=False),
+                         ingress_yaml("c", "c.test", service=extra_backend, tls=False)])
 
 
 async def client(n: int, port_http: int, port_https: int, stop: asyncio.Event,

@@ -16,28 +16,14 @@ import pytest
 from conftest import LoopbackHTTPS, https_request
 from cryptography import x509
 from echo import Echo
-from proxy_helpers import client_context, self_signed_files, serving
+from proxy_helpers import client_context, ingress_yaml, self_signed_files, serving
 
 from certop import crypto
 from certop.store.ports import StoredCert
 
 
 def ingress(hosts: list[tuple[str, str]]) -> str:
-    docs = []
-    for i, (host, secret) in enumerate(hosts):
-        docs.append(f"""apiVersion: networking.k8s.io/v1
-kind: Ingress
-metadata: {{name: i{i}, namespace: default}}
-spec:
-  tls: [{{hosts: [{host}], secretName: {secret}}}]
-  rules:
-    - host: {host}
-      http:
-        paths:
-          - path: /
-            pathType: Prefix
-            backend: {{service: {{name: web, port: {{number: 80}}}}}}
-""")
+    docs = [ingress_yaml(f"i{i}", host, secret=secret) for i, (host, secret) in enumerate(hosts)]
     return "---\n".join(docs)
 
 
