@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -52,16 +51,6 @@ def _wait_files(check: Callable[[], int], want: int, proc: subprocess.Popen[byte
         if time.monotonic() > deadline:
             raise RuntimeError(f"{what}: {check()}/{want} certificates after {WAIT}s")
         time.sleep(0.005)  # polling the disk for the condition; resolution 5 ms
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def certop_run(env: Env, names: list[str], tag: str) -> float:
@@ -104,7 +93,7 @@ spec:
             _wait_files(count, len(names), proc, "certop")
             return time.monotonic() - start
         finally:
-            _stop(proc)
+            pebblectl.stop_process(proc)
 
 
 def certop_inprocess(env: Env, names: list[str], tag: str) -> float:
@@ -210,7 +199,7 @@ def caddy_run(env: Env, names: list[str], tag: str) -> float:
             _wait_files(count, len(names), proc, "caddy")
             return time.monotonic() - start
         finally:
-            _stop(proc)
+            pebblectl.stop_process(proc)
 
 
 TOOLS: dict[str, Callable[[Env, list[str], str], float]] = {

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -138,13 +137,8 @@ def main(count: int) -> dict[str, float]:
                     "acme_requests_per_certificate": requests / issued if issued else 0.0}
     finally:
         for proc in (operator, emulator):
-            if proc is not None and proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            if proc is not None:
+                pebblectl.stop_process(proc, timeout=30)
         if emulator.stdout is not None:
             emulator.stdout.close()
 

@@ -18,7 +18,6 @@ import os
 import re
 import resource
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -67,13 +66,7 @@ def started(cmd: list[str], port: int, what: str, cwd: Path, env: dict[str, str]
         _wait_port(port, proc, what)
         yield proc
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        pebblectl.stop_process(proc)
 
 
 def _ms(value: str) -> float:

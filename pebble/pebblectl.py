@@ -50,6 +50,17 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
+    """SIGTERM the process we started (by its handle), SIGKILL it after `timeout` s."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def free_udp_tcp_port() -> int:
     """A port free for both UDP and TCP on loopback (challtestsrv's DNS listens on both)."""
     for _ in range(50):
