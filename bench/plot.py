@@ -3,9 +3,34 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 COLORS = {"certop": "#2b8a3e", "lego": "#1971c2", "certbot": "#e8590c", "caddy": "#7048e8"}
+
+
+def _bars(path: Path, title: str, width_total: int, height: int, left: int, bar: int,
+          gap: int, groups: list[tuple[str, list[tuple[str, float | None, str]]]],
+          x: Callable[[float], float], colors: dict[str, str],
+          extra: list[str] | None = None) -> None:
+    """Grouped horizontal bars: per group a label, then one bar per (tool, value, text);
+    a value of None leaves its row empty."""
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width_total}" '
+             f'height="{height}" font-family="sans-serif" font-size="12">',
+             f'<text x="{left}" y="18" font-weight="bold">{title}</text>', *(extra or [])]
+    y = 36
+    for label, rows in groups:
+        parts.append(f'<text x="8" y="{y + len(rows) * bar / 2 + 4}">{label}</text>')
+        for tool, value, text in rows:
+            if value is not None:
+                parts.append(f'<rect x="{left}" y="{y}" width="{x(value) - left:.1f}" '
+                             f'height="{bar - 2}" fill="{colors.get(tool, "#888")}"/>')
+                parts.append(f'<text x="{x(value) + 4:.1f}" y="{y + bar - 4}">{tool} '
+                             f'{text}</text>')
+            y += bar
+        y += gap
+    parts.append("</svg>")
+    path.write_text("\n".join(parts) + "\n")
 
 
 def issuance_svg(results: dict[str, object], path: Path) -> None:
@@ -26,31 +51,18 @@ def issuance_svg(results: dict[str, object], path: Path) -> None:
         return left + width * (math.log10(v) - math.log10(lo)) / (math.log10(hi) -
                                                                    math.log10(lo))
 
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + width + 90}" '
-             f'height="{height}" font-family="sans-serif" font-size="12">',
-             f'<text x="{left}" y="18" font-weight="bold">Time to valid certificates '
-             '(seconds, log scale; shorter is better)</text>']
+    grid = []
     decade = lo
     while decade <= hi:
-        parts.append(f'<line x1="{x(decade):.1f}" y1="28" x2="{x(decade):.1f}" '
-                     f'y2="{height - 25}" stroke="#ddd"/>')
-        parts.append(f'<text x="{x(decade):.1f}" y="{height - 10}" text-anchor="middle">'
-                     f'{decade:g}</text>')
+        grid.append(f'<line x1="{x(decade):.1f}" y1="28" x2="{x(decade):.1f}" '
+                    f'y2="{height - 25}" stroke="#ddd"/>')
+        grid.append(f'<text x="{x(decade):.1f}" y="{height - 10}" text-anchor="middle">'
+                    f'{decade:g}</text>')
         decade *= 10
-    y = 36
-    for label, key in groups:
-        parts.append(f'<text x="8" y="{y + len(tools) * bar / 2 + 4}">{label}</text>')
-        for tool in tools:
-            v = table[tool].get(key)
-            if v:
-                parts.append(f'<rect x="{left}" y="{y}" width="{x(v) - left:.1f}" '
-                             f'height="{bar - 2}" fill="{COLORS.get(tool, "#888")}"/>')
-                parts.append(f'<text x="{x(v) + 4:.1f}" y="{y + bar - 4}">{tool} '
-                             f'{v:.2f}</text>')
-            y += bar
-        y += gap
-    parts.append("</svg>")
-    path.write_text("\n".join(parts) + "\n")
+    rows = [(label, [(tool, table[tool].get(key) or None, f"{table[tool].get(key) or 0:.2f}")
+                     for tool in tools]) for label, key in groups]
+    _bars(path, "Time to valid certificates (seconds, log scale; shorter is better)",
+          left + width + 90, height, left, bar, gap, rows, x, COLORS, grid)
 
 
 def proxy_svg(results: dict[str, object], path: Path) -> None:
@@ -65,21 +77,8 @@ def proxy_svg(results: dict[str, object], path: Path) -> None:
     height = 40 + len(scenarios) * (len(tools) * bar + gap) + 10
     colors = {"certop": "#2b8a3e", "nginx": "#1971c2", "haproxy": "#e8590c",
               "caddy": "#7048e8"}
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + width + 140}" '
-             f'height="{height}" font-family="sans-serif" font-size="12">',
-             f'<text x="{left}" y="18" font-weight="bold">Requests per second, one core '
-             '(longer is better)</text>']
-    y = 36
-    for key, label in scenarios:
-        parts.append(f'<text x="8" y="{y + len(tools) * bar / 2 + 4}">{label}</text>')
-        for tool in tools:
-            v = float(table[tool][key]["rps"])
-            w = width * v / hi
-            parts.append(f'<rect x="{left}" y="{y}" width="{w:.1f}" height="{bar - 2}" '
-                         f'fill="{colors.get(tool, "#888")}"/>')
-            parts.append(f'<text x="{left + w + 4:.1f}" y="{y + bar - 4}">{tool} '
-                         f'{v:,.0f}</text>')
-            y += bar
-        y += gap
-    parts.append("</svg>")
-    path.write_text("\n".join(parts) + "\n")
+    rows = [(label, [(tool, float(table[tool][key]["rps"]),
+                      f"{float(table[tool][key]['rps']):,.0f}") for tool in tools])
+            for key, label in scenarios]
+    _bars(path, "Requests per second, one core (longer is better)", left + width + 140,
+          height, left, bar, gap, rows, lambda v: left + width * v / hi, colors)
