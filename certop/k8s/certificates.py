@@ -11,7 +11,8 @@ Issuance goes through named stages: `trigger` (decided to issue), the order's ow
 is written) and `ready` (the order journal is cleared and the status says Ready). A stopped
 daemon stops between two stages; whatever must survive lives in the journal Secret and the TLS
 Secret, so a new run re-enters the interrupted stage without a second order. A journal left by
-a run that stopped after `store` is cleared at the first look that finds the Secret current.
+a run that stopped after `store` (its order still on the status) is cleared at the first look
+that finds the Secret current.
 Failures back off with `core.backoff` (never under the CA's Retry-After) and show on the
 status and as events with stable reasons.
 """
@@ -300,7 +301,10 @@ class CertificateController:
     async def _run(self, body: kopf.Body, name: str, uid: str,
                    stopped: kopf.DaemonStopped) -> None:
         failures = 0
-        journalled = True  # an order journal may be left over (an earlier run, the last order)
+        # An order journal may be left over when the status still shows an order (a run that
+        # stopped after storing the certificate): cleared at the first look that finds the
+        # Secret current. No status order, no journal to look for.
+        journalled = bool((body.get("status") or {}).get("order"))
         reported = False  # the Ready stage is reported once per issuance (and at start)
         fresh = False  # the stored certificate was issued by this loop's last attempt
         while not stopped:
@@ -349,6 +353,7 @@ class CertificateController:
                 journalled = True
                 if not await self._issue(spec, body, stopped, stored):
                     return  # stopped between two stages
+                journalled = False  # cleared by the session once stored
                 failures = 0
                 reported = False
                 fresh = True
