@@ -20,6 +20,7 @@ from josepy.jwa import ES256
 from josepy.jwk import JWK, JWKEC
 
 from certop import crypto
+from certop.acme import ari
 from certop.acme.network import RetryingNetwork
 from certop.core.models import AcmeIssuer, KeyAlgorithm
 from certop.store.ports import AccountStore
@@ -125,6 +126,11 @@ class Account:
                      ) -> tuple[datetime.datetime | None, datetime.datetime]:
         """ARI (RFC 9773): (when to renew, when to ask again), both UTC-aware. The first is
         None when the CA offers no `renewalInfo` (then the lifetime policy applies)."""
+        self.ensure_registered()
+        assert self._directory is not None
+        if not ari.offered(self._directory):  # no network session just to learn that
+            now = datetime.datetime.now(datetime.UTC)
+            return None, now + datetime.timedelta(hours=6)
         acme = self.client()
         try:
             when, again = acme.renewal_time(cert_pem)
