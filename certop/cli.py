@@ -67,6 +67,9 @@ def _standalone_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     p.add_argument("--https-port", type=int, default=443, help="HTTPS port")
     p.add_argument("--service", action="append", default=[], metavar="NAME[:PORT]=HOST:PORT",
                    help="where an Ingress backend Service lives (repeatable)")
+    p.add_argument("--acme-validation-timeout", type=_seconds, default=600.0, metavar="SECONDS",
+                   help="how long an order may stay pending at the CA once its challenges "
+                        "are answered before it is dropped and ordered anew after a backoff")
     p.add_argument("--check-interval", type=float, default=3600.0, metavar="SECONDS",
                    help="how often every certificate's renewal time is looked at")
     p.add_argument("--certificate", action="append", default=[],
@@ -167,6 +170,7 @@ def _settings(args: argparse.Namespace) -> StandaloneSettings:
         ca_bundle=args.acme_ca_bundle,
         check_interval=args.check_interval,
         self_check_addr=(check_host, args.http_port),
+        validation_timeout=args.acme_validation_timeout,
     )
 
 

@@ -140,6 +140,7 @@ async def standalone(
     directory_url: str | None = None,
     cli_issuer: bool = True,
     backoff: Backoff | None = None,
+    validation_timeout: float = 600.0,
 ) -> AsyncIterator[Running]:
     """certop standalone in this process (same code path as the CLI), on free ports."""
     http_port = http_port or pebble.http_port
@@ -150,7 +151,7 @@ async def standalone(
         files=tuple(files), state_dir=state_dir, services=tuple(services),
         cli_issuer=issuer if cli_issuer else None,
         ca_bundle=Path(pebble.api_ca), watch_interval=watch_interval,
-        self_check_addr=("127.0.0.1", http_port),
+        self_check_addr=("127.0.0.1", http_port), validation_timeout=validation_timeout,
     )
     config = load_config(settings)
     proxy = Proxy(CertBook(), TokenStore(), config.backends)

@@ -22,6 +22,7 @@ from josepy.jwk import JWK, JWKEC
 from certop import crypto
 from certop.acme import ari
 from certop.acme.network import RetryingNetwork
+from certop.core.errors import CertopError, TemporaryError
 from certop.core.models import AcmeIssuer, KeyAlgorithm
 from certop.store.ports import AccountStore
 
@@ -135,8 +136,13 @@ class Account:
         try:
             when, again = acme.renewal_time(cert_pem)
         except errors.ARIError as exc:
-            log.info("renewal info unavailable (%s); asking again later", exc)
-            when, again = None, exc.retry_after
+            cause = f": {exc.__cause__}" if exc.__cause__ is not None else ""
+            raise TemporaryError(f"renewal information unavailable ({exc}{cause})") from exc
+        except CertopError:
+            raise
+        except Exception as exc:  # a malformed answer, a certificate it cannot name, ...
+            raise TemporaryError("the CA's renewal information could not be used: "
+                                 f"{type(exc).__name__}: {exc}") from exc
         return _utc(when) if when else None, _utc(again)
 
     @property

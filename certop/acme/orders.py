@@ -18,6 +18,14 @@ On restart a journalled order is fetched and continued (`pending` -> challenges,
 finalize, `processing` -> poll, `valid` -> download), so no second certificate is issued for the
 same identifiers; an `invalid` order is abandoned cleanly.
 
+An order never waits for ever. Some CAs leave an order `pending` after one of its
+authorizations became `invalid` (RFC 8555 section 7.1.6 says the order becomes invalid too), so
+while an order is pending its authorizations are looked at as well: an authorization that is
+`invalid`, `deactivated`, `expired` or `revoked`, or a challenge answered `invalid`, fails the
+attempt at once with the CA's detail and drops the order from the journal, so that the next
+attempt (after the caller's backoff) places a new order instead of resuming a dead one. The
+validation phase has a deadline (`validation_timeout`), after which the order is dropped too.
+
 Polling starts at `poll_min` and grows by half each time up to `poll_max`, honouring the CA's
 Retry-After: the library's own 1 s floor does not apply.
 """
@@ -27,7 +35,8 @@ from __future__ import annotations
 import contextlib
 import enum
 import logging
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +55,25 @@ from solvers.base import Solver
 
 log = logging.getLogger(__name__)
 SELF_CHECK_TRIES = 20
+VALIDATION_TIMEOUT = 600.0
+"""Seconds an order may stay `pending` once its challenges are answered (or it is resumed)."""
+STATUS_EXPIRED = messages.Status.POSSIBLE_NAMES.get("expired") or messages.Status("expired")
+"""RFC 8555 section 7.1.6's `expired` authorization state, which the pinned `acme` does not know
+(it refuses to read an authorization in that state); creating the constant registers it."""
+_DEAD = frozenset({messages.STATUS_INVALID, messages.STATUS_DEACTIVATED, STATUS_EXPIRED,
+                   messages.STATUS_REVOKED})
+"""Authorization states from which an order can never become ready (RFC 8555 section 7.1.6)."""
+
+
+def status_word(status: object) -> str:
+    """`invalid`, not `Status(invalid)`: the word the CA used."""
+    return str(getattr(status, "name", status))
+
+
+def _problem_text(error: messages.Error | None) -> str:
+    if error is None:
+        return "the CA gave no detail"
+    return str(error.detail or error.description or error.typ or "the CA gave no detail")
 
 
 class Stage(enum.Enum):
@@ -77,7 +105,9 @@ class OrderSession:
     def __init__(self, spec: CertificateSpec, account: Account, solver: Solver,
                  journal: OrderJournal, *, poll_min: float = 0.02, poll_max: float = 2.0,
                  stored: StoredCert | None = None, labels: Mapping[str, str] | None = None,
-                 solver_specs: Sequence[SolverSpec] | None = None) -> None:
+                 solver_specs: Sequence[SolverSpec] | None = None,
+                 validation_timeout: float = VALIDATION_TIMEOUT,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         self.spec = spec
         self.labels = dict(labels or {})
         """The Certificate's labels, for the issuer's solver selectors (matchLabels)."""
@@ -110,6 +140,11 @@ class OrderSession:
         """True once this session placed or resumed an order."""
         self._look_at_authorizations = False
         self._new_authorizations: list[messages.AuthorizationResource] | None = None
+        self.validation_timeout = validation_timeout
+        self._monotonic = monotonic
+        self._validating_since: float | None = None
+        """When this session started waiting for the CA to validate (monotonic seconds)."""
+        self._valid_authorizations: set[str] = set()
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -281,6 +316,7 @@ class OrderSession:
                 # A resumed order, or a self-check to repeat: present and answer what is pending.
                 self._look_at_authorizations = False
                 return self._challenges([self._fetch_authz(u) for u in body.authorizations])
+            self._check_pending(body)
             return self._poll(retry_after)
         if status == messages.STATUS_READY:
             orderr = messages.OrderResource(body=body, uri=url, csr_pem=self._csr())
@@ -299,9 +335,57 @@ class OrderSession:
             return self._poll(retry_after)
         # invalid (or unknown): find out why, then start over next time.
         error = self._failure(body)
+        self._drop()
+        raise error
+
+    def _drop(self) -> None:
+        """This order can never complete: remove the tokens and forget it, so the next attempt
+        places a new order."""
         self.cleanup()
         self._abandon()
-        raise error
+
+    def _check_pending(self, body: messages.Order) -> None:
+        """Look at the authorizations of a pending order whose challenges are answered; raise
+        (dropping the order) when one can never become valid, or when the order has been
+        pending for longer than `validation_timeout`."""
+        now = self._monotonic()
+        if self._validating_since is None:
+            self._validating_since = now
+        waiting: list[str] = []
+        for url in body.authorizations:
+            if url in self._valid_authorizations:
+                continue
+            authzr = self._fetch_authz(url)
+            if authzr.body.status == messages.STATUS_VALID:
+                self._valid_authorizations.add(url)
+                continue
+            failed = self._dead(authzr)
+            if failed is not None:
+                self._drop()
+                raise failed
+            waiting.append(f"{authzr.body.identifier.value} {status_word(authzr.body.status)}")
+        if now - self._validating_since > self.validation_timeout:
+            self._drop()
+            still = ", ".join(waiting) or "every authorization valid, the order pending"
+            raise OrderFailed(
+                f"order for {', '.join(self.spec.hosts)}: the CA did not finish validating "
+                f"within {self.validation_timeout:g} s ({still}); a new order is placed at "
+                "the next attempt")
+
+    @staticmethod
+    def _dead(authzr: messages.AuthorizationResource) -> ChallengeFailed | None:
+        """Why this authorization can never become valid, or None while it still may."""
+        authz = authzr.body
+        identifier = authz.identifier.value
+        for challb in authz.challenges:
+            if challb.status == messages.STATUS_INVALID:
+                return ChallengeFailed(identifier, f"{challb.chall.typ} challenge invalid: "
+                                       f"{_problem_text(challb.error)}")
+        if authz.status in _DEAD:
+            detail = next((_problem_text(c.error) for c in authz.challenges if c.error), None)
+            return ChallengeFailed(identifier, f"authorization is {status_word(authz.status)}"
+                                   + (f": {detail}" if detail else " (the CA gave no detail)"))
+        return None
 
     def _failure(self, body: messages.Order) -> Exception:
         for authz_url in body.authorizations:
@@ -311,23 +395,29 @@ class OrderSession:
                 continue
             for challb in authzr.body.challenges:
                 if challb.error is not None:
-                    err = challb.error
-                    detail = err.detail or err.description or str(err)
-                    return ChallengeFailed(authzr.body.identifier.value, detail)
+                    return ChallengeFailed(authzr.body.identifier.value,
+                                           _problem_text(challb.error))
         if body.error is not None:
-            detail = body.error.detail or str(body.error)
-            return OrderFailed(f"order for {', '.join(self.spec.hosts)} failed: {detail}")
-        return OrderFailed(f"order for {', '.join(self.spec.hosts)} became {body.status}")
+            return OrderFailed(f"order for {', '.join(self.spec.hosts)} failed: "
+                               f"{_problem_text(body.error)}")
+        return OrderFailed(f"order for {', '.join(self.spec.hosts)} became "
+                           f"{status_word(body.status)} (the CA gave no detail)")
 
     def _work_authorizations(self, authzrs: list[messages.AuthorizationResource]) -> None:
         for authzr in authzrs:
             authz = authzr.body
             identifier = authz.identifier.value
             if authz.status == messages.STATUS_VALID:
+                self._valid_authorizations.add(authzr.uri)
                 continue  # reused authorization (Pebble's AUTHZREUSE, Let's Encrypt's reuse)
-            if authz.status != messages.STATUS_PENDING:
-                detail = next((c.error.detail for c in authz.challenges if c.error), None)
-                raise ChallengeFailed(identifier, detail or f"authorization is {authz.status}")
+            failed = self._dead(authzr)
+            if failed is None and authz.status != messages.STATUS_PENDING:
+                failed = ChallengeFailed(identifier, "authorization is "
+                                         f"{status_word(authz.status)}")
+            if failed is not None:
+                # A resumed order whose authorization died: never resume it again.
+                self._drop()
+                raise failed
             self._check_solver(identifier)
             challb = next(
                 (c for c in authz.challenges
@@ -353,8 +443,12 @@ class OrderSession:
                                           "listener does not serve the challenge token")
                 self._look_at_authorizations = True
                 continue
-            self.acme.answer_challenge(challb, challb.chall.response(self.account.jwk))
+            answered = self.acme.answer_challenge(challb, challb.chall.response(self.account.jwk))
             self._answered.add(challb.uri)
+            if answered.body.status == messages.STATUS_INVALID:
+                self._drop()
+                raise ChallengeFailed(identifier, f"{challb.chall.typ} challenge invalid: "
+                                      f"{_problem_text(answered.body.error)}")
 
     def cleanup(self) -> None:
         """Remove every presented token; safe to call on every exit path, more than once."""

@@ -88,6 +88,8 @@ class OperatorSettings:
     """certop's own responder, for the self-check before answering a challenge."""
     recheck: float = 3600.0
     """Seconds between looks at a certificate that is not due yet."""
+    validation_timeout: float = 600.0
+    """Seconds an order may stay pending at the CA once its challenges are answered."""
 
 
 def _spec_of(body: Mapping[str, Any]) -> CertificateSpec:
@@ -184,6 +186,8 @@ class CertificateController:
         self._changed: dict[str, asyncio.Event] = {}
         self._ari: dict[str, tuple[bytes, datetime.datetime | None, datetime.datetime]] = {}
         """uid -> (certificate, ARI renewal time, when to ask again)."""
+        self._ari_failures: dict[str, int] = {}
+        """uid -> consecutive failed questions about renewal information."""
 
     def register(self, registry: kopf.OperatorRegistry) -> None:
         # Stopping: the daemon is asked first (it stops between two stages, removing its
@@ -288,6 +292,7 @@ class CertificateController:
         finally:
             self._changed.pop(uid, None)
             self._ari.pop(uid, None)
+            self._ari_failures.pop(uid, None)
 
     async def _stage(self, stage: str, spec: CertificateSpec, stopped: kopf.DaemonStopped
                      ) -> bool:
@@ -396,10 +401,19 @@ class CertificateController:
             account = self._account(issuer, spec.namespace if spec.issuer_kind == "Issuer"
                                     else self.settings.resource_namespace)
             when, again = await asyncio.to_thread(account.renewal_info, stored.fullchain_pem)
-        except (CertopError, ApiException) as exc:
-            log.info("Certificate %s/%s: no renewal info (%s)", spec.namespace,
-                     spec.secret_name, exc)
-            return cached[1] if cached else None
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # whatever the CA answered: logged, asked again after a backoff
+            failures = self._ari_failures[uid] = self._ari_failures.get(uid, 0) + 1
+            delay = self.backoff.delay(failures, random.random(),
+                                       getattr(exc, "retry_after", None))
+            log.warning("Certificate %s/%s: no renewal information (%s); asking again in "
+                        "%.0fs", spec.namespace, spec.secret_name, exc, delay)
+            when = cached[1] if cached else None
+            self._ari[uid] = (stored.fullchain_pem, when,
+                              now + datetime.timedelta(seconds=delay))
+            return when
+        self._ari_failures.pop(uid, None)
         self._ari[uid] = (stored.fullchain_pem, when, again)
         return when
 
@@ -431,7 +445,9 @@ class CertificateController:
                                self.api, spec.namespace, self.settings.solver_service,
                                self.settings.solver_port, asked, route=route)
         session = OrderSession(spec, account, solver, self.journal, stored=stored,
-                               labels=labels, solver_specs=issuer.solvers)
+                               labels=labels, solver_specs=issuer.solvers,
+                               validation_timeout=self.settings.validation_timeout,
+                               monotonic=self.clock.monotonic)
         name = body["metadata"]["name"]
         self.metrics.add("acme_orders_total")
         try:

@@ -67,6 +67,8 @@ class StandaloneSettings:
     """Send Strict-Transport-Security on HTTPS responses unless an Ingress says otherwise."""
     serve_only: bool = False
     """Issue nothing; serve what another process (the issuing worker) stores (--workers)."""
+    validation_timeout: float = 600.0
+    """Seconds an order may stay pending at the CA once its challenges are answered."""
 
 
 @dataclass(frozen=True)
@@ -129,6 +131,8 @@ class _CertState:
     ari_next: float = 0.0
     """Monotonic time of the next question about it (the CA's Retry-After)."""
     ari_task: asyncio.Task[None] | None = None
+    ari_failures: int = 0
+    """Consecutive failed questions about renewal information (backoff, never a tight loop)."""
     fresh: bool = False
     """The current certificate came from this process's last order (and ARI not asked yet)."""
 
@@ -314,10 +318,17 @@ class Standalone:
             account = self._account(spec.issuer)
             when, again = await loop.run_in_executor(self._executor, account.renewal_info,
                                                      stored.fullchain_pem)
-        except (CertopError, OSError, KeyError) as exc:
-            log.info("%s: no renewal information (%s); asking again later", spec, exc)
-            state.ari_next = self.clock.monotonic() + self.settings.check_interval
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # whatever the CA answered: logged, asked again after a backoff
+            state.ari_failures += 1
+            delay = self.backoff.delay(state.ari_failures, self.rand(),
+                                       getattr(exc, "retry_after", None))
+            log.warning("%s: no renewal information (%s); asking again in %.0fs", spec, exc,
+                        delay)
+            state.ari_next = self.clock.monotonic() + delay
             return
+        state.ari_failures = 0
         now = self.clock.now()
         state.ari_next = self.clock.monotonic() + max((again - now).total_seconds(), 60.0)
         state.ari_at = when
@@ -339,7 +350,9 @@ class Standalone:
                                                 spec.namespace, spec.secret_name)
             assert self.config is not None
             session = OrderSession(spec, account, self.solver, self.journal, stored=stored,
-                                   solver_specs=self.config.issuers[spec.issuer].solvers)
+                                   solver_specs=self.config.issuers[spec.issuer].solvers,
+                                   validation_timeout=self.settings.validation_timeout,
+                                   monotonic=self.clock.monotonic)
             self.stats.orders += 1
             while True:
                 step = await loop.run_in_executor(self._executor, session.step)

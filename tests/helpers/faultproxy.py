@@ -5,8 +5,11 @@ own Host header (Pebble builds every URL from the Host it sees, so clients stay 
 counts requests per path, and answers `rateLimited` (429 + Retry-After) for new orders while
 `rate_limited` is set. With `ari_window` it also offers ACME Renewal Information (RFC 9773):
 a `renewalInfo` URL in the directory and that window for every certificate (with
-`ari_due_first`, a window in the past for the first one asked about). It records the payload
-of every newOrder (`orders`) and the certificate IDs asked about (`ari_asked`). Loopback only."""
+`ari_due_first`, a window in the past for the first one asked about; with `ari_malformed`, an
+answer no client can use). It records the payload of every newOrder (`orders`) and the
+certificate IDs asked about (`ari_asked`). It can also play a CA that leaves orders `pending`:
+after an authorization became invalid (`invalid_stays_pending`), or for ever (`hold_pending`:
+orders, authorizations and challenges all shown pending). Loopback only."""
 
 from __future__ import annotations
 
@@ -46,6 +49,12 @@ class FaultProxy(LoopThread):
         """Answer `alreadyReplaced` to a newOrder that names a certificate it replaces."""
         self.conflict_orders = False
         """Answer 409 to every newOrder."""
+        self.ari_malformed = False
+        """Answer renewal-information requests with a window that is not a pair of times."""
+        self.invalid_stays_pending = False
+        """Show an invalid order as pending (some CAs do, against RFC 8555 section 7.1.6)."""
+        self.hold_pending = False
+        """Show every order, authorization and challenge as pending: validation never ends."""
         self.counts: collections.Counter[str] = collections.Counter()
         self.server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         self.server_ctx.load_cert_chain(workdir / "api-cert.pem", workdir / "api-key.pem")
@@ -87,6 +96,24 @@ class FaultProxy(LoopThread):
         finally:
             conn.close()
 
+    def _rewrite_status(self, path: str, status: int, payload: bytes) -> bytes:
+        """Orders, authorizations and challenges as a CA that leaves them pending shows them."""
+        kinds = ("/my-order/", "/authZ/", "/chalZ/") if self.hold_pending else \
+            ("/my-order/",) if self.invalid_stays_pending else ()
+        if status != 200 or not path.startswith(kinds):
+            return payload
+        doc = json.loads(payload)
+        if self.hold_pending:
+            doc["status"] = "pending"
+            for chall in doc.get("challenges", []):
+                chall["status"] = "pending"
+                chall.pop("error", None)
+                chall.pop("validated", None)
+        elif doc.get("status") == "invalid":
+            doc["status"] = "pending"
+            doc.pop("error", None)
+        return json.dumps(doc).encode()
+
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
@@ -114,6 +141,8 @@ class FaultProxy(LoopThread):
                         window = (now - datetime.timedelta(hours=2),
                                   now - datetime.timedelta(hours=1))
                     start, end = (w.strftime("%Y-%m-%dT%H:%M:%SZ") for w in window)
+                    if self.ari_malformed:
+                        start, end = "soon", "later"
                     payload = json.dumps({"suggestedWindow": {"start": start,
                                                               "end": end}}).encode()
                     status, out_headers = 200, [("Content-Type", "application/json"),
@@ -140,6 +169,7 @@ class FaultProxy(LoopThread):
                         directory = json.loads(payload)
                         directory["renewalInfo"] = f"https://127.0.0.1:{self.port}/renewal-info"
                         payload = json.dumps(directory).encode()
+                    payload = self._rewrite_status(path, status, payload)
                 lines_out = [f"HTTP/1.1 {status} X"] + [f"{k}: {v}" for k, v in out_headers]
                 lines_out.append(f"Content-Length: {len(payload)}")
                 writer.write(("\r\n".join(lines_out) + "\r\n\r\n").encode("latin-1") + payload)
