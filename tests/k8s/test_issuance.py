@@ -424,6 +424,35 @@ def test_the_renewal_time_follows_the_cas_renewal_info_when_offered(tmp_path: Pa
 
 
 @pytest.mark.slow
+def test_malformed_renewal_info_leaves_the_lifetime_policy_and_is_not_asked_in_a_loop(
+        tmp_path: Path) -> None:
+    import datetime
+
+    from faultproxy import FaultProxy
+
+    responder_port = pebblectl.free_port()
+    now = datetime.datetime.now(datetime.UTC)
+    with EmulatorThread() as kube, \
+            pebblectl.running(tmp_path / "pebble", http_port=responder_port) as info, \
+            FaultProxy(info, tmp_path / "pebble") as proxy:
+        proxy.rate_limited = False
+        proxy.ari_window = (now + datetime.timedelta(days=1), now + datetime.timedelta(days=2))
+        proxy.ari_malformed = True
+        create_issuer(kube, info, server=proxy.directory_url)
+        tokens = TokenStore()
+        with Responder(tokens, responder_port), operator(kube, tokens, responder_port):
+            client.NetworkingV1Api(kube.api_client()).create_namespaced_ingress(
+                NS, ingress("web", "ari-bad.certop.test", "web-tls"))
+            wait_for(lambda: ready_condition(kube).get("status") == "True", timeout=60,
+                     what="Ready")
+            when = datetime.datetime.fromisoformat(
+                str(certificate_status(kube)["renewalTime"]).replace("Z", "+00:00"))
+            assert when > now + datetime.timedelta(days=365)  # 2/3 of Pebble's 5 years
+        asked = [p for p in proxy.counts if p.startswith("/renewal-info/")]
+        assert sum(proxy.counts[p] for p in asked) == 1, dict(proxy.counts)
+
+
+@pytest.mark.slow
 def test_a_renewal_the_ca_asks_for_names_the_certificate_it_replaces(tmp_path: Path) -> None:
     import datetime
 
