@@ -97,9 +97,12 @@ def wrk(url: str, seconds: int, connections: int = 64, close: bool = False) -> R
 
 
 class Bench:
-    def __init__(self, work: Path, certop: Path, seconds: int) -> None:
+    def __init__(self, work: Path, certop: Path, seconds: int,
+                 baseline: Path | None = None) -> None:
         self.work = work
         self.certop = certop
+        self.baseline = baseline
+        """Another build's `certop` (e.g. the last release), run as the peer `certop-baseline`."""
         self.seconds = seconds
         self.backend_port = pebblectl.free_port()
         cert, key = crypto.self_signed((HOST, "localhost"))
@@ -178,6 +181,10 @@ backend b
         path.write_text(json.dumps(conf))
         return ["caddy", "run", "--config", str(path)]
 
+    def _baseline(self, http: int, https: int) -> list[str]:
+        assert self.baseline is not None, "--baseline-certop names the other build"
+        return [str(self.baseline), *self._certop(http, https)[1:]]
+
     def _certop(self, http: int, https: int, workers: int = 1,
                 manifest: Path | None = None) -> list[str]:
         supply: list[str] = []
@@ -195,7 +202,7 @@ backend b
     def run_peer(self, name: str) -> dict[str, Result]:
         http, https = pebblectl.free_port(), pebblectl.free_port()
         cmd = {"nginx": self._nginx, "haproxy": self._haproxy, "caddy": self._caddy,
-               "certop": self._certop}[name](http, https)
+               "certop": self._certop, "certop-baseline": self._baseline}[name](http, https)
         env = dict(os.environ, GOMAXPROCS="1")
         out: dict[str, Result] = {}
         with started(["taskset", "-c", "0", *cmd], https, name, self.work, env):
@@ -296,8 +303,9 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def run_all(work: Path, certop: Path, seconds: int, peers: list[str]) -> dict[str, object]:
-    bench = Bench(work, certop, seconds)
+def run_all(work: Path, certop: Path, seconds: int, peers: list[str],
+            baseline: Path | None = None) -> dict[str, object]:
+    bench = Bench(work, certop, seconds, baseline)
     results: dict[str, object] = {"seconds": seconds}
     with bench.backend():
         table = {}

@@ -8,6 +8,7 @@ Everything in the same run so the ratios compare like with like; raw results als
 bench/results/*.json.
 
 Usage: bench/run.py [--only issuance|proxy] [--runs 5] [--sizes 20,100] [--seconds 8]
+                    [--baseline-certop OTHER/.venv/bin/certop]
 """
 
 from __future__ import annotations
@@ -152,7 +153,7 @@ def render_proxy(results: dict[str, object], command: str) -> str:
     ratios = []
     if "certop" in table:
         c = table["certop"]
-        for peer in ("nginx", "caddy", "haproxy"):
+        for peer in ("certop-baseline", "nginx", "caddy", "haproxy"):
             if peer in table:
                 parts = [f"{label} **{c[key]['rps'] / table[peer][key]['rps']:.2f}x**"
                          for key, label in SCENARIOS if table[peer][key]["rps"]]
@@ -213,6 +214,9 @@ def main() -> int:
     parser.add_argument("--ingresses", type=int, default=500,
                         help="Ingresses created at once for the operator benchmark")
     parser.add_argument("--no-doc", action="store_true", help="do not update docs/")
+    parser.add_argument("--baseline-certop", type=Path, metavar="PATH",
+                        help="another build's certop executable, measured in the same run as "
+                             "the proxy peer certop-baseline (before/after comparisons)")
     args = parser.parse_args()
     command = "make bench" if len(sys.argv) == 1 else "bench/run.py " + " ".join(sys.argv[1:])
     out = HERE / "results"
@@ -229,8 +233,11 @@ def main() -> int:
     if args.only in (None, "proxy"):
         work = Path(tempfile.mkdtemp(prefix="certop-bench-proxy-"))
         try:
+            peers = args.proxies.split(",")
+            if args.baseline_certop is not None and "certop-baseline" not in peers:
+                peers.insert(1, "certop-baseline")
             presults = proxy.run_all(work, Path(sys.executable).with_name("certop"),
-                                     args.seconds, args.proxies.split(","))
+                                     args.seconds, peers, args.baseline_certop)
         finally:
             shutil.rmtree(work, ignore_errors=True)
         (out / "proxy.json").write_text(json.dumps(presults, indent=2))
