@@ -76,7 +76,7 @@ def proxy_svg(results: dict[str, object], path: Path) -> None:
     left, width, bar, gap = 130, 520, 14, 12
     height = 40 + len(scenarios) * (len(tools) * bar + gap) + 10
     colors = {"certop": "#2b8a3e", "nginx": "#1971c2", "haproxy": "#e8590c",
-              "caddy": "#7048e8"}
+              "caddy": "#7048e8", "certop-baseline": "#8ce99a"}
     rows = [(label, [(tool, float(table[tool][key]["rps"]),
                       f"{float(table[tool][key]['rps']):,.0f}") for tool in tools])
             for key, label in scenarios]
