@@ -1,0 +1,291 @@
+"""Connection-lifecycle limits of the real proxy (`certop standalone` in a subprocess, raw
+sockets): back-pressure keeps memory bounded whatever the peers' speed, bodies of requests
+certop answers itself are drained up to a cap, idle phases time out, and `--max-connections`
+caps concurrent client connections."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import select
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pebblectl
+import pytest
+from proxy_helpers import ingress_yaml
+
+MIB = 1 << 20
+BIG = 200 * MIB
+"""Transfer size for the back-pressure tests."""
+GROWTH = 50 * MIB
+"""Most the proxy's resident memory may grow while BIG bytes wait for a slow peer."""
+STALL = 1.0
+"""Seconds a sender sees no room before it counts as held back (only picks the moment the
+slow peer starts reading; no assertion depends on it)."""
+
+
+@dataclass
+class Certop:
+    proc: subprocess.Popen[bytes]
+    http_port: int
+    admin_port: int
+    log: Path
+
+    def status(self, field: str) -> int:
+        """A size from /proc/PID/status (VmRSS, VmHWM), in bytes."""
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+        raise AssertionError(f"no {field} in /proc/{self.proc.pid}/status")
+
+
+def wait_for(check: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)  # polling a condition with a deadline
+
+
+def _listening(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+        return True
+    return False
+
+
+@contextlib.contextmanager
+def certop(tmp: Path, backend_port: int, *flags: str) -> Iterator[Certop]:
+    """`certop standalone` serving web.test (plain HTTP) from the backend on `backend_port`."""
+    manifest = tmp / "web.yaml"
+    manifest.write_text(ingress_yaml("web", "web.test", tls=False))
+    http_port, https_port, admin_port = (pebblectl.free_port() for _ in range(3))
+    log = tmp / "certop.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "certop.cli", "standalone", "-f", str(manifest),
+             "--state-dir", str(tmp / "state"), "--listen", "127.0.0.1",
+             "--http-port", str(http_port), "--https-port", str(https_port),
+             "--admin-port", str(admin_port), "--service", f"web=127.0.0.1:{backend_port}",
+             *flags], stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: proc.poll() is not None or _listening(http_port), "certop to listen")
+        assert proc.poll() is None, log.read_text()
+        yield Certop(proc, http_port, admin_port, log)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+class Pattern:
+    """BIG bytes in 1 MiB blocks, each numbered, so a lost or reordered block shows."""
+
+    def __init__(self, total: int = BIG) -> None:
+        self.total = total
+        self.base = os.urandom(MIB)
+        digest = hashlib.sha256()
+        for i in range(total // MIB):
+            digest.update(self.block(i))
+        self.sha = digest.hexdigest()
+
+    def block(self, i: int) -> bytes:
+        return i.to_bytes(8, "big") + self.base[8:]
+
+
+def send_held_back(sock: socket.socket, pattern: Pattern, held: threading.Event) -> None:
+    """Send the pattern; set `held` once the receiver has stopped taking bytes for STALL s."""
+    for i in range(pattern.total // MIB):
+        view = memoryview(pattern.block(i))
+        while view:
+            _, writable, _ = select.select([], [sock], [], STALL)
+            if not writable:
+                held.set()
+                continue
+            view = view[sock.send(view):]
+
+
+def read_exactly(sock: socket.socket, n: int, digest: hashlib._Hash | None = None) -> bytes:
+    out = bytearray()
+    while n:
+        chunk = sock.recv(min(n, MIB))
+        if not chunk:
+            raise ConnectionError("closed early")
+        n -= len(chunk)
+        if digest is None:
+            out += chunk
+        else:
+            digest.update(chunk)
+    return bytes(out)
+
+
+def read_head(sock: socket.socket) -> tuple[bytes, bytes]:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(4096)
+        if not chunk:
+            raise ConnectionError(f"closed before a head: {data!r}")
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    return head, rest
+
+
+class OneShotBackend:
+    """A backend on a thread that serves one connection with `serve(conn)`."""
+
+    def __init__(self, serve: Callable[[socket.socket], None]) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, args=(serve,), daemon=True)
+        self.thread.start()
+
+    def _run(self, serve: Callable[[socket.socket], None]) -> None:
+        try:
+            conn, _ = self.sock.accept()
+            with conn:
+                serve(conn)
+        except BaseException as exc:  # reported by the test
+            self.error = exc
+
+    def close(self) -> None:
+        self.sock.close()
+        self.thread.join(30)
+
+
+@pytest.mark.slow
+def test_an_upload_to_a_backend_that_does_not_read_keeps_the_proxy_memory_bounded(
+        tmp_path: Path) -> None:
+    pattern = Pattern()
+    release = threading.Event()
+    seen: list[str] = []
+
+    def slow_reader(conn: socket.socket) -> None:
+        head, rest = read_head(conn)
+        release.wait(120)  # the test lets it read once the client is held back
+        digest = hashlib.sha256(rest)
+        read_exactly(conn, pattern.total - len(rest), digest)
+        seen.append(digest.hexdigest())
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+
+    backend = OneShotBackend(slow_reader)
+    try:
+        with certop(tmp_path, backend.port) as proxy:
+            before = proxy.status("VmRSS")
+            held = threading.Event()
+            with socket.create_connection(("127.0.0.1", proxy.http_port), 60) as sock:
+                sock.sendall(b"POST /upload HTTP/1.1\r\nHost: web.test\r\nContent-Length: "
+                             b"%d\r\n\r\n" % pattern.total)
+                sender = threading.Thread(target=send_held_back, args=(sock, pattern, held))
+                sender.start()
+                wait_for(lambda: held.is_set() or not sender.is_alive(),
+                         "the client to be held back or done", 120)
+                release.set()
+                sender.join(120)
+                head, body = read_head(sock)
+                body += read_exactly(sock, 2 - len(body))
+            growth = proxy.status("VmHWM") - before
+    finally:
+        release.set()
+        backend.close()
+    assert backend.error is None, backend.error
+    assert head.startswith(b"HTTP/1.1 200 ") and body == b"ok"
+    assert seen == [pattern.sha]
+    assert growth < GROWTH, f"proxy memory grew by {growth / MIB:.0f} MiB"
+
+
+@pytest.mark.slow
+def test_a_download_to_a_client_that_does_not_read_keeps_the_proxy_memory_bounded(
+        tmp_path: Path) -> None:
+    pattern = Pattern()
+    held = threading.Event()
+
+    def fast_writer(conn: socket.socket) -> None:
+        read_head(conn)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % pattern.total)
+        send_held_back(conn, pattern, held)
+
+    backend = OneShotBackend(fast_writer)
+    try:
+        with certop(tmp_path, backend.port) as proxy:
+            before = proxy.status("VmRSS")
+            with socket.create_connection(("127.0.0.1", proxy.http_port), 60) as sock:
+                sock.sendall(b"GET /download HTTP/1.1\r\nHost: web.test\r\n\r\n")
+                wait_for(lambda: held.is_set() or not backend.thread.is_alive(),
+                         "the backend to be held back or done", 120)
+                head, rest = read_head(sock)
+                digest = hashlib.sha256(rest)
+                read_exactly(sock, pattern.total - len(rest), digest)
+            growth = proxy.status("VmHWM") - before
+    finally:
+        backend.close()
+    assert backend.error is None, backend.error
+    assert head.startswith(b"HTTP/1.1 200 ")
+    assert digest.hexdigest() == pattern.sha
+    assert growth < GROWTH, f"proxy memory grew by {growth / MIB:.0f} MiB"
+
+
+@pytest.mark.slow
+def test_an_upload_while_the_backend_connection_is_pending_keeps_the_proxy_memory_bounded(
+        tmp_path: Path) -> None:
+    pattern = Pattern()
+    # A backend whose accept queue is full: the proxy's connection attempt waits (its SYNs are
+    # dropped) until the backend takes the connection in the queue, after the test says so.
+    listener = socket.create_server(("127.0.0.1", 0), backlog=0)
+    filler = socket.create_connection(listener.getsockname())
+    release = threading.Event()
+    seen: list[str] = []
+    errors: list[BaseException] = []
+
+    def late_backend() -> None:
+        try:
+            release.wait(120)
+            listener.accept()[0].close()  # the filler
+            conn, _ = listener.accept()  # the proxy's, on its next SYN
+            with conn:
+                _, rest = read_head(conn)
+                digest = hashlib.sha256(rest)
+                read_exactly(conn, pattern.total - len(rest), digest)
+                seen.append(digest.hexdigest())
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        except BaseException as exc:  # reported by the test
+            errors.append(exc)
+
+    backend = threading.Thread(target=late_backend, daemon=True)
+    backend.start()
+    try:
+        with certop(tmp_path, listener.getsockname()[1], "--upstream-connect-timeout", "60") \
+                as proxy:
+            before = proxy.status("VmRSS")
+            held = threading.Event()
+            with socket.create_connection(("127.0.0.1", proxy.http_port), 60) as sock:
+                sock.sendall(b"POST /upload HTTP/1.1\r\nHost: web.test\r\nContent-Length: "
+                             b"%d\r\n\r\n" % pattern.total)
+                sender = threading.Thread(target=send_held_back, args=(sock, pattern, held))
+                sender.start()
+                wait_for(lambda: held.is_set() or not sender.is_alive(),
+                         "the client to be held back or done", 120)
+                growth = proxy.status("VmHWM") - before
+                release.set()
+                sender.join(120)
+                head, body = read_head(sock)
+                body += read_exactly(sock, 2 - len(body))
+    finally:
+        release.set()
+        backend.join(30)
+        filler.close()
+        listener.close()
+    assert not errors, errors
+    assert head.startswith(b"HTTP/1.1 200 ") and body == b"ok"
+    assert seen == [pattern.sha]
+    assert growth < GROWTH, f"proxy memory grew by {growth / MIB:.0f} MiB"
