@@ -39,6 +39,9 @@ if TYPE_CHECKING:
     from certop.proxy.upstream import Address
 
 IDLE, BODY, DRAIN, WAIT, TUNNEL, CLOSED = range(6)
+LINGER = 6
+"""Answered with `Connection: close`; what the client still sends is discarded until it
+closes or `drain_timeout` passes (so it reads the answer, not a reset)."""
 PIPELINED, UPSTREAM = 1, 2
 """Why reading from a client is paused: bytes of a next request wait in its buffer; the
 upstream cannot take more (not connected yet, or its write buffer is full)."""
@@ -143,8 +146,9 @@ class ClientConn(asyncio.Protocol):
                 self.upstream.transport.write(data)
                 self.progress()
             return
-        if state in (BODY, DRAIN):
-            self._body(data)
+        if state in (BODY, DRAIN, LINGER):
+            if state != LINGER:
+                self._body(data)
             return
         self.buf += data
         if state == IDLE:
@@ -153,6 +157,8 @@ class ClientConn(asyncio.Protocol):
             self._pause()
 
     def eof_received(self) -> bool | None:
+        if self.state == LINGER:
+            return None
         if self.state == TUNNEL and self.upstream is not None and self.upstream.transport:
             if self.upstream.transport.can_write_eof():
                 self.upstream.transport.write_eof()
@@ -225,7 +231,20 @@ class ClientConn(asyncio.Protocol):
         if self.upstream is not None:
             self.upstream.abort()
             self.upstream = None
-        self.close()
+        self._close_lingering()
+
+    def _close_lingering(self) -> None:
+        """Close after an answer while the client may still be sending: a FIN after the
+        answer, then LINGER (TLS cannot half-close: closed at once, as before)."""
+        transport = self.transport
+        if transport is None or transport.is_closing() or not transport.can_write_eof():
+            self.close()
+            return
+        transport.write_eof()
+        self.state = LINGER
+        self.buf.clear()
+        self._arm(self.proxy.settings.drain_timeout)
+        self._resume(PIPELINED | UPSTREAM)
 
     # -- requests ------------------------------------------------------------------------
 
@@ -320,7 +339,7 @@ class ClientConn(asyncio.Protocol):
         if not reply[:end].endswith(b"\r\nConnection: close"):
             reply = reply[:end] + b"\r\nConnection: close" + reply[end:]
         self.write(reply)
-        self.close()
+        self._close_lingering()
 
     def _body(self, data: bytes) -> None:
         """Request body bytes: counted, checked, forwarded (or discarded when draining)."""

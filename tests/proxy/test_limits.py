@@ -5,6 +5,7 @@ caps concurrent client connections."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import os
@@ -20,7 +21,9 @@ from pathlib import Path
 
 import pebblectl
 import pytest
-from proxy_helpers import ingress_yaml
+from proxy_helpers import ingress_yaml, serving
+
+from certop.proxy.server import ProxySettings
 
 MIB = 1 << 20
 BIG = 200 * MIB
@@ -171,7 +174,7 @@ def test_an_upload_to_a_backend_that_does_not_read_keeps_the_proxy_memory_bounde
     seen: list[str] = []
 
     def slow_reader(conn: socket.socket) -> None:
-        head, rest = read_head(conn)
+        _, rest = read_head(conn)
         release.wait(120)  # the test lets it read once the client is held back
         digest = hashlib.sha256(rest)
         read_exactly(conn, pattern.total - len(rest), digest)
@@ -289,3 +292,49 @@ def test_an_upload_while_the_backend_connection_is_pending_keeps_the_proxy_memor
     assert head.startswith(b"HTTP/1.1 200 ") and body == b"ok"
     assert seen == [pattern.sha]
     assert growth < GROWTH, f"proxy memory grew by {growth / MIB:.0f} MiB"
+
+
+def talk(port: int, *parts: bytes) -> bytes:
+    """Send the parts on one connection, then read until the proxy closes it (a 20 s socket
+    timeout only stops a hung test)."""
+    with socket.create_connection(("127.0.0.1", port), 20) as sock:
+        for part in parts:
+            sock.sendall(part)
+        out = b""
+        while chunk := sock.recv(65536):
+            out += chunk
+        return out
+
+
+UNKNOWN = b"POST /x HTTP/1.1\r\nHost: nowhere.test\r\n"
+"""A request certop answers itself (404: no Ingress names the host)."""
+
+
+@pytest.mark.parametrize("parts", [
+    pytest.param([UNKNOWN + b"Content-Length: 1000000000\r\n\r\n"], id="declared-too-large"),
+    pytest.param([UNKNOWN + b"Content-Length: 10\r\n\r\nabc"], id="too-slow"),
+    pytest.param([UNKNOWN + b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"],
+                 id="chunked-too-slow"),
+    pytest.param([UNKNOWN + b"Transfer-Encoding: chunked\r\n\r\n",
+                  *[b"1000\r\n" + b"x" * 0x1000 + b"\r\n"] * 20], id="chunked-too-large"),
+])
+async def test_a_body_certop_does_not_want_is_answered_and_the_connection_closed(
+        tmp_path: Path, parts: list[bytes]) -> None:
+    async with serving(tmp_path, ingress_yaml("web", "web.test", tls=False),
+                       ["web=127.0.0.1:9"],
+                       proxy_settings=ProxySettings(drain_timeout=0.5)) as s:
+        out = await asyncio.to_thread(talk, s.http_port, *parts)
+    assert out.startswith(b"HTTP/1.1 404 "), out[:200]
+    assert b"\r\nConnection: close\r\n" in out
+    assert out.count(b"HTTP/1.1") == 1
+
+
+async def test_a_small_body_certop_does_not_want_is_read_and_the_connection_kept(
+        tmp_path: Path) -> None:
+    async with serving(tmp_path, ingress_yaml("web", "web.test", tls=False),
+                       ["web=127.0.0.1:9"]) as s:
+        out = await asyncio.to_thread(
+            talk, s.http_port, UNKNOWN + b"Content-Length: 5\r\n\r\nhello",
+            UNKNOWN + b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: nowhere.test\r\nConnection: close\r\n\r\n")
+    assert out.count(b"HTTP/1.1 404 ") == 3, out
