@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,7 @@ slow peer starts reading; no assertion depends on it)."""
 class Certop:
     proc: subprocess.Popen[bytes]
     http_port: int
+    https_port: int
     admin_port: int
     log: Path
 
@@ -81,7 +83,7 @@ def certop(tmp: Path, backend_port: int, *flags: str) -> Iterator[Certop]:
     try:
         wait_for(lambda: proc.poll() is not None or _listening(http_port), "certop to listen")
         assert proc.poll() is None, log.read_text()
-        yield Certop(proc, http_port, admin_port, log)
+        yield Certop(proc, http_port, https_port, admin_port, log)
     finally:
         proc.terminate()
         try:
@@ -338,3 +340,114 @@ async def test_a_small_body_certop_does_not_want_is_read_and_the_connection_kept
             UNKNOWN + b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: nowhere.test\r\nConnection: close\r\n\r\n")
     assert out.count(b"HTTP/1.1 404 ") == 3, out
+
+
+class ScriptedBackend:
+    """A backend answering by path: /never (no answer), /stall (a head and part of the body),
+    /ws (101, then silence), /slow-upload (reads its body, answers 200)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.done = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = self.sock.accept()
+                threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):
+            head, rest = read_head(conn)
+            path = head.split(b" ")[1]
+            if path == b"/stall":
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+            elif path == b"/ws":
+                conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n"
+                             b"Upgrade: websocket\r\n\r\n")
+            elif path == b"/slow-upload":
+                body = rest + read_exactly(conn, 16 - len(rest))
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 16\r\n\r\n" + body)
+            self.done.wait(60)
+
+    def close(self) -> None:
+        self.done.set()
+        self.sock.close()
+
+
+def paced(port: int, head: bytes, body: bytes, gap: float) -> bytes:
+    """A slow client: the body one byte every `gap` seconds (simulated slowness, not a wait
+    for a result), then read until the proxy closes."""
+    with socket.create_connection(("127.0.0.1", port), 20) as sock:
+        sock.sendall(head)
+        for i in range(len(body)):
+            time.sleep(gap)
+            sock.sendall(body[i:i + 1])
+        out = b""
+        while chunk := sock.recv(65536):
+            out += chunk
+        return out
+
+
+@pytest.mark.slow
+def test_each_phase_times_out_when_it_makes_no_progress(tmp_path: Path) -> None:
+    backend = ScriptedBackend()
+    try:
+        with certop(tmp_path, backend.port, "--client-header-timeout", "1",
+                    "--client-body-timeout", "1", "--upstream-header-timeout", "1",
+                    "--response-body-timeout", "1", "--tunnel-idle-timeout", "1") as proxy:
+            port = proxy.http_port
+            head = talk(port, b"GET / HTTP/1.1\r\nHost: web.test\r\n")
+            never = talk(port, b"GET /never HTTP/1.1\r\nHost: web.test\r\n\r\n")
+            stall = talk(port, b"GET /stall HTTP/1.1\r\nHost: web.test\r\n\r\n")
+            ws = talk(port, b"GET /ws HTTP/1.1\r\nHost: web.test\r\nConnection: Upgrade\r\n"
+                            b"Upgrade: websocket\r\n\r\n")
+            body = talk(port, b"POST /body HTTP/1.1\r\nHost: web.test\r\n"
+                              b"Content-Length: 10\r\n\r\nabc")
+            # Progress refreshes the idle timeout: a body taking 4 s, a byte every 0.25 s.
+            slow = paced(port, b"POST /slow-upload HTTP/1.1\r\nHost: web.test\r\n"
+                               b"Content-Length: 16\r\nConnection: close\r\n\r\n",
+                         b"0123456789abcdef", 0.25)
+    finally:
+        backend.close()
+    assert head == b""  # closed without an answer
+    assert never.startswith(b"HTTP/1.1 504 ")
+    assert stall.startswith(b"HTTP/1.1 200 ") and stall.endswith(b"\r\n\r\nabc")
+    assert ws.startswith(b"HTTP/1.1 101 ") and ws.endswith(b"\r\n\r\n")
+    assert body.startswith(b"HTTP/1.1 408 ")
+    assert slow.startswith(b"HTTP/1.1 200 ") and slow.endswith(b"0123456789abcdef")
+
+
+def answered(port: int) -> bytes:
+    """One request on a new connection: the answer head, b"" when the proxy closed it."""
+    with socket.create_connection(("127.0.0.1", port), 20) as sock:
+        try:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: nowhere.test\r\n\r\n")
+            return read_head(sock)[0]
+        except ConnectionError:
+            return b""
+
+
+@pytest.mark.slow
+def test_connections_over_the_limit_are_closed_counted_and_logged(tmp_path: Path) -> None:
+    with certop(tmp_path, 9, "--max-connections", "2") as proxy:
+        port = proxy.http_port
+        for _ in range(3):  # failed TLS handshakes leave no count behind
+            assert talk(proxy.https_port, b"not a ClientHello\r\n\r\n") == b""
+        held = [socket.create_connection(("127.0.0.1", port), 20) for _ in range(2)]
+        for sock in held:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: nowhere.test\r\n\r\n")
+            assert read_head(sock)[0].startswith(b"HTTP/1.1 404 ")
+        over = answered(port)
+        with urllib.request.urlopen(f"http://127.0.0.1:{proxy.admin_port}/metrics") as resp:
+            metrics = resp.read().decode()
+        held.pop().close()
+        wait_for(lambda: answered(port).startswith(b"HTTP/1.1 404 "),
+                 "a connection to be served again under the limit")
+        for sock in held:
+            sock.close()
+    assert over == b""
+    assert "certop_connections_refused_total 1\n" in metrics
+    assert "connection limit reached (max_connections 2)" in proxy.log.read_text()
