@@ -47,6 +47,28 @@ def _seconds(text: str) -> int:
     return value
 
 
+def _timeout(text: str) -> float:
+    """Seconds, more than 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected seconds more than 0, got {text}")
+    return value
+
+
+def _count(text: str) -> int:
+    """A whole number, 0 or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or more, got {value}")
+    return value
+
+
 def _standalone_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "standalone",
@@ -87,6 +109,28 @@ def _standalone_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     p.add_argument("--admin-port", type=int, metavar="PORT",
                    help="serve /healthz, /readyz and Prometheus /metrics on this port")
     p.add_argument("--access-log", action="store_true", help="log one line per request")
+    limits = ProxySettings()
+    p.add_argument("--client-header-timeout", type=_timeout, default=limits.header_timeout,
+                   metavar="SECONDS", help="for a complete request head, also the keep-alive "
+                   "idle time (default %(default)g; the connection is closed after)")
+    p.add_argument("--client-body-timeout", type=_timeout, default=limits.body_timeout,
+                   metavar="SECONDS", help="a request body may make no progress (default "
+                   "%(default)g; 408 after)")
+    p.add_argument("--upstream-connect-timeout", type=_timeout, default=limits.connect_timeout,
+                   metavar="SECONDS", help="to connect to a backend endpoint (default "
+                   "%(default)g; the next endpoint is tried, 502 when none is left)")
+    p.add_argument("--upstream-header-timeout", type=_timeout, default=limits.read_timeout,
+                   metavar="SECONDS", help="for a backend's response head once the request "
+                   "is sent (default %(default)g; 504 after)")
+    p.add_argument("--response-body-timeout", type=_timeout, default=limits.response_timeout,
+                   metavar="SECONDS", help="a response body may make no progress, the backend "
+                   "sending or the client reading (default %(default)g; closed after)")
+    p.add_argument("--tunnel-idle-timeout", type=_timeout, default=limits.tunnel_timeout,
+                   metavar="SECONDS", help="an upgraded connection (WebSocket) may carry no "
+                   "byte either way (default %(default)g; closed after)")
+    p.add_argument("--max-connections", type=_count, default=limits.max_connections,
+                   metavar="N", help="client connections open at once per worker process "
+                   "(default %(default)d; more are closed at once; 0: no limit)")
     p.add_argument("--workers", type=int, default=1, metavar="N",
                    help="proxy processes sharing the ports (SO_REUSEPORT); the first one also "
                         "issues certificates, the others serve what it stores")
@@ -179,7 +223,14 @@ def _proxy_settings(args: argparse.Namespace) -> ProxySettings:
         limit = ann.body_limit({ann.BODY_SIZE[0]: args.max_body_size})
     except ann.AnnotationError as exc:
         raise ConfigError("--max-body-size", "", "", exc.expected) from None
-    return ProxySettings(body_limit=limit or None, access_log=args.access_log)
+    return ProxySettings(body_limit=limit or None, access_log=args.access_log,
+                         header_timeout=args.client_header_timeout,
+                         body_timeout=args.client_body_timeout,
+                         connect_timeout=args.upstream_connect_timeout,
+                         read_timeout=args.upstream_header_timeout,
+                         response_timeout=args.response_body_timeout,
+                         tunnel_timeout=args.tunnel_idle_timeout,
+                         max_connections=args.max_connections)
 
 
 def _default_certificate(args: argparse.Namespace) -> StoredCert | None:

@@ -39,6 +39,14 @@ if TYPE_CHECKING:
     from certop.proxy.upstream import Address
 
 IDLE, BODY, DRAIN, WAIT, TUNNEL, CLOSED = range(6)
+LINGER = 6
+"""Answered with `Connection: close`; what the client still sends is discarded until it
+closes or `drain_timeout` passes (so it reads the answer, not a reset)."""
+PIPELINED, UPSTREAM = 1, 2
+"""Why reading from a client is paused: bytes of a next request wait in its buffer; the
+upstream cannot take more (not connected yet, or its write buffer is full)."""
+PENDING_LIMIT = 64 * 1024
+"""Request body bytes kept while the upstream connection is being made (reading pauses)."""
 NO_BODY = Framing(length=0)
 _FAST_HEAD = Head((b"", b"", b""), [])
 """Marks an upstream response whose head took the fast path (its body is being relayed)."""
@@ -86,8 +94,11 @@ class ClientConn(asyncio.Protocol):
         self.exchange: Exchange | None = None
         self.upstream: UpstreamConn | None = None
         self.pending: list[bytes] = []  # request body bytes waiting for the upstream connection
+        self.pending_size = 0
         self.deadline = INF
-        self.paused = False
+        self.idle = INF  # the current phase's idle timeout: progress moves the deadline by it
+        self.paused = 0  # PIPELINED | UPSTREAM: why reading is paused
+        self.write_paused = False  # our transport's write buffer is full
         self.body_limit: int | None = None
         self.local_reply = b""
         self.eof = False
@@ -99,6 +110,8 @@ class ClientConn(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.client_ip = peer[0].encode() if isinstance(peer, tuple) else b""
         self.proxy.connections.add(self)
+        if self.tls:
+            self.proxy.handshaking.discard(self)
         self.proxy.metrics.connections_total += 1
         if self.tls:
             self.proxy.metrics.tls_handshakes += 1  # an SSL transport is made after the handshake
@@ -114,21 +127,28 @@ class ClientConn(asyncio.Protocol):
         self.proxy.drained()
 
     def pause_writing(self) -> None:
-        if self.upstream is not None and self.upstream.transport is not None:
-            self.upstream.transport.pause_reading()
+        self.write_paused = True
+        if self.upstream is not None:
+            self.upstream.pause_reading()
 
     def resume_writing(self) -> None:
-        if self.upstream is not None and self.upstream.transport is not None:
-            self.upstream.transport.resume_reading()
+        self.write_paused = False
+        if self.upstream is not None:
+            self.upstream.resume_reading()
+        if self.state == TUNNEL or (self.exchange is not None and
+                                    self.exchange.response_started):
+            self.progress()  # the client reads what we send
 
     def data_received(self, data: bytes) -> None:
         state = self.state
         if state == TUNNEL:
             if self.upstream is not None and self.upstream.transport is not None:
                 self.upstream.transport.write(data)
+                self.progress()
             return
-        if state in (BODY, DRAIN):
-            self._body(data)
+        if state in (BODY, DRAIN, LINGER):
+            if state != LINGER:
+                self._body(data)
             return
         self.buf += data
         if state == IDLE:
@@ -137,6 +157,8 @@ class ClientConn(asyncio.Protocol):
             self._pause()
 
     def eof_received(self) -> bool | None:
+        if self.state == LINGER:
+            return None
         if self.state == TUNNEL and self.upstream is not None and self.upstream.transport:
             if self.upstream.transport.can_write_eof():
                 self.upstream.transport.write_eof()
@@ -154,28 +176,41 @@ class ClientConn(asyncio.Protocol):
 
     def _arm(self, seconds: float) -> None:
         # No timer per request: the proxy's sweeper looks at deadlines every TICK seconds.
+        self.idle = seconds
         self.deadline = self.loop.time() + seconds
+
+    def progress(self) -> None:
+        """Bytes moved in the current phase: its idle timeout starts again."""
+        self.deadline = self.loop.time() + self.idle
 
     def _disarm(self) -> None:
         self.deadline = INF
 
     def timed_out(self) -> None:
         self.deadline = INF
-        if self.state == WAIT and self.exchange is not None and not \
-                self.exchange.response_started:
+        started = self.exchange is not None and self.exchange.response_started
+        if self.state == WAIT and self.exchange is not None and not started:
             self.upstream_failed(504)
+            return
+        if self.state == BODY and not started:
+            # The client stopped sending (408), or the backend stopped taking it (504).
+            self._fail(HttpError(504 if self.paused & UPSTREAM else 408, "body stalled"))
+            return
+        if self.state == DRAIN:
+            self._reply_local_and_close()
             return
         self.close()
 
-    def _pause(self) -> None:
+    def _pause(self, reason: int = PIPELINED) -> None:
         if not self.paused and self.transport is not None:
-            self.paused = True
             self.transport.pause_reading()
+        self.paused |= reason
 
-    def _resume(self) -> None:
-        if self.paused and self.transport is not None:
-            self.paused = False
-            self.transport.resume_reading()
+    def _resume(self, reasons: int = PIPELINED) -> None:
+        if self.paused:
+            self.paused &= ~reasons
+            if not self.paused and self.transport is not None:
+                self.transport.resume_reading()
 
     def write(self, data: bytes) -> None:
         if self.transport is not None and self.state != CLOSED:
@@ -196,7 +231,20 @@ class ClientConn(asyncio.Protocol):
         if self.upstream is not None:
             self.upstream.abort()
             self.upstream = None
-        self.close()
+        self._close_lingering()
+
+    def _close_lingering(self) -> None:
+        """Close after an answer while the client may still be sending: a FIN after the
+        answer, then LINGER (TLS cannot half-close: closed at once, as before)."""
+        transport = self.transport
+        if transport is None or transport.is_closing() or not transport.can_write_eof():
+            self.close()
+            return
+        transport.write_eof()
+        self.state = LINGER
+        self.buf.clear()
+        self._arm(self.proxy.settings.drain_timeout)
+        self._resume(PIPELINED | UPSTREAM)
 
     # -- requests ------------------------------------------------------------------------
 
@@ -249,8 +297,11 @@ class ClientConn(asyncio.Protocol):
             # Answered here (404, 308, challenge token, 503): discard any body, then reply.
             self.local_reply = decision.local
             if has_body:
+                if (framing.length or 0) > proxy.settings.drain_limit:
+                    self._reply_local_and_close()
+                    return
                 self.state = DRAIN
-                self._disarm()
+                self._arm(proxy.settings.drain_timeout)
                 if self.buf:
                     data = bytes(self.buf)
                     self.buf.clear()
@@ -270,7 +321,7 @@ class ClientConn(asyncio.Protocol):
                                  retryable, decision.hsts, decision.label)
         self.exchange.body_done = not has_body
         self.state = BODY if has_body else WAIT
-        self._arm(proxy.settings.read_timeout)
+        self._arm(proxy.settings.body_timeout if has_body else proxy.settings.read_timeout)
         proxy.dispatch(self, decision.backend)
         if self.state == BODY and self.buf:
             data = bytes(self.buf)
@@ -280,6 +331,15 @@ class ClientConn(asyncio.Protocol):
     def _reply_local(self) -> None:
         self.write(self.local_reply)
         self._cycle_done()
+
+    def _reply_local_and_close(self) -> None:
+        """The local answer without reading the request body (too large or too slow)."""
+        reply = self.local_reply
+        end = reply.find(b"\r\n\r\n")
+        if not reply[:end].endswith(b"\r\nConnection: close"):
+            reply = reply[:end] + b"\r\nConnection: close" + reply[end:]
+        self.write(reply)
+        self._close_lingering()
 
     def _body(self, data: bytes) -> None:
         """Request body bytes: counted, checked, forwarded (or discarded when draining)."""
@@ -306,6 +366,8 @@ class ClientConn(asyncio.Protocol):
         if self.state == DRAIN:
             if done:
                 self._reply_local()
+            elif self.body_seen > self.proxy.settings.drain_limit:
+                self._reply_local_and_close()
             return
         if body:
             if self.upstream is not None and self.upstream.transport is not None \
@@ -313,10 +375,17 @@ class ClientConn(asyncio.Protocol):
                 self.upstream.transport.write(body)
             else:
                 self.pending.append(body)
+                self.pending_size += len(body)
+                if self.pending_size > PENDING_LIMIT:
+                    self._pause(UPSTREAM)
         if done:
             self.state = WAIT
             if self.exchange is not None:
                 self.exchange.body_done = True
+                if not self.exchange.response_started:
+                    self._arm(self.proxy.settings.read_timeout)
+        else:
+            self.progress()
         if self.buf:
             self._pause()
 
@@ -326,8 +395,10 @@ class ClientConn(asyncio.Protocol):
         self.upstream = upstream
         upstream.transport.write(self.exchange.head_bytes)
         if self.pending:
+            self._resume(UPSTREAM)  # paused again if this fills the upstream's buffer
             upstream.transport.writelines(self.pending)
             self.pending.clear()
+            self.pending_size = 0
 
     def upstream_failed(self, status: int) -> None:
         self.upstream = None
@@ -349,7 +420,9 @@ class ClientConn(asyncio.Protocol):
 
     def _cycle_done(self) -> None:
         self.exchange = None
-        self.pending.clear()
+        if self.pending:
+            self.pending.clear()
+            self.pending_size = 0
         if self.eof and b"\r\n\r\n" not in self.buf:
             self.close()
             return
@@ -358,13 +431,13 @@ class ClientConn(asyncio.Protocol):
             return
         self.state = IDLE
         self._arm(self.proxy.settings.header_timeout)
-        self._resume()
+        self._resume(PIPELINED | UPSTREAM)
         if self.buf:
             self._next_request()
 
     def start_tunnel(self) -> None:
         self.state = TUNNEL
-        self._disarm()
+        self._arm(self.proxy.settings.tunnel_timeout)
         if self.buf and self.upstream is not None and self.upstream.transport is not None:
             self.upstream.transport.write(bytes(self.buf))
             self.buf.clear()
@@ -388,6 +461,8 @@ class UpstreamConn(asyncio.Protocol):
         self.reusable = True
         self.got_bytes = False
         self.fresh = True
+        self.read_paused = False
+        self.write_paused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -419,13 +494,27 @@ class UpstreamConn(asyncio.Protocol):
             client.close()
 
     def pause_writing(self) -> None:
-        if self.client is not None and self.client.transport is not None:
-            self.client.transport.pause_reading()
+        self.write_paused = True
+        if self.client is not None:
+            self.client._pause(UPSTREAM)
 
     def resume_writing(self) -> None:
-        if self.client is not None and self.client.transport is not None \
-                and not self.client.paused:
-            self.client.transport.resume_reading()
+        self.write_paused = False
+        client = self.client
+        if client is not None:
+            client._resume(UPSTREAM)
+            if client.state == BODY or client.state == TUNNEL:
+                client.progress()  # the backend takes what the client sends
+
+    def pause_reading(self) -> None:
+        if not self.read_paused and self.transport is not None:
+            self.read_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.read_paused and self.transport is not None:
+            self.read_paused = False
+            self.transport.resume_reading()
 
     def begin(self, client: ClientConn, fresh: bool) -> None:
         self.client = client
@@ -434,6 +523,12 @@ class UpstreamConn(asyncio.Protocol):
         self.buf.clear()
         self.got_bytes = False
         self.reusable = True
+        if client.write_paused:
+            self.pause_reading()
+        elif self.read_paused:
+            self.resume_reading()
+        if self.write_paused:
+            client._pause(UPSTREAM)
         client.attach(self)
 
     def abort(self) -> None:
@@ -452,6 +547,7 @@ class UpstreamConn(asyncio.Protocol):
         self.got_bytes = True
         if client.state == TUNNEL:
             client.write(data)
+            client.progress()
             return
         if self.head is None:
             self.buf += data
@@ -497,7 +593,6 @@ class UpstreamConn(asyncio.Protocol):
             assert exchange is not None
             if status == 101 and exchange.upgrade:
                 exchange.response_started = True
-                client._disarm()
                 client.write(self.proxy.downstream_head(head, Framing(length=0), True, True))
                 self.reusable = False
                 client.start_tunnel()
@@ -522,7 +617,7 @@ class UpstreamConn(asyncio.Protocol):
             keep = client.keep_alive and not framing.until_close and not self.proxy.closing
             client.keep_alive = keep
             exchange.response_started = True
-            client._disarm()
+            client._arm(self.proxy.settings.response_timeout)
             self.proxy.observe(exchange, status)
             client.write(self.proxy.downstream_head(head, framing, keep, False, exchange.hsts))
             rest = bytes(self.buf)
@@ -546,7 +641,7 @@ class UpstreamConn(asyncio.Protocol):
         self.scanner = None
         keep = client.keep_alive and not self.proxy.closing
         exchange.response_started = True
-        client._disarm()
+        client._arm(self.proxy.settings.response_timeout)
         self.proxy.observe(exchange, status)
         hsts = exchange.hsts
         if keep and hsts is None:
@@ -578,6 +673,7 @@ class UpstreamConn(asyncio.Protocol):
         assert client is not None
         if self.framing.until_close:
             client.write(data)
+            client.progress()
             return
         if self.scanner is not None:
             try:
@@ -600,6 +696,8 @@ class UpstreamConn(asyncio.Protocol):
                 self.reusable = False
         if done:
             self._finished()
+        else:
+            client.progress()
 
     def _finished(self) -> None:
         client = self.client
@@ -616,6 +714,8 @@ class UpstreamConn(asyncio.Protocol):
             return
         self.head = None
         self.proxy.balancer.succeeded(self.addr)
+        if self.read_paused:
+            self.resume_reading()  # idle in the pool it must see the backend hang up
         if self.reusable and self.connected:
             self.proxy.pool.release(self)
         elif self.transport is not None:

@@ -17,8 +17,10 @@ import posixpath
 import re
 import socket
 import time
+import weakref
 from dataclasses import dataclass
 from email.utils import formatdate
+from typing import cast
 from urllib.parse import unquote
 
 from certop.core.models import ServiceBackend
@@ -35,10 +37,12 @@ access = logging.getLogger("certop.access")
 
 TICK = 0.5
 """Seconds between timeout sweeps."""
+REFUSED_LOG_EVERY = 10.0
+"""Seconds between log lines about connections refused by `max_connections`."""
 
 REASONS = {
     200: b"OK", 308: b"Permanent Redirect", 400: b"Bad Request", 404: b"Not Found",
-    413: b"Content Too Large", 431: b"Request Header Fields Too Large",
+    408: b"Request Timeout", 413: b"Content Too Large", 431: b"Request Header Fields Too Large",
     501: b"Not Implemented", 502: b"Bad Gateway", 503: b"Service Unavailable",
     504: b"Gateway Timeout",
 }
@@ -55,7 +59,22 @@ class ProxySettings:
     connect_timeout: float = 5.0
     """Seconds to connect to an upstream endpoint (502 after)."""
     read_timeout: float = 60.0
-    """Seconds to wait for an upstream response head (504 after)."""
+    """Seconds to wait for an upstream response head once the request is sent (504 after)."""
+    body_timeout: float = 60.0
+    """Seconds a request body may make no progress (408 and the connection closed after)."""
+    response_timeout: float = 60.0
+    """Seconds a response body may make no progress, the backend sending or the client
+    reading (the connection closed after)."""
+    tunnel_timeout: float = 3600.0
+    """Seconds an upgraded connection (WebSocket) may carry no byte either way (closed after)."""
+    drain_limit: int = 64 * 1024
+    """Largest body, bytes, read and discarded for a request certop answers itself (404, 308,
+    token); a larger one is answered with `Connection: close` and the connection closed."""
+    drain_timeout: float = 5.0
+    """Seconds to receive such a body (else answered with `Connection: close` and closed)."""
+    max_connections: int = 4096
+    """Client connections open at once per worker process, TLS handshakes included; more are
+    closed at once (0: no limit)."""
     access_log: bool = False
     """Log one line per request to the `certop.access` logger."""
 
@@ -139,6 +158,11 @@ class Proxy:
         self._https_port_bytes = b"443"
         self._http_port_bytes = b"80"
         self.connections: set[ClientConn] = set()
+        self.handshaking: weakref.WeakSet[ClientConn] = weakref.WeakSet()
+        """TLS connections accepted whose handshake is not done (a failed one is dropped by
+        its transport, and so leaves this set)."""
+        self._refused = 0
+        self._refused_logged = -REFUSED_LOG_EVERY
         self.upstreams: set[UpstreamConn] = set()
         self.closing = False
         self._servers: list[asyncio.AbstractServer] = []
@@ -158,7 +182,7 @@ class Proxy:
             self._sweeper = loop.call_later(TICK, self._sweep)
         if https_port is not None:
             server = await loop.create_server(
-                lambda: ClientConn(self, True), listen, https_port,
+                lambda: self._accept(True), listen, https_port,
                 ssl=self.certs.server_context, reuse_address=True, reuse_port=reuse_port,
                 backlog=1024, ssl_handshake_timeout=self.settings.header_timeout,
             )
@@ -167,12 +191,34 @@ class Proxy:
             self._https_port_bytes = str(self.https_port).encode()
         if http_port is not None:
             server = await loop.create_server(
-                lambda: ClientConn(self, False), listen, http_port, reuse_address=True,
+                lambda: self._accept(False), listen, http_port, reuse_address=True,
                 reuse_port=reuse_port, backlog=1024,
             )
             self._servers.append(server)
             self.http_port = _port(server) or http_port
             self._http_port_bytes = str(self.http_port).encode()
+
+    def _accept(self, tls: bool) -> asyncio.Protocol:
+        """The protocol for a connection just accepted (before any TLS handshake)."""
+        limit = self.settings.max_connections
+        if limit and len(self.connections) + len(self.handshaking) >= limit:
+            return self._refuse()
+        conn = ClientConn(self, tls)
+        if tls:
+            self.handshaking.add(conn)
+        return conn
+
+    def _refuse(self) -> asyncio.Protocol:
+        self._refused += 1
+        self.metrics.add("connections_refused_total")
+        assert self.loop is not None
+        now = self.loop.time()
+        if now - self._refused_logged >= REFUSED_LOG_EVERY:
+            log.warning("connection limit reached (max_connections %d): closed %d new "
+                        "connection(s)", self.settings.max_connections, self._refused)
+            self._refused_logged = now
+            self._refused = 0
+        return _Refused()
 
     def ports(self) -> list[int]:
         return [p for p in (_port(s) for s in self._servers) if p]
@@ -414,6 +460,14 @@ class Proxy:
             access.info('%s "%s %s" %d %.3f %s', exchange.client.client_ip.decode(),
                         exchange.method.decode(), exchange.target.decode("latin-1"), status,
                         elapsed, exchange.addr)
+
+
+class _Refused(asyncio.Protocol):
+    """A connection over the limit: closed as soon as it is made (a TLS one after its
+    handshake, which the handshake timeout bounds)."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        cast(asyncio.Transport, transport).abort()
 
 
 def _port(server: asyncio.AbstractServer) -> int | None:
