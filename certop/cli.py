@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import resource
 import signal
 import sys
 from collections.abc import Callable
@@ -243,11 +244,22 @@ def _default_certificate(args: argparse.Namespace) -> StoredCert | None:
     return supplied.read_pair(Path(cert), Path(key), "--default-certificate")
 
 
+def _raise_fd_limit() -> None:
+    """Let --max-connections be reached before the process runs out of file descriptors: the
+    soft limit goes up to the hard one (as nginx's worker_rlimit_nofile, or Go's runtime)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE,
+                               (hard if hard != resource.RLIM_INFINITY else 1 << 20, hard))
+
+
 async def run_standalone(settings: StandaloneSettings, args: argparse.Namespace,
                          parent: int | None = None) -> int:
     listen, http_port, https_port = args.listen, args.http_port, args.https_port
     config = load_config(settings)
     ensure_dir(settings.state_dir)
+    _raise_fd_limit()
     # With several workers any of them may get the CA's HTTP-01 request: share tokens on disk.
     tokens = TokenStore(settings.state_dir / "challenges" if args.workers > 1 else None)
     proxy = Proxy(CertBook(_default_certificate(args)), tokens, config.backends,

@@ -72,7 +72,7 @@ class ProxySettings:
     token); a larger one is answered with `Connection: close` and the connection closed."""
     drain_timeout: float = 5.0
     """Seconds to receive such a body (else answered with `Connection: close` and closed)."""
-    max_connections: int = 4096
+    max_connections: int = 16384
     """Client connections open at once per worker process, TLS handshakes included; more are
     closed at once (0: no limit)."""
     access_log: bool = False
