@@ -52,6 +52,27 @@ class OperatorRun:
     """The coordination.k8s.io Lease that elects the active replica."""
 
 
+API_TIMEOUT = 10.0
+"""Seconds any single Kubernetes API request may take (connect included) before it fails."""
+WATCH_TIMEOUT = 300.0
+"""Seconds a watch request lasts before kopf reconnects (asked of the server; the client
+gives up a minute later), so a silently dead connection is noticed."""
+
+
+def configure_kopf(settings: kopf.OperatorSettings) -> None:
+    """kopf as certop runs it (a startup handler; the in-process tests call it too):
+    - no scanning: kopf neither lists CustomResourceDefinitions nor Namespaces, so the RBAC
+      needs no grant on them (certop's CRDs are installed before it starts; `-n NS` names
+      namespaces that exist);
+    - every API request has a timeout, watches included."""
+    settings.scanning.disabled = True
+    settings.networking.request_timeout = API_TIMEOUT
+    settings.networking.connect_timeout = API_TIMEOUT
+    settings.watching.connect_timeout = API_TIMEOUT
+    settings.watching.server_timeout = WATCH_TIMEOUT
+    settings.watching.client_timeout = WATCH_TIMEOUT + 60
+
+
 def _load_kubernetes_config() -> kubernetes.client.ApiClient:
     try:
         kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
@@ -87,6 +108,8 @@ async def run_operator(run: OperatorRun) -> int:
             registry = kopf.OperatorRegistry()
             # The same login as our own client: in-cluster service account or KUBECONFIG.
             kopf.on.login(registry=registry)(kopf.login_via_client)
+            kopf.on.startup(registry=registry, id="settings")(
+                lambda settings, **_: configure_kopf(settings))
             Shim(api, run.default_issuer).register(registry)
             settings = OperatorSettings(
                 resource_namespace=run.resource_namespace, solver_service=run.solver_service,

@@ -20,8 +20,8 @@ def kube() -> Iterator[EmulatorThread]:
 
 def test_one_replica_holds_the_lease_and_another_takes_over_when_it_lapses(
         kube: EmulatorThread) -> None:
-    a = Lease(kube.api_client(), "certop", "leader-1", "replica-a", duration=15)
-    b = Lease(kube.api_client(), "certop", "leader-1", "replica-b", duration=15)
+    a = Lease(kube.operator_client(), "certop", "leader-1", "replica-a", duration=15)
+    b = Lease(kube.operator_client(), "certop", "leader-1", "replica-b", duration=15)
     assert a.try_acquire() and a.held
     assert not b.try_acquire()
     assert a.try_acquire()  # renewal
@@ -37,8 +37,8 @@ def test_one_replica_holds_the_lease_and_another_takes_over_when_it_lapses(
 
 
 def test_a_released_lease_is_taken_at_once(kube: EmulatorThread) -> None:
-    a = Lease(kube.api_client(), "certop", "leader-2", "replica-a")
-    b = Lease(kube.api_client(), "certop", "leader-2", "replica-b")
+    a = Lease(kube.operator_client(), "certop", "leader-2", "replica-a")
+    b = Lease(kube.operator_client(), "certop", "leader-2", "replica-b")
     assert a.try_acquire()
     a.release()
     assert b.try_acquire()

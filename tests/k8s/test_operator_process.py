@@ -15,6 +15,7 @@ from typing import Any
 
 import pebblectl
 import pytest
+from kmock_ext import ADMIN_TOKEN, OPERATOR_TOKEN
 from kube import wait_for
 from kubernetes import client
 
@@ -37,13 +38,17 @@ def emulator_url(tmp_path: Path) -> Iterator[str]:
         proc.wait(timeout=15)
         if proc.stdout is not None:
             proc.stdout.close()
+    # The operator ran under manifests/rbac.yaml: nothing it asked for was refused.
+    refused = [line for line in (tmp_path / "emu.log").read_text().splitlines()
+               if "forbidden:" in line]
+    assert not refused, refused
 
 
 def kubeconfig(path: Path, url: str) -> Path:
     path.write_text(f"""apiVersion: v1
 kind: Config
 clusters: [{{name: emu, cluster: {{server: "{url}"}}}}]
-users: [{{name: me, user: {{token: dummy}}}}]
+users: [{{name: me, user: {{token: {OPERATOR_TOKEN}}}}}]
 contexts: [{{name: emu, context: {{cluster: emu, user: me}}}}]
 current-context: emu
 """)
@@ -87,8 +92,12 @@ def web_ingress(host: str, secret: str) -> dict[str, Any]:
 
 
 def api_client(url: str) -> client.ApiClient:
+    """The test's own client (the emulator's admin; the operator logs in as its
+    ServiceAccount through the KUBECONFIG)."""
     config = client.Configuration()
     config.host = url
+    config.api_key = {"authorization": ADMIN_TOKEN}
+    config.api_key_prefix = {"authorization": "Bearer"}
     return client.ApiClient(config)
 
 

@@ -21,7 +21,7 @@ NS = "shop"
 def cluster() -> Iterator[EmulatorThread]:
     with EmulatorThread() as kube:
         registry = kopf.OperatorRegistry()
-        Shim(kube.api_client()).register(registry)
+        Shim(kube.operator_client()).register(registry)
         with OperatorThread(registry, kube.url, posting=True):
             yield kube
 
