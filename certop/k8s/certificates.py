@@ -22,10 +22,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import datetime
-import logging
 import dataclasses
+import datetime
 import hashlib
+import logging
 import random
 import shutil
 import tempfile

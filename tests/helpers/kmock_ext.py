@@ -105,7 +105,8 @@ def label_matcher(text: str) -> Callable[[Mapping[str, str]], bool]:
             key, value = (x.strip() for x in part.replace("==", "=").split("=", 1))
             checks.append(lambda ls, k=key, v=value: ls.get(k) == v)
         elif part.startswith("!"):
-            checks.append(lambda ls, k=part[1:].strip(): k not in ls)
+            absent = part[1:].strip()
+            checks.append(lambda ls, k=absent: k not in ls)
         else:
             checks.append(lambda ls, k=part: k in ls)
     return lambda labels: all(check(labels) for check in checks)
