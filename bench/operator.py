@@ -22,6 +22,7 @@ HELPERS = ROOT / "tests" / "helpers"
 sys.path[:0] = [str(ROOT / "pebble"), str(HELPERS)]
 
 import pebblectl  # noqa: E402
+from kmock_ext import ADMIN_TOKEN, OPERATOR_TOKEN  # noqa: E402
 from kubernetes import client  # noqa: E402
 
 
@@ -55,11 +56,13 @@ def main(count: int) -> dict[str, float]:
         kubeconfig = work / "kubeconfig"
         kubeconfig.write_text(
             f'apiVersion: v1\nkind: Config\nclusters: [{{name: e, cluster: {{server: "{url}"}}}}]'
-            "\nusers: [{name: u, user: {token: x}}]\n"
+            f"\nusers: [{{name: u, user: {{token: {OPERATOR_TOKEN}}}}}]\n"
             "contexts: [{name: e, context: {cluster: e, user: u}}]\ncurrent-context: e\n")
         with pebblectl.running(work / "pebble", http_port=pebblectl.free_port()) as info:
             config = client.Configuration()
             config.host = url
+            config.api_key = {"authorization": ADMIN_TOKEN}  # the operator: its ServiceAccount
+            config.api_key_prefix = {"authorization": "Bearer"}
             api = client.ApiClient(config)
             import base64
 

@@ -1,9 +1,14 @@
-"""ACME accounts: one per (directory, email), key persisted before first use and reused forever.
+"""ACME accounts: one per issuer, key persisted before first use and reused forever.
 
 Who calls: the order driver, to get a `ClientV2` bound to a registered account. Registration
 happens once per process and issuer (`Account.ensure_registered`); a crash between saving the
 key and registering is healed by RFC 8555 section 7.3.1: registering an existing key answers
 with that account's URL.
+
+An account belongs to its issuer: callers that keep Accounts key them by `issuer_key()`
+(the issuer's kind, namespace and name plus every setting that decides the account), never by
+server and email alone, so an Issuer in a tenant's namespace cannot lend its key, CA bundle or
+`skipTLSVerify` to a ClusterIssuer that merely names the same server and email.
 """
 
 from __future__ import annotations
@@ -38,6 +43,19 @@ def _utc(when: datetime.datetime) -> datetime.datetime:
 def account_id(server: str, email: str | None) -> str:
     digest = hashlib.sha256(f"{server}\n{email or ''}".encode()).hexdigest()[:16]
     return digest
+
+
+def issuer_key(issuer: AcmeIssuer, store_namespace: str) -> tuple[tuple[str, str, str], str]:
+    """(the issuer's identity, a fingerprint of its account settings): a cached Account is
+    reused only for the same issuer with the same fingerprint (server, email, key Secret and
+    the namespace it lives in, CA bundle, TLS verification, EAB)."""
+    eab = issuer.eab
+    parts = [issuer.server, issuer.email or "", issuer.account_key_secret or "",
+             store_namespace, hashlib.sha256(issuer.ca_bundle_pem or b"").hexdigest(),
+             str(issuer.skip_tls_verify), eab.key_id if eab else "",
+             hashlib.sha256(eab.hmac_key_b64.encode()).hexdigest() if eab else ""]
+    fingerprint = hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
+    return (issuer.ref.kind, issuer.ref.namespace, issuer.ref.name), fingerprint
 
 
 class Account:

@@ -22,9 +22,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import datetime
+import hashlib
 import logging
 import random
+import shutil
 import tempfile
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -36,7 +39,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from certop import crypto
-from certop.acme.accounts import Account, account_id
+from certop.acme.accounts import Account, account_id, issuer_key
 from certop.acme.orders import OrderSession, Stage
 from certop.core import solvers
 from certop.core.backoff import Backoff
@@ -181,8 +184,10 @@ class CertificateController:
         self.backoff = backoff or Backoff()
         self.certs = SecretCertStore(self.core)
         self.journal = SecretOrderJournal(self.core)
-        self._accounts: dict[str, Account] = {}
-        self._ca_dir = Path(tempfile.mkdtemp(prefix="certop-ca-"))
+        self._accounts: dict[tuple[str, str, str], tuple[str, Account]] = {}
+        """(kind, namespace, name) of an issuer -> (fingerprint of its settings, Account)."""
+        self._ca_dir: Path | None = None
+        """CA bundles of issuers, for `requests` (made when first needed, removed at stop)."""
         self._changed: dict[str, asyncio.Event] = {}
         self._ari: dict[str, tuple[bytes, datetime.datetime | None, datetime.datetime]] = {}
         """uid -> (certificate, ARI renewal time, when to ask again)."""
@@ -198,6 +203,13 @@ class CertificateController:
                        field="spec")(self.on_spec_changed)
         kopf.on.startup(registry=registry, id="leftover-http01-ingresses")(
             self.remove_leftover_ingresses)
+        kopf.on.cleanup(registry=registry, id="ca-bundles")(self.close)
+
+    def close(self, **_: Any) -> None:
+        """Remove the CA bundle files (the operator stops)."""
+        if self._ca_dir is not None:
+            shutil.rmtree(self._ca_dir, ignore_errors=True)
+            self._ca_dir = None
 
     def remove_leftover_ingresses(self, **_: Any) -> None:
         """Temporary Ingresses of a previous run are removed at start; an order that is still
@@ -253,21 +265,35 @@ class CertificateController:
                 return None
             return {k: base64.b64decode(v) for k, v in (found.data or {}).items()}
 
-        return parse_issuer(cast(dict[str, Any], doc), f"{spec.issuer_kind} {spec.issuer}",
-                            secret, namespace)
+        issuer = parse_issuer(cast(dict[str, Any], doc), f"{spec.issuer_kind} {spec.issuer}",
+                              secret, namespace)
+        # Who the issuer is comes from where it was read, not from what the object says.
+        ref = ObjectRef(spec.issuer_kind, spec.namespace if spec.issuer_kind == "Issuer"
+                        else "", spec.issuer)
+        return dataclasses.replace(issuer, ref=ref)
 
     def _account(self, issuer: AcmeIssuer, namespace: str) -> Account:
-        ident = account_id(issuer.server, issuer.email)
-        account = self._accounts.get(ident)
-        if account is None:
-            verify: bool | str = not issuer.skip_tls_verify
-            if issuer.ca_bundle_pem:
-                path = self._ca_dir / f"{ident}.pem"
-                path.write_bytes(issuer.ca_bundle_pem)
-                verify = str(path)
-            names = {ident: issuer.account_key_secret} if issuer.account_key_secret else {}
-            store = SecretAccountStore(self.core, namespace, names)
-            account = self._accounts[ident] = Account(issuer, store, verify)
+        """The issuer's own Account (its key Secret in `namespace`, its CA trust): never one
+        of another issuer with the same server and email; made anew when its settings
+        change."""
+        ident, fingerprint = issuer_key(issuer, namespace)
+        cached = self._accounts.get(ident)
+        if cached is not None and cached[0] == fingerprint:
+            return cached[1]
+        verify: bool | str = not issuer.skip_tls_verify
+        if issuer.ca_bundle_pem:
+            if self._ca_dir is None:
+                self._ca_dir = Path(tempfile.mkdtemp(prefix="certop-ca-"))
+            name = hashlib.sha256(repr((ident, fingerprint)).encode()).hexdigest()[:32]
+            path = self._ca_dir / f"{name}.pem"
+            path.write_bytes(issuer.ca_bundle_pem)
+            verify = str(path)
+        if cached is not None and isinstance(cached[1].verify, str):
+            Path(cached[1].verify).unlink(missing_ok=True)  # the issuer's old bundle
+        key_id = account_id(issuer.server, issuer.email)
+        names = {key_id: issuer.account_key_secret} if issuer.account_key_secret else {}
+        account = Account(issuer, SecretAccountStore(self.core, namespace, names), verify)
+        self._accounts[ident] = (fingerprint, account)
         return account
 
     # -- status ----------------------------------------------------------------------------

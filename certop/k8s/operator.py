@@ -15,6 +15,7 @@ import signal
 import socket
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 import kopf
 import kubernetes
@@ -52,12 +53,48 @@ class OperatorRun:
     """The coordination.k8s.io Lease that elects the active replica."""
 
 
+API_TIMEOUT = 10.0
+"""Seconds any single Kubernetes API request may take (connect included) before it fails."""
+WATCH_TIMEOUT = 300.0
+"""Seconds a watch request lasts before kopf reconnects (asked of the server; the client
+gives up a minute later), so a silently dead connection is noticed."""
+
+
+def configure_kopf(settings: kopf.OperatorSettings) -> None:
+    """kopf as certop runs it (a startup handler; the in-process tests call it too):
+    - no scanning: kopf neither lists CustomResourceDefinitions nor Namespaces, so the RBAC
+      needs no grant on them (certop's CRDs are installed before it starts; `-n NS` names
+      namespaces that exist);
+    - every API request has a timeout, watches included."""
+    settings.scanning.disabled = True
+    settings.networking.request_timeout = API_TIMEOUT
+    settings.networking.connect_timeout = API_TIMEOUT
+    settings.watching.connect_timeout = API_TIMEOUT
+    settings.watching.server_timeout = WATCH_TIMEOUT
+    settings.watching.client_timeout = WATCH_TIMEOUT + 60
+
+
+def _configure_kopf_handler(settings: kopf.OperatorSettings, **_: object) -> None:
+    configure_kopf(settings)
+
+
+class TimedApiClient(kubernetes.client.ApiClient):
+    """The `kubernetes` client with a timeout on every request that names none (its own
+    default is to wait forever on a connection that stopped answering)."""
+
+    def call_api(self, method: Any, url: Any, header_params: Any = None, body: Any = None,
+                 post_params: Any = None, _request_timeout: Any = None) -> Any:
+        return super().call_api(method, url, header_params, body, post_params,
+                                _request_timeout if _request_timeout is not None
+                                else API_TIMEOUT)
+
+
 def _load_kubernetes_config() -> kubernetes.client.ApiClient:
     try:
         kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
     except kubernetes.config.ConfigException:
         kubernetes.config.load_kube_config()  # type: ignore[no-untyped-call]
-    return kubernetes.client.ApiClient()
+    return TimedApiClient()
 
 
 async def run_operator(run: OperatorRun) -> int:
@@ -69,7 +106,8 @@ async def run_operator(run: OperatorRun) -> int:
     lease = Lease(api, run.resource_namespace, run.lease_name, identity,
                   run.lease_duration)
     leading, lost, stop = asyncio.Event(), asyncio.Event(), asyncio.Event()
-    admin = Admin(responder, lambda: leading.is_set() and not lost.is_set())
+    admin = Admin(responder, lambda: leading.is_set() and not lost.is_set() and lease.held,
+                  healthy=lease.healthy)
     if run.admin_port is not None:
         await admin.start(run.listen, run.admin_port)
     loop = asyncio.get_running_loop()
@@ -87,6 +125,7 @@ async def run_operator(run: OperatorRun) -> int:
             registry = kopf.OperatorRegistry()
             # The same login as our own client: in-cluster service account or KUBECONFIG.
             kopf.on.login(registry=registry)(kopf.login_via_client)
+            kopf.on.startup(registry=registry, id="settings")(_configure_kopf_handler)
             Shim(api, run.default_issuer).register(registry)
             settings = OperatorSettings(
                 resource_namespace=run.resource_namespace, solver_service=run.solver_service,
@@ -104,8 +143,11 @@ async def run_operator(run: OperatorRun) -> int:
             for task in watchers:
                 task.cancel()
             if lost.is_set():
+                # Not renewed within the renew deadline: the handlers stop now (cancelled, not
+                # drained), before another replica may see the Lease expire.
                 log.error("the leader Lease was lost: stopping so that a follower takes over")
                 code = 1
+                operator.cancel()
             if not flag.done():
                 flag.set_result(None)
             with contextlib.suppress(asyncio.CancelledError):

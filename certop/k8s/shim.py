@@ -15,6 +15,7 @@ import kopf
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from certop.core.annotations import CLUSTER_ISSUER, ISSUER, TLS_ACME
 from certop.core.desired import certificate_specs
 from certop.core.errors import ConfigError
 from certop.core.ingress import parse_ingress
@@ -22,6 +23,8 @@ from certop.core.shim import API_VERSION, Act, Owner, plan
 
 log = logging.getLogger(__name__)
 GROUP, VERSION, PLURAL = "certop.dev", "v1", "certificates"
+HANDLED_ANNOTATION = "kopf.zalando.org/last-handled-configuration"
+"""kopf's record of the last handled state (its default diff-base storage)."""
 
 
 class Shim:
@@ -29,14 +32,26 @@ class Shim:
         self.custom = client.CustomObjectsApi(api)
         self.default_issuer = default_issuer
 
+    def asks(self, annotations: Mapping[str, str], **_: Any) -> bool:
+        """kopf's filter: only Ingresses that ask for certop (its issuer annotations,
+        cert-manager's, or kubernetes.io/tls-acme with --default-issuer), or that kopf handled
+        before (so one that stops asking loses its Certificates). kopf neither annotates nor
+        tells events about any other Ingress."""
+        if any(annotations.get(name) for name in (*CLUSTER_ISSUER, *ISSUER)):
+            return True
+        if self.default_issuer and str(annotations.get(TLS_ACME, "")).lower() == "true":
+            return True
+        return HANDLED_ANNOTATION in annotations
+
     def register(self, registry: kopf.OperatorRegistry) -> None:
         ingresses = ("networking.k8s.io", "v1", "ingresses")
-        kopf.on.create(*ingresses, registry=registry, id="shim")(self.on_ingress)
-        kopf.on.update(*ingresses, registry=registry, id="shim")(self.on_ingress)
-        kopf.on.resume(*ingresses, registry=registry, id="shim")(self.on_ingress)
+        when = self.asks
+        kopf.on.create(*ingresses, registry=registry, id="shim", when=when)(self.on_ingress)
+        kopf.on.update(*ingresses, registry=registry, id="shim", when=when)(self.on_ingress)
+        kopf.on.resume(*ingresses, registry=registry, id="shim", when=when)(self.on_ingress)
         # Optional: no finalizer on users' Ingresses; ownerReferences let the API server's
         # garbage collector do the same when certop is not running.
-        kopf.on.delete(*ingresses, registry=registry, id="shim-delete",
+        kopf.on.delete(*ingresses, registry=registry, id="shim-delete", when=when,
                        optional=True)(self.on_ingress_deleted)
 
     def _existing(self, namespace: str) -> dict[str, Mapping[str, Any]]:

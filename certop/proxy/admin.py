@@ -11,9 +11,12 @@ from certop.proxy.server import Proxy
 
 
 class Admin:
-    def __init__(self, proxy: Proxy, ready: Callable[[], bool]) -> None:
+    def __init__(self, proxy: Proxy, ready: Callable[[], bool],
+                 healthy: Callable[[], bool] | None = None) -> None:
         self.proxy = proxy
         self.ready = ready
+        self.healthy = healthy
+        """/healthz fails when this says False (the operator's election loop is stuck)."""
         self.server: asyncio.Server | None = None
 
     async def start(self, host: str, port: int) -> int:
@@ -27,6 +30,8 @@ class Admin:
 
     def _answer(self, path: str) -> tuple[int, bytes, bytes]:
         if path == "/healthz":
+            if self.healthy is not None and not self.healthy():
+                return 503, b"unhealthy\n", b"text/plain"
             return 200, b"ok\n", b"text/plain"
         if path == "/readyz":
             ok = self.ready() and bool(self.proxy.ports())

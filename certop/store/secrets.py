@@ -198,10 +198,34 @@ class SecretAccountStore:
                                  f": HTTP {exc.status}") from exc
 
 
+JOURNAL_PREFIX = "certop-order-"
+_NAME_LIMIT = 253
+
+
+def journal_name(secret_name: str) -> str:
+    """The journal Secret's name for a TLS Secret's name, distinct for distinct names.
+
+    `certop-order-<name>` when that fits in a Secret name (253 characters); else
+    `certop-order--<32 hex of SHA-256(name)>-<start of name>`. A name of the first form never
+    looks like one of the second: after the prefix it would start with "-", which no Secret
+    name does."""
+    plain = JOURNAL_PREFIX + secret_name
+    if len(plain) <= _NAME_LIMIT:
+        return plain
+    digest = hashlib.sha256(secret_name.encode()).hexdigest()[:32]
+    head = f"{JOURNAL_PREFIX}-{digest}-"
+    return head + secret_name[:_NAME_LIMIT - len(head)].rstrip("-.")
+
+
 class SecretOrderJournal:
-    """In-flight orders in Secrets (`certop-order-<name>`, labelled managed): the order URL
-    and its fresh private key survive an operator restart, so the order is resumed. A Secret,
-    not the Certificate's status, because the entry holds a private key."""
+    """In-flight orders in Secrets (`journal_name()`, labelled managed): the order URL and its
+    fresh private key survive an operator restart, so the order is resumed. A Secret, not the
+    Certificate's status, because the entry holds a private key.
+
+    A journal Secret without certop's label is someone else's: never read as an order, never
+    written (`SecretNotOwned`). Clearing empties the Secret instead of deleting it, so the
+    operator needs no `delete` on Secrets (RBAC cannot limit it to certop's own); writes carry
+    the resourceVersion they read."""
 
     def __init__(self, api: client.CoreV1Api, timeout: float = 10.0) -> None:
         self.api = api
@@ -209,9 +233,10 @@ class SecretOrderJournal:
 
     @staticmethod
     def _name(name: str) -> str:
-        return f"certop-order-{name}"[:253]
+        return journal_name(name)
 
-    def load(self, namespace: str, name: str) -> dict[str, Any] | None:
+    def _read(self, namespace: str, name: str) -> Any | None:
+        """The journal Secret, None if there is none; SecretNotOwned if it is not ours."""
         try:
             secret = self.api.read_namespaced_secret(self._name(name), namespace,
                                                      _request_timeout=self.timeout)
@@ -220,26 +245,42 @@ class SecretOrderJournal:
                 return None
             raise TemporaryError(f"reading the order journal of {namespace}/{name}: HTTP "
                                  f"{exc.status}") from exc
+        if ((secret.metadata.labels if secret.metadata else None) or {}).get(
+                MANAGED_LABEL) != "true":
+            raise SecretNotOwned(namespace, self._name(name))
+        return secret
+
+    def load(self, namespace: str, name: str) -> dict[str, Any] | None:
+        secret = self._read(namespace, name)
+        if secret is None:
+            return None
         try:
-            entry = json.loads(base64.b64decode((secret.data or {}).get("order", "")))
+            entry = json.loads(base64.b64decode((secret.data or {}).get("order") or ""))
         except ValueError:
             return None
         return entry if isinstance(entry, dict) else None
 
-    def save(self, namespace: str, name: str, entry: dict[str, Any]) -> None:
-        data: dict[str, bytes | str] = {"order": _b64(json.dumps(entry).encode())}
-        secret_name = self._name(name)
+    def _patch(self, namespace: str, name: str, secret: Any, data: dict[str, Any]) -> None:
+        metadata: dict[str, Any] = {}
+        if secret.metadata.resource_version:
+            metadata["resourceVersion"] = secret.metadata.resource_version
         try:
-            self.api.patch_namespaced_secret(secret_name, namespace, {"data": data},
+            self.api.patch_namespaced_secret(self._name(name), namespace,
+                                             {"metadata": metadata, "data": data},
                                              _request_timeout=self.timeout)
-            return
         except ApiException as exc:
-            if exc.status != 404:
-                raise TemporaryError(f"writing the order journal of {namespace}/{name}: "
-                                     f"HTTP {exc.status}") from exc
+            raise TemporaryError(f"writing the order journal of {namespace}/{name}: "
+                                 f"HTTP {exc.status}") from exc
+
+    def save(self, namespace: str, name: str, entry: dict[str, Any]) -> None:
+        data: dict[str, Any] = {"order": _b64(json.dumps(entry).encode())}
+        secret = self._read(namespace, name)
+        if secret is not None:
+            self._patch(namespace, name, secret, data)
+            return
         body = client.V1Secret(api_version="v1", kind="Secret", type="Opaque", data=data,
                                metadata=client.V1ObjectMeta(
-                                   name=secret_name, namespace=namespace,
+                                   name=self._name(name), namespace=namespace,
                                    labels={MANAGED_LABEL: "true"}))
         try:
             self.api.create_namespaced_secret(namespace, body, _request_timeout=self.timeout)
@@ -248,10 +289,7 @@ class SecretOrderJournal:
                                  f"{exc.status}") from exc
 
     def clear(self, namespace: str, name: str) -> None:
-        try:
-            self.api.delete_namespaced_secret(self._name(name), namespace,
-                                              _request_timeout=self.timeout)
-        except ApiException as exc:
-            if exc.status != 404:
-                raise TemporaryError(f"clearing the order journal of {namespace}/{name}: "
-                                     f"HTTP {exc.status}") from exc
+        secret = self._read(namespace, name)
+        if secret is None or not (secret.data or {}).get("order"):
+            return
+        self._patch(namespace, name, secret, {"order": None})

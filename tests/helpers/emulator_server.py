@@ -1,18 +1,25 @@
 """The emulator as a process of its own (for out-of-process tests): prints its URL on the
-first line of stdout, serves until SIGTERM. Usage: emulator_server.py"""
+first line of stdout, serves until SIGTERM. Usage: emulator_server.py
+
+Like `kube.EmulatorThread`, it applies manifests/rbac.yaml and enforces it: clients log in
+with `kmock_ext.OPERATOR_TOKEN` (the operator) or `ADMIN_TOKEN` (the test). Every refused
+request is logged to stderr as a line with "forbidden:", which the tests look for."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 import sys
 
 import kmock
-from kmock_ext import Emulator
-from kube import RESOURCES
+from kmock_ext import Emulator, apply
+from kube import RESOURCES, rbac_documents
 
 
 async def main() -> None:
+    logging.basicConfig(stream=sys.stderr, level=logging.WARNING,
+                        format="%(name)s %(levelname)s %(message)s")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -20,6 +27,7 @@ async def main() -> None:
     async with Emulator() as emulator, kmock.Server(emulator) as server:
         for resource, info in RESOURCES.items():
             emulator.resources[resource] = info
+        await apply(emulator, rbac_documents())
         print(f"http://{server.host}:{server.port}", flush=True)
         await stop.wait()
 

@@ -10,8 +10,24 @@ Stock kmock 0.8 (pinned; this touches its internals, keep it small and tested):
 - keeps every request forever and scans them all on each new one (slow after ~1000);
 - calls the core group's version "/v1" in discovery, so kubectl cannot map core kinds;
 - parses `/api/v1/namespaces[/NAME]` as a namespace segment, so Namespace objects themselves
-  cannot be created, read or listed (its path parser is wrapped below, once, at import).
+  cannot be created, read or listed (its path parser is wrapped below, once, at import);
+- ignores label and field selectors on LIST and WATCH;
+- authenticates nobody and grants everything: a verb missing from `manifests/rbac.yaml` would
+  only show on a real cluster.
 This subclass fixes those; `tests/k8s/test_kmock_ext.py` proves each fix.
+
+Authentication and RBAC, as an API server does them (the subset certop meets):
+- a bearer token names the user: `users` maps tokens to users; `ADMIN_TOKEN` is the test's own
+  client and is granted everything (like `system:masters`); no or an unknown token is 401
+  (unless `anonymous` names a user); the admin may impersonate (`Impersonate-User`);
+- any other user (the operator's `OPERATOR_TOKEN` is `system:serviceaccount:certop:certop`)
+  gets exactly what the Roles, ClusterRoles, RoleBindings and ClusterRoleBindings stored in the
+  emulator grant it (apply `manifests/rbac.yaml` to it: `apply()`), else 403 with a `Status`;
+- the verb comes from the method (GET with a name: get, without: list, `?watch=true`: watch;
+  POST create, PATCH patch, PUT update, DELETE delete), with the resource, the subresource
+  (`certificates/status`), the API group, the namespace and `resourceNames`;
+- discovery (`/api`, `/apis/...` without a resource) is open to every authenticated user;
+- each refusal is kept in `denied` and logged, so a test can prove that none happened.
 """
 
 from __future__ import annotations
@@ -19,16 +35,33 @@ from __future__ import annotations
 import copy
 import datetime
 import itertools
+import logging
+import re
 import secrets
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import Any
 
 import jsonpatch
 import kmock
 from kmock._internal import enums, parsing, rendering
 
+log = logging.getLogger("kmock_ext")
 _GENERATE_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
+ADMIN_TOKEN = "emulator-admin-token"
+ADMIN_USER = "emulator:admin"
+OPERATOR_TOKEN = "certop-operator-token"
+OPERATOR_USER = "system:serviceaccount:certop:certop"
+RBAC_GROUP = "rbac.authorization.k8s.io"
+RBAC_RESOURCES: dict[str, dict[str, Any]] = {
+    f"{RBAC_GROUP}/v1/{plural}": {"kind": kind, "namespaced": namespaced,
+                                  "verbs": ["get", "list", "watch", "create", "patch",
+                                            "delete"]}
+    for plural, kind, namespaced in (("clusterroles", "ClusterRole", False),
+                                     ("clusterrolebindings", "ClusterRoleBinding", False),
+                                     ("roles", "Role", True),
+                                     ("rolebindings", "RoleBinding", True))}
+"""Discovery for the RBAC kinds (declare them with the rest)."""
 _NAMESPACE_SUBRESOURCES = ("status", "finalize")
 
 
@@ -49,6 +82,109 @@ if parsing.parse_path.__name__ != _parse_path.__name__:
     parsing.parse_path = _parse_path
 
 
+def _split_selector(text: str) -> list[str]:
+    return [part.strip() for part in re.split(r",(?![^(]*\))", text) if part.strip()]
+
+
+def label_matcher(text: str) -> Callable[[Mapping[str, str]], bool]:
+    """A label selector (`a=b`, `a==b`, `a!=b`, `a`, `!a`, `a in (x,y)`, `a notin (x)`)."""
+    checks: list[Callable[[Mapping[str, str]], bool]] = []
+    for part in _split_selector(text):
+        found = re.fullmatch(r"([^\s!=]+)\s+(in|notin)\s+\(([^)]*)\)", part)
+        if found:
+            key, op = found[1], found[2]
+            values = {v.strip() for v in found[3].split(",")}
+            if op == "in":
+                checks.append(lambda ls, k=key, vs=values: ls.get(k) in vs)
+            else:
+                checks.append(lambda ls, k=key, vs=values: ls.get(k) not in vs)
+        elif "!=" in part:
+            key, value = (x.strip() for x in part.split("!=", 1))
+            checks.append(lambda ls, k=key, v=value: ls.get(k) != v)
+        elif "=" in part:
+            key, value = (x.strip() for x in part.replace("==", "=").split("=", 1))
+            checks.append(lambda ls, k=key, v=value: ls.get(k) == v)
+        elif part.startswith("!"):
+            absent = part[1:].strip()
+            checks.append(lambda ls, k=absent: k not in ls)
+        else:
+            checks.append(lambda ls, k=part: k in ls)
+    return lambda labels: all(check(labels) for check in checks)
+
+
+def field_matcher(text: str) -> Callable[[Mapping[str, Any]], bool]:
+    """A field selector over `metadata.name` and `metadata.namespace` (`=`, `==`, `!=`)."""
+    checks: list[Callable[[Mapping[str, Any]], bool]] = []
+    for part in _split_selector(text):
+        negate = "!=" in part
+        field, value = (x.strip() for x in part.replace("!=", "=").replace(
+            "==", "=").split("=", 1))
+        if field not in ("metadata.name", "metadata.namespace"):
+            raise kmock.KubernetesError(status=400, reason="BadRequest",
+                                        message=f"field label not supported: {field}")
+        attr = field.split(".", 1)[1]
+        checks.append(lambda raw, a=attr, v=value, n=negate:
+                      ((raw.get("metadata") or {}).get(a) == v) != n)
+    return lambda raw: all(check(raw) for check in checks)
+
+
+def selected(request: Any) -> Callable[[Mapping[str, Any]], bool]:
+    """The request's `labelSelector` and `fieldSelector` as one test of a raw object."""
+    labels = label_matcher(str(request.params.get("labelSelector") or ""))
+    fields = field_matcher(str(request.params.get("fieldSelector") or ""))
+    return lambda raw: labels((raw.get("metadata") or {}).get("labels") or {}) and fields(raw)
+
+
+def verb_of(request: Any) -> str:
+    """The RBAC verb of a resource request (as the API server's RequestInfo derives it)."""
+    method = str(request.method.value if hasattr(request.method, "value")
+                 else request.method).upper()
+    if method == "GET":
+        if str(request.params.get("watch") or "").lower() in ("true", "1"):
+            return "watch"
+        return "get" if request.name else "list"
+    if method == "DELETE":
+        return "delete" if request.name else "deletecollection"
+    return {"POST": "create", "PATCH": "patch", "PUT": "update"}.get(method, method.lower())
+
+
+def rule_allows(rule: Mapping[str, Any], verb: str, group: str, resource: str,
+                subresource: str | None, name: str | None) -> bool:
+    """One PolicyRule against one request (k8s.io/apiserver rbac `RuleAllows`)."""
+    verbs, groups = rule.get("verbs") or [], rule.get("apiGroups") or []
+    resources, names = rule.get("resources") or [], rule.get("resourceNames") or []
+    if "*" not in verbs and verb not in verbs:
+        return False
+    if "*" not in groups and group not in groups:
+        return False
+    combined = f"{resource}/{subresource}" if subresource else resource
+    if not any(r == "*" or r == combined or (subresource and r == f"*/{subresource}")
+               for r in resources):
+        return False
+    return not names or (name is not None and name in names)
+
+
+def subject_matches(subject: Mapping[str, Any], user: str, groups: Iterable[str],
+                    binding_namespace: str | None) -> bool:
+    kind, name = subject.get("kind"), subject.get("name")
+    if kind == "User":
+        return bool(name == user)
+    if kind == "Group":
+        return name in groups
+    if kind == "ServiceAccount":
+        namespace = subject.get("namespace") or binding_namespace
+        return user == f"system:serviceaccount:{namespace}:{name}"
+    return False
+
+
+def groups_of(user: str) -> list[str]:
+    groups = ["system:authenticated"]
+    if user.startswith("system:serviceaccount:"):
+        namespace = user.split(":")[2]
+        groups += ["system:serviceaccounts", f"system:serviceaccounts:{namespace}"]
+    return groups
+
+
 class Emulator(kmock.KubernetesEmulator):  # type: ignore[misc]
     """Use as `kmock_cls = kmock_ext.Emulator` or directly (see tests/helpers/kube.py)."""
 
@@ -56,6 +192,18 @@ class Emulator(kmock.KubernetesEmulator):  # type: ignore[misc]
         super().__attrs_post_init__()
         self._rv_counter = itertools.count(1)
         self.current_rv = 0
+        self.users: dict[str, str] = {ADMIN_TOKEN: ADMIN_USER, OPERATOR_TOKEN: OPERATOR_USER}
+        """Bearer token -> user name."""
+        self.superusers: set[str] = {ADMIN_USER}
+        """Users granted everything without RBAC objects."""
+        self.anonymous: str | None = None
+        """Who a request without credentials is (None: 401). kubectl sends no bearer token
+        over plain HTTP: its test makes it the admin, and uses `--as` for the operator."""
+        self.denied: list[str] = []
+        """Every 403 answered, oldest first."""
+        self.served: dict[str, int] = {}
+        """Requests authenticated per user (a test can see the operator's were checked)."""
+        self._grants: dict[str, list[tuple[str | None, Mapping[str, Any]]]] = {}
 
     def _next_rv(self) -> str:
         self.current_rv = next(self._rv_counter)
@@ -68,17 +216,99 @@ class Emulator(kmock.KubernetesEmulator):  # type: ignore[misc]
         return None
 
     async def _handle(self, request: Any) -> Any:
-        if request.resource is not None:
-            if request.action == enums.action.CREATE and isinstance(request.data, dict):
-                self._prepare_create(request)
-            elif request.action == enums.action.UPDATE and request.name is not None:
-                async with self._lock:
-                    self._prepare_update(request)
         try:
-            return await super()._handle(request)
+            user = self._authenticate(request)
+            is_resource = request.resource is not None and request.resource.plural is not None
+            if is_resource:
+                self._authorize(user, request)
+            if request.resource is not None:
+                if request.action == enums.action.CREATE and isinstance(request.data, dict):
+                    self._prepare_create(request)
+                elif request.action == enums.action.UPDATE and request.name is not None:
+                    async with self._lock:
+                        self._prepare_update(request)
+            try:
+                return await super()._handle(request)
+            finally:
+                if is_resource and request.resource.group == RBAC_GROUP and \
+                        verb_of(request) not in ("get", "list", "watch"):
+                    self._grants.clear()
         finally:
             # Keep only the current request: kmock scans the whole history on every request.
             del self._requests[:-1]
+
+    # -- authentication and RBAC -----------------------------------------------------------
+
+    def _authenticate(self, request: Any) -> str:
+        headers = {k.lower(): v for k, v in (request.headers or {}).items()}
+        scheme, _, token = str(headers.get("authorization", "")).partition(" ")
+        user = self.users.get(token.strip()) if scheme.lower() == "bearer" else None
+        if user is None and not headers.get("authorization"):
+            user = self.anonymous
+        if user is None:
+            raise kmock.KubernetesError(status=401, reason="Unauthorized",
+                                        message="Unauthorized", details={})
+        if headers.get("impersonate-user") and user in self.superusers:
+            user = str(headers["impersonate-user"])  # kubectl --as: allowed to the admin only
+        self.served[user] = self.served.get(user, 0) + 1
+        return user
+
+    def _authorize(self, user: str, request: Any) -> None:
+        if user in self.superusers:
+            return
+        verb = verb_of(request)
+        group = request.resource.group or ""
+        resource = request.resource.plural
+        name = request.name if verb != "create" else None
+        if verb in ("list", "watch") and name is None:
+            by_name = re.search(r"(?:^|,)\s*metadata\.name\s*==?\s*([^,\s]+)",
+                                str(request.params.get("fieldSelector") or ""))
+            name = by_name[1] if by_name else None
+        for namespace, rule in self._rules_of(user):
+            if namespace is not None and namespace != request.namespace:
+                continue
+            if rule_allows(rule, verb, group, resource, request.subresource, name):
+                return
+        what = f"{resource}/{request.subresource}" if request.subresource else resource
+        named = f' "{name}"' if name else ""
+        where = f' in the namespace "{request.namespace}"' if request.namespace else \
+            " at the cluster scope"
+        message = (f'{resource}{named} is forbidden: User "{user}" cannot {verb} resource '
+                   f'"{what}" in API group "{group}"{where}')
+        self.denied.append(message)
+        log.warning("forbidden: %s", message)
+        raise kmock.KubernetesError(status=403, reason="Forbidden", message=message,
+                                    details={"name": name or "", "group": group,
+                                             "kind": resource})
+
+    def _rules_of(self, user: str) -> list[tuple[str | None, Mapping[str, Any]]]:
+        """(namespace or None for everywhere, rule) for every rule bound to `user`."""
+        cached = self._grants.get(user)
+        if cached is not None:
+            return cached
+        stored: dict[str, dict[tuple[str | None, str], Mapping[str, Any]]] = {
+            "clusterroles": {}, "clusterrolebindings": {}, "roles": {}, "rolebindings": {}}
+        for (resource, namespace, name), obj in self._objects.items():
+            if resource.group == RBAC_GROUP and resource.plural in stored and not obj.deleted:
+                stored[resource.plural][(namespace, name)] = obj.raw
+        groups = groups_of(user)
+        rules: list[tuple[str | None, Mapping[str, Any]]] = []
+        for kind, scoped in (("clusterrolebindings", False), ("rolebindings", True)):
+            for (namespace, _), binding in stored[kind].items():
+                where = namespace if scoped else None
+                if not any(subject_matches(subject, user, groups, where)
+                           for subject in binding.get("subjects") or []):
+                    continue
+                ref = binding.get("roleRef") or {}
+                if ref.get("kind") == "Role" and scoped:
+                    role = stored["roles"].get((namespace, ref.get("name")))
+                elif ref.get("kind") == "ClusterRole":
+                    role = stored["clusterroles"].get((None, ref.get("name")))
+                else:
+                    role = None
+                rules += [(where, rule) for rule in (role or {}).get("rules") or []]
+        self._grants[user] = rules
+        return rules
 
     def _prepare_create(self, request: Any) -> None:
         meta = request.data.setdefault("metadata", {})
@@ -136,11 +366,20 @@ class Emulator(kmock.KubernetesEmulator):  # type: ignore[misc]
     async def _serve_list(self, request: rendering.Request) -> rendering.Payload:
         payload = await super()._serve_list(request)
         payload["metadata"]["resourceVersion"] = str(self.current_rv)
+        wanted = selected(request)
+        payload["items"] = [raw for raw in payload["items"] if wanted(raw)]
+        resource = request.resource
+        assert resource is not None
+        kind = self.resources[resource].kind if resource in self.resources else None
+        if kind:  # kubectl reads a list's kind (kmock leaves it out)
+            payload["kind"] = f"{kind}List"
+            payload["apiVersion"] = f"{resource.group}/{resource.version}".lstrip("/")
         return payload
 
     async def _serve_watch(self, request: rendering.Request) -> AsyncIterator[rendering.Payload]:
         yield b""
         assert request.resource is not None
+        wanted = selected(request)
         since = int(request.params.get("resourceVersion") or 0) if str(
             request.params.get("resourceVersion") or "0").isdigit() else 0
         bus = self._buses[request.resource]
@@ -152,7 +391,7 @@ class Emulator(kmock.KubernetesEmulator):  # type: ignore[misc]
         try:
             for raw in snapshot:
                 rv = int((raw.get("metadata") or {}).get("resourceVersion") or 0)
-                if rv > since:
+                if rv > since and wanted(raw):
                     yield {"type": "ADDED", "object": raw}
             async for event in marker:
                 obj = event.get("object", {})
@@ -162,6 +401,30 @@ class Emulator(kmock.KubernetesEmulator):  # type: ignore[misc]
                     continue
                 if request.name is not None and meta.get("name") != request.name:
                     continue
+                if not wanted(obj):
+                    continue
                 yield event
         finally:
             await bus.unmark(marker)
+
+
+_KINDS = {"ServiceAccount": ("serviceaccounts", True), "Role": ("roles", True),
+          "RoleBinding": ("rolebindings", True), "ClusterRole": ("clusterroles", False),
+          "ClusterRoleBinding": ("clusterrolebindings", False)}
+"""What `apply()` knows how to create: the kinds of `manifests/rbac.yaml`."""
+
+
+async def apply(emulator: Emulator, docs: Iterable[Mapping[str, Any]]) -> None:
+    """Create each object through the emulator's HTTP API as the admin (from the emulator's
+    own loop), so the RBAC the emulator enforces is the manifests' own."""
+    for doc in docs:
+        plural, namespaced = _KINDS[doc["kind"]]
+        version = str(doc["apiVersion"])
+        base = f"/apis/{version}" if "/" in version else f"/api/{version}"
+        namespace = (doc.get("metadata") or {}).get("namespace")
+        path = f"{base}/namespaces/{namespace}/{plural}" if namespaced else f"{base}/{plural}"
+        async with emulator.post(path, json=doc,
+                                 headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as resp:
+            if resp.status >= 300:
+                raise RuntimeError(f"applying {doc['kind']} {doc['metadata']['name']}: "
+                                   f"HTTP {resp.status}: {await resp.text()}")

@@ -9,13 +9,24 @@ import threading
 import time
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import kmock
 import kopf
-from kmock_ext import Emulator
+import yaml
+from kmock_ext import ADMIN_TOKEN, OPERATOR_TOKEN, RBAC_RESOURCES, Emulator, apply
 from kubernetes import client
 from loopthread import LoopThread
+
+from certop.k8s.operator import configure_kopf
+
+RBAC_MANIFEST = Path(__file__).resolve().parents[2] / "manifests" / "rbac.yaml"
+
+
+def rbac_documents() -> list[dict[str, Any]]:
+    """The operator's ServiceAccount, Roles and bindings, as `kubectl apply -k` applies them."""
+    return [d for d in yaml.safe_load_all(RBAC_MANIFEST.read_text()) if d]
 
 VERBS = ["get", "list", "watch", "create", "patch", "delete"]
 # Discovery for what certop uses, plus v1/namespaces (without it kopf silently never watches).
@@ -32,16 +43,26 @@ RESOURCES: dict[str, dict[str, Any]] = {
     "certop.dev/v1/issuers": {"kind": "Issuer", "namespaced": True, "verbs": VERBS,
                               "subresources": ["status"]},
     "coordination.k8s.io/v1/leases": {"kind": "Lease", "namespaced": True, "verbs": VERBS},
+    "v1/serviceaccounts": {"kind": "ServiceAccount", "namespaced": True, "verbs": VERBS},
+    **RBAC_RESOURCES,
 }
 
 
 class EmulatorThread(LoopThread):
+    """The emulator with the RBAC of `manifests/rbac.yaml` applied and enforced: clients from
+    `operator_client()` (and `OperatorThread`) are the operator's ServiceAccount, the others
+    are the test's admin. Leaving the block fails the test if any request was refused (set
+    `denials_expected` when refusals are the point)."""
+
     def __init__(self, resources: dict[str, dict[str, Any]] | None = None,
-                 bundled: bool = False) -> None:
+                 bundled: bool = False, rbac: bool = True) -> None:
         super().__init__()
         self.resources = resources or RESOURCES
         self.bundled = bundled
         """Also declare kmock's bundled built-in resources (what kubectl apply needs)."""
+        self.rbac = rbac
+        """Apply manifests/rbac.yaml at start (else only the admin can do anything)."""
+        self.denials_expected = False
         self.url = ""
         self.emulator: Any = None
 
@@ -53,15 +74,32 @@ class EmulatorThread(LoopThread):
                     emulator.resources.load_bundled()
             for resource, info in self.resources.items():
                 emulator.resources[resource] = info
+            if self.rbac:
+                await apply(emulator, rbac_documents())
             self.emulator = emulator
             self.url = f"http://{server.host}:{server.port}"
             self.started()
             await self.stopping.wait()
 
-    def api_client(self) -> client.ApiClient:
+    def __exit__(self, *exc: object) -> None:
+        super().__exit__(*exc)
+        denied = list(self.emulator.denied) if self.emulator is not None else []
+        if exc[0] is None and denied and not self.denials_expected:
+            raise AssertionError(f"the emulator refused {len(denied)} request(s) under "
+                                 f"manifests/rbac.yaml, first: {denied[0]}")
+
+    def api_client(self, token: str = ADMIN_TOKEN) -> client.ApiClient:
+        """A client as the test's admin (granted everything)."""
         config = client.Configuration()
         config.host = self.url
+        if token:
+            config.api_key = {"authorization": token}
+            config.api_key_prefix = {"authorization": "Bearer"}
         return client.ApiClient(config)
+
+    def operator_client(self) -> client.ApiClient:
+        """A client as the operator's ServiceAccount (what manifests/rbac.yaml grants)."""
+        return self.api_client(OPERATOR_TOKEN)
 
     def core(self) -> client.CoreV1Api:
         return client.CoreV1Api(self.api_client())
@@ -82,10 +120,12 @@ class OperatorThread:
 
         @kopf.on.login(registry=registry)
         def login(**_: Any) -> kopf.ConnectionInfo:
-            return kopf.ConnectionInfo(server=url, insecure=True, scheme="Bearer", token="x")
+            return kopf.ConnectionInfo(server=url, insecure=True, scheme="Bearer",
+                                       token=OPERATOR_TOKEN)
 
         @kopf.on.startup(registry=registry)
         def quiet(settings: kopf.OperatorSettings, **_: Any) -> None:
+            configure_kopf(settings)  # as `certop operator` does
             settings.posting.enabled = posting
             settings.watching.server_timeout = 10
 

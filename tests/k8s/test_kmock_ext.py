@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
+from kmock_ext import OPERATOR_TOKEN, OPERATOR_USER, rule_allows, verb_of
 from kube import EmulatorThread
 from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
@@ -106,7 +109,9 @@ def test_core_discovery_names_its_group_version_like_an_api_server(
     import json
     import urllib.request
 
-    with urllib.request.urlopen(kube.url + "/api/v1", timeout=5) as resp:
+    request = urllib.request.Request(kube.url + "/api/v1",
+                                     headers={"Authorization": f"Bearer {OPERATOR_TOKEN}"})
+    with urllib.request.urlopen(request, timeout=5) as resp:
         assert json.loads(resp.read())["groupVersion"] == "v1"
 
 
@@ -129,3 +134,144 @@ def test_namespaces_are_objects_of_their_own_and_namespaced_paths_still_work(
     with pytest.raises(ApiException) as info:
         api.read_namespace("team-a")
     assert info.value.status == 404
+
+
+# -- authentication and RBAC, as manifests/rbac.yaml grants it -----------------------------
+
+
+def status_of(exc: ApiException) -> dict[str, Any]:
+    body: dict[str, Any] = json.loads(exc.body)
+    return body
+
+
+def test_no_or_an_unknown_token_is_401(kube: EmulatorThread) -> None:
+    for token in ("", "guessed"):
+        api = client.CoreV1Api(kube.api_client(token))
+        with pytest.raises(ApiException) as info:
+            api.list_namespaced_secret("ns-auth")
+        assert info.value.status == 401
+
+
+def test_the_operator_gets_what_the_manifests_grant_and_403_for_the_rest(
+        kube: EmulatorThread) -> None:
+    admin = kube.core()
+    admin.create_namespaced_secret("ns-rbac", secret("theirs"))
+    operator = client.CoreV1Api(kube.operator_client())
+    # Granted: Secrets read by name, created, patched.
+    assert operator.read_namespaced_secret("theirs", "ns-rbac").metadata.name == "theirs"
+    operator.create_namespaced_secret("ns-rbac", secret("mine"))
+    operator.patch_namespaced_secret("mine", "ns-rbac", {"data": {"k": "eQ=="}})
+    kube.denials_expected = True
+    before = len(kube.emulator.denied)
+    # Not granted: listing or watching Secrets, deleting them, anything on Pods.
+    for call in (lambda: operator.list_namespaced_secret("ns-rbac"),
+                 lambda: operator.list_secret_for_all_namespaces(),
+                 lambda: operator.list_namespaced_secret("ns-rbac", watch=True,
+                                                         _preload_content=False),
+                 lambda: operator.delete_namespaced_secret("mine", "ns-rbac"),
+                 lambda: operator.list_namespaced_pod("ns-rbac")):
+        with pytest.raises(ApiException) as info:
+            call()
+        assert info.value.status == 403
+        status = status_of(info.value)
+        assert (status["kind"], status["reason"], status["code"]) == ("Status", "Forbidden",
+                                                                      403)
+        assert OPERATOR_USER in status["message"]
+    assert len(kube.emulator.denied) == before + 5
+    assert "cannot list resource \"secrets\"" in kube.emulator.denied[before]
+    assert "cannot watch" in kube.emulator.denied[before + 2]
+    assert "cannot delete resource \"secrets\"" in kube.emulator.denied[before + 3]
+    # Still there: the refused delete changed nothing.
+    assert admin.read_namespaced_secret("mine", "ns-rbac").data == {"k": "eQ=="}
+
+
+def test_subresources_groups_and_role_namespaces_are_told_apart(kube: EmulatorThread) -> None:
+    custom = client.CustomObjectsApi(kube.operator_client())
+    cert = {"apiVersion": "certop.dev/v1", "kind": "Certificate",
+            "metadata": {"name": "c1"}, "spec": {"secretName": "c1", "dnsNames": ["c.test"],
+                                                 "issuerRef": {"name": "x"}}}
+    custom.create_namespaced_custom_object("certop.dev", "v1", "ns-sub", "certificates", cert)
+    custom.patch_namespaced_custom_object_status("certop.dev", "v1", "ns-sub", "certificates",
+                                                 "c1", {"status": {"x": 1}})
+    # The Lease Role is bound in certop's own namespace only.
+    leases = client.CoordinationV1Api(kube.operator_client())
+    lease = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+             "metadata": {"name": "l1"}, "spec": {"holderIdentity": "a"}}
+    leases.create_namespaced_lease("certop", lease)
+    kube.denials_expected = True
+    with pytest.raises(ApiException) as info:
+        leases.create_namespaced_lease("elsewhere", lease)
+    assert info.value.status == 403
+    # Issuers are read, never written (their status neither).
+    with pytest.raises(ApiException) as info:
+        custom.patch_cluster_custom_object("certop.dev", "v1", "clusterissuers", "x",
+                                           {"spec": {}})
+    assert info.value.status == 403
+
+
+def test_rule_matching_follows_the_api_servers_rules() -> None:
+    rule = {"apiGroups": [""], "resources": ["secrets", "leases/status"], "verbs": ["get"],
+            "resourceNames": ["one"]}
+    assert rule_allows(rule, "get", "", "secrets", None, "one")
+    assert not rule_allows(rule, "get", "", "secrets", None, "two")
+    assert not rule_allows(rule, "get", "", "secrets", None, None)  # a list by another name
+    assert not rule_allows(rule, "get", "apps", "secrets", None, "one")
+    assert not rule_allows(rule, "get", "", "secrets", "status", "one")
+    assert not rule_allows(rule, "get", "", "leases", None, "one")
+    assert rule_allows(rule, "get", "", "leases", "status", "one")
+    wild = {"apiGroups": ["*"], "resources": ["*/status"], "verbs": ["*"]}
+    assert rule_allows(wild, "patch", "x.dev", "things", "status", None)
+    assert not rule_allows(wild, "patch", "x.dev", "things", None, None)
+
+
+def test_verbs_come_from_the_method_the_name_and_watch() -> None:
+    from types import SimpleNamespace as R
+
+    assert verb_of(R(method="GET", name=None, params={})) == "list"
+    assert verb_of(R(method="GET", name="a", params={})) == "get"
+    assert verb_of(R(method="GET", name=None, params={"watch": "true"})) == "watch"
+    assert verb_of(R(method="GET", name="a", params={"watch": "1"})) == "watch"
+    assert verb_of(R(method="POST", name=None, params={})) == "create"
+    assert verb_of(R(method="PATCH", name="a", params={})) == "patch"
+    assert verb_of(R(method="PUT", name="a", params={})) == "update"
+    assert verb_of(R(method="DELETE", name="a", params={})) == "delete"
+    assert verb_of(R(method="DELETE", name=None, params={})) == "deletecollection"
+
+
+def test_label_and_field_selectors_are_honoured_on_list_and_watch(
+        kube: EmulatorThread) -> None:
+    api = kube.core()
+    for name, labels in (("s-a", {"app": "a", "tier": "web"}), ("s-b", {"app": "b"}),
+                         ("s-c", {})):
+        body = secret(name)
+        body.metadata.labels = labels
+        api.create_namespaced_secret("ns-sel", body)
+
+    def names(**kwargs: Any) -> list[str]:
+        return sorted(s.metadata.name for s in api.list_namespaced_secret("ns-sel",
+                                                                          **kwargs).items)
+
+    assert names(label_selector="app=a") == ["s-a"]
+    assert names(label_selector="app!=a") == ["s-b", "s-c"]
+    assert names(label_selector="app") == ["s-a", "s-b"]
+    assert names(label_selector="!app") == ["s-c"]
+    assert names(label_selector="app in (a, b),tier notin (db)") == ["s-a", "s-b"]
+    assert names(label_selector="app=a,tier=db") == []
+    assert names(field_selector="metadata.name=s-b") == ["s-b"]
+    listed = api.list_namespaced_secret("ns-sel", label_selector="app=b")
+    seen: list[str] = []
+    w = watch.Watch()
+    for event in w.stream(api.list_namespaced_secret, "ns-sel", label_selector="app=b",
+                          resource_version="0", _request_timeout=10):
+        seen.append(event["object"].metadata.name)
+        if len(seen) == 1:
+            later = secret("s-d")
+            later.metadata.labels = {"app": "c"}
+            api.create_namespaced_secret("ns-sel", later)  # not selected: never seen
+            later = secret("s-e")
+            later.metadata.labels = {"app": "b"}
+            api.create_namespaced_secret("ns-sel", later)
+        if event["object"].metadata.name == "s-e":
+            w.stop()
+    assert seen == ["s-b", "s-e"]
+    assert listed.items[0].metadata.name == "s-b"

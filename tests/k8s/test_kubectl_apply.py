@@ -1,6 +1,8 @@
 """`kubectl apply -k manifests/` (what the README tells users to run) against the emulator:
 kubectl (installed on these machines) builds the kustomization and applies every object,
-the Namespace included, through its own client-side apply."""
+the Namespace included, through its own client-side apply. The emulator enforces the RBAC it
+was just given: kubectl logged in as the operator's ServiceAccount gets what rbac.yaml grants
+and is refused the rest."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 import yaml
+from kmock_ext import ADMIN_USER, OPERATOR_USER
 from kube import EmulatorThread
 
 ROOT = Path(__file__).resolve().parents[2] / "manifests"
@@ -16,11 +19,14 @@ ROOT = Path(__file__).resolve().parents[2] / "manifests"
 def test_kubectl_applies_the_kustomization(tmp_path: Path) -> None:
     listed = yaml.safe_load((ROOT / "kustomization.yaml").read_text())["resources"]
     objects = sum(1 for f in listed for d in yaml.safe_load_all((ROOT / f).read_text()) if d)
-    with EmulatorThread(bundled=True) as kube:
+    with EmulatorThread(bundled=True, rbac=False) as kube:
+        # kubectl sends no bearer token over plain HTTP: without credentials it is the admin
+        # here, and `--as` (impersonation, which only the admin may do) is the operator.
+        kube.emulator.anonymous = ADMIN_USER
         config = tmp_path / "kubeconfig"
         config.write_text(
             f'apiVersion: v1\nkind: Config\nclusters: [{{name: e, cluster: {{server: '
-            f'"{kube.url}"}}}}]\nusers: [{{name: u, user: {{token: x}}}}]\ncontexts: '
+            f'"{kube.url}"}}}}]\nusers: [{{name: u, user: {{}}}}]\ncontexts: '
             "[{name: e, context: {cluster: e, user: u}}]\ncurrent-context: e\n")
         kubectl = ["kubectl", "--kubeconfig", str(config)]
 
@@ -41,3 +47,19 @@ def test_kubectl_applies_the_kustomization(tmp_path: Path) -> None:
         again = run("apply", "--validate=false", "-k", str(ROOT))
         assert again.returncode == 0, again.stderr
         assert " created" not in again.stdout, again.stdout
+        # The applied RBAC, enforced for the operator's ServiceAccount.
+        kube.denials_expected = True
+        granted = run("--as", OPERATOR_USER, "get", "ingresses", "-A", "-o", "name")
+        assert granted.returncode == 0, granted.stderr
+        lease = run("--as", OPERATOR_USER, "get", "leases", "x", "-n", "certop")
+        assert "Not Found" in lease.stderr, lease.stderr  # allowed, just absent
+        for refused in (("get", "secrets", "-n", "certop"),
+                        ("get", "leases", "x", "-n", "default"),
+                        ("delete", "secret", "x", "-n", "certop")):
+            result = run("--as", OPERATOR_USER, *refused)
+            assert result.returncode != 0 and "Forbidden" in result.stderr, (refused, result)
+        denied = "\n".join(kube.emulator.denied)
+        for expected in ('cannot list resource "secrets"', 'cannot get resource "leases" in '
+                         'API group "coordination.k8s.io" in the namespace "default"',
+                         'cannot delete resource "secrets"'):
+            assert expected in denied, denied

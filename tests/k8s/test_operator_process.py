@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.client
 import os
 import signal
@@ -15,14 +16,16 @@ from typing import Any
 
 import pebblectl
 import pytest
+from kmock_ext import ADMIN_TOKEN, OPERATOR_TOKEN
 from kube import wait_for
 from kubernetes import client
 
 HELPERS = Path(__file__).resolve().parents[1] / "helpers"
 
 
-@pytest.fixture
-def emulator_url(tmp_path: Path) -> Iterator[str]:
+@contextlib.contextmanager
+def emulator_process(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """The emulator in a process of its own: (its URL, the process)."""
     env = dict(os.environ, PYTHONPATH=f"{HELPERS}{os.pathsep}{HELPERS.parent.parent / 'pebble'}")
     with open(tmp_path / "emu.log", "wb") as log:
         proc = subprocess.Popen([sys.executable, str(HELPERS / "emulator_server.py")],
@@ -31,19 +34,30 @@ def emulator_url(tmp_path: Path) -> Iterator[str]:
         assert proc.stdout is not None
         url = proc.stdout.readline().decode().strip()
         assert url.startswith("http://127.0.0.1:"), (tmp_path / "emu.log").read_text()
-        yield url
+        yield url, proc
     finally:
-        proc.send_signal(signal.SIGTERM)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=15)
         if proc.stdout is not None:
             proc.stdout.close()
+    # The operator ran under manifests/rbac.yaml: nothing it asked for was refused.
+    refused = [line for line in (tmp_path / "emu.log").read_text().splitlines()
+               if "forbidden:" in line]
+    assert not refused, refused
+
+
+@pytest.fixture
+def emulator_url(tmp_path: Path) -> Iterator[str]:
+    with emulator_process(tmp_path) as (url, _):
+        yield url
 
 
 def kubeconfig(path: Path, url: str) -> Path:
     path.write_text(f"""apiVersion: v1
 kind: Config
 clusters: [{{name: emu, cluster: {{server: "{url}"}}}}]
-users: [{{name: me, user: {{token: dummy}}}}]
+users: [{{name: me, user: {{token: {OPERATOR_TOKEN}}}}}]
 contexts: [{{name: emu, context: {{cluster: emu, user: me}}}}]
 current-context: emu
 """)
@@ -87,8 +101,12 @@ def web_ingress(host: str, secret: str) -> dict[str, Any]:
 
 
 def api_client(url: str) -> client.ApiClient:
+    """The test's own client (the emulator's admin; the operator logs in as its
+    ServiceAccount through the KUBECONFIG)."""
     config = client.Configuration()
     config.host = url
+    config.api_key = {"authorization": ADMIN_TOKEN}
+    config.api_key_prefix = {"authorization": "Bearer"}
     return client.ApiClient(config)
 
 
@@ -261,3 +279,29 @@ def test_an_operator_for_one_namespace_leaves_the_others_alone(
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0, log_path.read_text()[-3000:]
+
+
+@pytest.mark.slow
+def test_a_leader_that_loses_the_api_server_stops_being_ready_and_exits(
+        tmp_path: Path) -> None:
+    with emulator_process(tmp_path) as (url, emulator):
+        admin = pebblectl.free_port()
+        proc, log_path = start_operator(tmp_path, url, "operator", "-A", "--solver-port",
+                                        str(pebblectl.free_port()), "--lease-duration", "3",
+                                        admin=admin)
+        try:
+            wait_for(lambda: status(admin, "/readyz") == 200, timeout=30,
+                     what=f"the operator to lead: {log_path.read_text()}")
+            emulator.send_signal(signal.SIGTERM)  # the API server goes away
+            emulator.wait(timeout=15)
+            # Renewals fail (connection refused): within 2/3 of the lease duration it steps
+            # down and exits, so that a follower can take over once the Lease expires.
+            wait_for(lambda: proc.poll() is not None, timeout=60,
+                     what=f"the operator to stop: {log_path.read_text()[-2000:]}")
+            assert proc.returncode == 1
+            text = log_path.read_text()
+            assert "attempt failed" in text and "the leader Lease was lost" in text
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(timeout=30)

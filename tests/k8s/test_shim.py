@@ -21,7 +21,7 @@ NS = "shop"
 def cluster() -> Iterator[EmulatorThread]:
     with EmulatorThread() as kube:
         registry = kopf.OperatorRegistry()
-        Shim(kube.api_client()).register(registry)
+        Shim(kube.operator_client()).register(registry)
         with OperatorThread(registry, kube.url, posting=True):
             yield kube
 
@@ -73,13 +73,39 @@ def test_an_annotated_ingress_gets_a_certificate_kept_in_step(cluster: EmulatorT
     wait_for(lambda: "web-tls" not in certificates(cluster), what="the deletion")
 
 
+HANDLED = "kopf.zalando.org/last-handled-configuration"
+
+
 def test_ingresses_without_a_trigger_annotation_are_left_alone(
         cluster: EmulatorThread) -> None:
     api = net(cluster)
-    api.create_namespaced_ingress(NS, ingress("plain", ["p.test"], "plain-tls", {}))
+    others = [api.create_namespaced_ingress(NS, ingress(name, ["p.test"], f"{name}-tls", asks))
+              for name, asks in (("plain", {}), ("other", {"team": "web"}),
+                                 # kubernetes.io/tls-acme asks only with --default-issuer
+                                 ("acme-no-default", {"kubernetes.io/tls-acme": "true"}))]
     api.create_namespaced_ingress(NS, ingress("marker", ["m.test"], "marker-tls"))
     wait_for(lambda: "marker-tls" in certificates(cluster), what="the annotated one")
-    assert "plain-tls" not in certificates(cluster)
+    wait_for(lambda: HANDLED in (api.read_namespaced_ingress("marker", NS).metadata
+                                 .annotations or {}), what="kopf done with the annotated one")
+    for made in others:
+        now = api.read_namespaced_ingress(made.metadata.name, NS).metadata
+        # Untouched: no kopf annotation, no finalizer, not one write.
+        assert now.annotations == made.metadata.annotations
+        assert not now.finalizers
+        assert now.resource_version == made.metadata.resource_version
+    assert set(certificates(cluster)) == {"marker-tls"}
+    events = cluster.core().list_namespaced_event(NS).items
+    assert not [e for e in events if e.involved_object.kind == "Ingress"
+                and e.involved_object.name != "marker"]
+
+
+def test_an_ingress_that_stops_asking_loses_its_certificate(cluster: EmulatorThread) -> None:
+    api = net(cluster)
+    api.create_namespaced_ingress(NS, ingress("was", ["w.test"], "was-tls"))
+    wait_for(lambda: "was-tls" in certificates(cluster), what="the Certificate")
+    api.patch_namespaced_ingress("was", NS, {"metadata": {"annotations": {
+        "cert-manager.io/cluster-issuer": None}}})
+    wait_for(lambda: "was-tls" not in certificates(cluster), what="the Certificate to go")
 
 
 def test_two_ingresses_share_one_certificate_and_a_conflict_is_an_event_on_both(
