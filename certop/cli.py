@@ -10,8 +10,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import os
+import re
 import resource
 import signal
 import sys
@@ -132,6 +134,13 @@ def _standalone_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     p.add_argument("--max-connections", type=_count, default=limits.max_connections,
                    metavar="N", help="client connections open at once per worker process "
                    "(default %(default)d; more are closed at once; 0: no limit)")
+    p.add_argument("--trusted-proxies", default="", metavar="CIDR,...",
+                   help="peers (load balancers) whose X-Forwarded-For is extended and whose "
+                        "X-Forwarded-Proto/-Host/-Port are kept; from any other peer they are "
+                        "replaced (default: none)")
+    p.add_argument("--allowed-upgrades", default="websocket", metavar="PROTO,...",
+                   help="Upgrade protocols relayed to backends; other offers are dropped "
+                        "(default: websocket; empty: none)")
     p.add_argument("--workers", type=int, default=1, metavar="N",
                    help="proxy processes sharing the ports (SO_REUSEPORT); the first one also "
                         "issues certificates, the others serve what it stores")
@@ -219,12 +228,30 @@ def _settings(args: argparse.Namespace) -> StandaloneSettings:
     )
 
 
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
 def _proxy_settings(args: argparse.Namespace) -> ProxySettings:
     try:
         limit = ann.body_limit({ann.BODY_SIZE[0]: args.max_body_size})
     except ann.AnnotationError as exc:
         raise ConfigError("--max-body-size", "", "", exc.expected) from None
+    trusted = []
+    for item in filter(None, (i.strip() for i in args.trusted_proxies.split(","))):
+        try:
+            trusted.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ConfigError("--trusted-proxies", "", "",
+                              f"addresses or CIDR ranges separated by commas, not {item!r}"
+                              ) from None
+    upgrades = [u.strip() for u in args.allowed_upgrades.split(",") if u.strip()]
+    for name in upgrades:
+        if not _TOKEN.fullmatch(name):
+            raise ConfigError("--allowed-upgrades", "", "",
+                              f"protocol names separated by commas, not {name!r}")
     return ProxySettings(body_limit=limit or None, access_log=args.access_log,
+                         trusted_proxies=tuple(trusted),
+                         allowed_upgrades=frozenset(u.lower().encode() for u in upgrades),
                          header_timeout=args.client_header_timeout,
                          body_timeout=args.client_body_timeout,
                          connect_timeout=args.upstream_connect_timeout,

@@ -7,6 +7,7 @@ ingress-nginx's redirect keys are honoured unchanged so existing manifests work 
 from __future__ import annotations
 
 import datetime
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -138,6 +139,27 @@ def body_limit(annotations: Mapping[str, str]) -> int | None:
     return int(number) * _SIZE_UNITS[unit]
 
 
+_HSTS_MAX_AGE = re.compile(r'max-age=(?:[0-9]{1,10}|"[0-9]{1,10}")', re.IGNORECASE | re.ASCII)
+
+
+def valid_hsts(value: str) -> bool:
+    """A Strict-Transport-Security value (RFC 6797 section 6.1) certop will send: max-age in
+    seconds, optionally includeSubDomains and preload, each once, separated by ";". Nothing
+    else, so an annotation can never add a header line or an unknown directive."""
+    seen: set[str] = set()
+    for part in value.split(";"):
+        directive = part.strip(" \t")
+        name = directive.lower()
+        if _HSTS_MAX_AGE.fullmatch(directive):
+            name = "max-age"
+        elif name not in ("includesubdomains", "preload"):
+            return False
+        if name in seen:
+            return False
+        seen.add(name)
+    return "max-age" in seen
+
+
 def hsts(annotations: Mapping[str, str], default: str | None) -> str | None:
     """The Strict-Transport-Security value for this Ingress's HTTPS responses, or None.
     `certop.dev/hsts` takes a header value, "true" (the default policy) or "false";
@@ -150,8 +172,9 @@ def hsts(annotations: Mapping[str, str], default: str | None) -> str | None:
             return None
         if value.lower() == "true":
             return DEFAULT_HSTS
-        if not value.lower().startswith("max-age="):
-            raise AnnotationError(HSTS, '"true", "false" or a header value "max-age=N[; ...]"')
+        if not valid_hsts(value):
+            raise AnnotationError(HSTS, '"true", "false" or a Strict-Transport-Security value '
+                                        '"max-age=SECONDS[; includeSubDomains][; preload]"')
         return value
     nginx = annotations.get(NGINX_HSTS)
     if nginx is None and not any(k in annotations for k in (
@@ -160,7 +183,7 @@ def hsts(annotations: Mapping[str, str], default: str | None) -> str | None:
     if nginx is not None and nginx.lower() == "false":
         return None
     max_age = annotations.get(NGINX_HSTS_MAX_AGE, "31536000")
-    if not max_age.isdigit():
+    if not (max_age.isascii() and max_age.isdigit()):
         raise AnnotationError(NGINX_HSTS_MAX_AGE, "a number of seconds")
     value = f"max-age={max_age}"
     if annotations.get(NGINX_HSTS_SUBDOMAINS, "true").lower() == "true":

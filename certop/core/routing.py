@@ -24,6 +24,8 @@ from certop.core import annotations as ann
 from certop.core.models import Ingress, ObjectRef, PathType, ServiceBackend
 
 ACME_CHALLENGE_PREFIX = "/.well-known/acme-challenge/"
+UNKNOWN_LABEL = "_unknown"
+"""The metrics label of hosts no rule names (never the client's Host: labels stay bounded)."""
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,8 @@ class HostRoutes:
     """Some Ingress lists this host under spec.tls."""
     redirect: bool = False
     """Plain-HTTP requests to this host are redirected to HTTPS (308)."""
+    label: str = UNKNOWN_LABEL
+    """The host as the rules name it (`a.example.com`, `*.example.com`), for metrics."""
 
     def match(self, path: str) -> Route | None:
         route = self.exact.get(path)
@@ -127,8 +131,8 @@ def build(ingresses: Iterable[Ingress], hsts_default: str | None = None) -> Rout
         if host is None:
             return catch_all
         if host.startswith("*."):
-            return wildcards.setdefault(host[2:], HostRoutes())
-        return hosts.setdefault(host, HostRoutes())
+            return wildcards.setdefault(host[2:], HostRoutes(label=host))
+        return hosts.setdefault(host, HostRoutes(label=host))
 
     for ing in sorted(ingresses, key=_order):
         tls_hosts = {h for t in ing.tls for h in t.hosts}

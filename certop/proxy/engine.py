@@ -12,7 +12,9 @@ Rules:
    message certop cannot delimit with certainty is answered 400 (or 502) and the connection is
    closed, so no request can be smuggled past routing.
 4. An upstream connection goes back to the pool only after a complete response to a complete
-   request; anything else closes it.
+   request; anything else closes it. Nor after a request with a chunked body: a backend that
+   reads chunked framing otherwise than certop could still answer a "request" it found in the
+   body, and that answer must not reach the next client of the connection.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, cast
 
+from certop.core.routing import UNKNOWN_LABEL
 from certop.proxy.http1 import (
     ChunkScanner,
     FastRequest,
@@ -226,7 +229,7 @@ class ClientConn(asyncio.Protocol):
         if self.exchange is not None and self.exchange.response_started:
             self.close()
             return
-        self.proxy.count(self.exchange.label if self.exchange else "*", exc.status)
+        self.proxy.count(self.exchange.label if self.exchange else UNKNOWN_LABEL, exc.status)
         self.write(self.proxy.simple(exc.status, close=True))
         if self.upstream is not None:
             self.upstream.abort()
@@ -286,7 +289,7 @@ class ClientConn(asyncio.Protocol):
         proxy = self.proxy
         self.framing = framing
         self.remaining = framing.length or 0
-        self.scanner = ChunkScanner() if framing.chunked else None
+        self.scanner = ChunkScanner(reframe=True) if framing.chunked else None
         self.body_seen = 0
         body_limit = decision.body_limit if decision.local is None else proxy.settings.body_limit
         if body_limit is not None and framing.length and framing.length > body_limit:
@@ -350,7 +353,7 @@ class ClientConn(asyncio.Protocol):
             except HttpError as exc:
                 self._fail(exc)
                 return
-            body, rest = data[:used], data[used:]
+            body, rest = self.scanner.reframed(done), data[used:]
             self.body_seen = self.scanner.payload
         else:
             take = min(self.remaining, len(data))
@@ -522,7 +525,7 @@ class UpstreamConn(asyncio.Protocol):
         self.head = None
         self.buf.clear()
         self.got_bytes = False
-        self.reusable = True
+        self.reusable = not client.framing.chunked  # see rule 4
         if client.write_paused:
             self.pause_reading()
         elif self.read_paused:
@@ -599,6 +602,9 @@ class UpstreamConn(asyncio.Protocol):
                 if self.buf:
                     client.write(bytes(self.buf))
                     self.buf.clear()
+                return
+            if status == 101:  # switching protocols without an upgrade certop relayed
+                self._bad()
                 return
             if 100 <= status < 200:
                 client.write(b"HTTP/1.1 %d %s\r\n\r\n" % (status, head.start[2]))

@@ -4,7 +4,10 @@ Owns: reading a request or response head within a size limit, deciding how its b
 (Content-Length, chunked, until close), and relaying a body without buffering it whole.
 Rejected as 400: obsolete line folding, a bad header name, several differing Content-Length
 values, Content-Length together with Transfer-Encoding, a Transfer-Encoding other than chunked,
-bad chunk sizes. A head over the limit is 431 (request) or 502 (response).
+Transfer-Encoding in HTTP/1.0 (RFC 9112 section 6.1), bad chunk sizes, control characters
+(a bare CR included) in chunk lines, chunk lines longer than the limit. Only SP and HTAB count
+as whitespace around a value or a list element. A response is held to the same rules (502).
+A head over the limit is 431 (request) or 502 (response).
 """
 
 from __future__ import annotations
@@ -47,6 +50,18 @@ class Head:
 
     def get(self, name: bytes) -> bytes | None:
         return self.first.get(name)
+
+    def retarget(self, target: bytes, host: bytes) -> None:
+        """An absolute-form request (RFC 9112 section 3.2.2): the authority replaces Host and
+        the request goes on in origin form. An HTTP/1.1 request still needs its Host line."""
+        method, _, version = self.start
+        self.start = (method, target, version)
+        if b"host" in self.first:
+            self.headers = [(k, host if k == b"host" else v) for k, v in self.headers]
+            self.first[b"host"] = host
+        elif version == b"1.0":
+            self.headers.append((b"host", host))
+            self.first[b"host"] = host
 
     def get_all(self, name: bytes) -> list[bytes]:
         if name not in self.first:
@@ -117,13 +132,18 @@ def framing_for(length: int) -> Framing:
     return found
 
 
+_OWS = b" \t"
+
+
 def request_framing(head: Head) -> Framing:
     te = head.get_all(b"transfer-encoding")
     cl = head.get_all(b"content-length")
     if te:
         if cl:
             raise HttpError(400, "both Content-Length and Transfer-Encoding")
-        codings = [c.strip().lower() for v in te for c in v.split(b",") if c.strip()]
+        if head.start[2] == b"1.0":
+            raise HttpError(400, "Transfer-Encoding in HTTP/1.0")
+        codings = [c.strip(_OWS).lower() for v in te for c in v.split(b",") if c.strip(_OWS)]
         if codings != [b"chunked"]:
             raise HttpError(501 if codings and codings[-1] == b"chunked" else 400,
                             "unsupported Transfer-Encoding")
@@ -139,7 +159,10 @@ def response_framing(head: Head, method: bytes) -> Framing:
         return Framing(length=0)
     te = head.get_all(b"transfer-encoding")
     if te:
-        codings = [c.strip().lower() for v in te for c in v.split(b",") if c.strip()]
+        if head.get_all(b"content-length") or head.start[0] == b"1.0":
+            # RFC 9112 section 6.1/6.3: such a message cannot be delimited with certainty.
+            raise HttpError(502, "ambiguous response framing")
+        codings = [c.strip(_OWS).lower() for v in te for c in v.split(b",") if c.strip(_OWS)]
         if codings and codings[-1] == b"chunked":
             return Framing(length=None, chunked=True)
         return Framing(length=None, until_close=True)
@@ -150,7 +173,7 @@ def response_framing(head: Head, method: bytes) -> Framing:
 
 
 def _content_length(values: list[bytes], status: int) -> int:
-    parts = {p.strip() for v in values for p in v.split(b",")}
+    parts = {p.strip(_OWS) for v in values for p in v.split(b",")}
     if len(parts) != 1:
         raise HttpError(status, "conflicting Content-Length")
     (value,) = parts
@@ -163,17 +186,34 @@ _HEX = frozenset(b"0123456789abcdefABCDEF")
 _SIZE, _DATA, _DATA_END, _TRAILER = range(4)
 
 
-class ChunkScanner:
-    """Finds where a chunked body ends, without changing a byte (bodies pass through as
-    they are). `feed` returns (bytes used, finished); bad framing raises HttpError."""
+_CTL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_FIELD_LINE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\r\n\x00]*\Z")
 
-    def __init__(self, bad_status: int = 400, line_limit: int = 4096) -> None:
+
+class ChunkScanner:
+    """Finds where a chunked body ends. `feed` returns (bytes used, finished); bad framing
+    raises HttpError. Without `reframe` the bytes pass through as they are (responses); with
+    it, `reframed` gives the payload fed so far as clean chunks, without chunk extensions or
+    trailers (requests: the backend gets one framing only certop's parser has read)."""
+
+    def __init__(self, bad_status: int = 400, line_limit: int = 4096,
+                 reframe: bool = False) -> None:
         self.state = _SIZE
         self.line = bytearray()
         self.left = 0
         self.payload = 0
         self.bad = bad_status
         self.line_limit = line_limit
+        self.out: list[bytes] | None = [] if reframe else None
+
+    def reframed(self, done: bool) -> bytes:
+        """The payload fed since the last call as one chunk, plus the last chunk when done."""
+        out = self.out
+        assert out is not None
+        payload = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
+        chunk = b"%x\r\n%s\r\n" % (len(payload), payload) if payload else b""
+        return chunk + b"0\r\n\r\n" if done else chunk
 
     def feed(self, data: bytes) -> tuple[int, bool]:
         i, n = 0, len(data)
@@ -181,6 +221,8 @@ class ChunkScanner:
             state = self.state
             if state == _DATA:
                 take = min(self.left, n - i)
+                if self.out is not None:
+                    self.out.append(data[i : i + take])
                 i += take
                 self.left -= take
                 if self.left == 0:
@@ -197,6 +239,8 @@ class ChunkScanner:
             i = nl + 1
             line = bytes(self.line)
             self.line.clear()
+            if len(line) > self.line_limit:
+                raise HttpError(self.bad, "chunk line too long")
             if not line.endswith(b"\r\n"):
                 raise HttpError(self.bad, "bare LF in chunked framing")
             line = line[:-2]
@@ -205,14 +249,18 @@ class ChunkScanner:
                     raise HttpError(self.bad, "bad chunk end")
                 self.state = _SIZE
             elif state == _SIZE:
-                size = line.split(b";", 1)[0]
+                size, semi, _ext = line.partition(b";")
                 if not size or len(size) > 16 or not _HEX.issuperset(size):
                     raise HttpError(self.bad, "bad chunk size")
+                if semi and _CTL.search(line):  # a bare CR in an extension, among others
+                    raise HttpError(self.bad, "bad chunk extension")
                 self.left = int(size, 16)
                 self.payload += self.left
                 self.state = _DATA if self.left else _TRAILER
             elif not line:  # _TRAILER: the empty line ends the message
                 return i, True
+            elif not _FIELD_LINE.match(line):
+                raise HttpError(self.bad, "bad trailer line")
         return n, False
 
 
@@ -225,8 +273,10 @@ class ChunkScanner:
 # Each pattern starts with a literal "\n" (the scanned text is "\n" + the lower-cased header
 # lines), which lets the regex engine jump from line to line instead of trying every byte.
 _REQ_SPECIAL = re.compile(
-    rb"\n(?:(?:connection|keep-alive|te|trailer|transfer-encoding|upgrade|expect):"
-    rb"|proxy-|x-forwarded-)")
+    rb"\n(?:(?:connection|keep-alive|te|trailer|transfer-encoding|upgrade|expect|forwarded"
+    rb"|x-real-ip):|proxy-|x-forwarded-)")
+_UNDERSCORE_NAME = re.compile(rb"\n[^:_]*_")
+"""A header name with an underscore (the block's lines are checked: names end at the colon)."""
 _RESP_SPECIAL = re.compile(
     rb"\n(?:(?:keep-alive|te|trailer|transfer-encoding|upgrade):|proxy-)")
 _HOST_VALUE = re.compile(rb"\nhost:[ \t]*([^\r]*?)[ \t]*\r")
@@ -252,13 +302,13 @@ def fast_request(raw: bytes) -> FastRequest | None:
     """A plain request head (see above), or None for the general path."""
     eol = raw.find(b"\r\n")
     m = _REQUEST_LINE.match(raw, 0, eol)
-    if m is None:
+    if m is None or raw[m.start(2)] != 47:  # origin form ("/...") only
         return None
     block = raw[eol + 2 : -2]
     if not _HEADER_BLOCK.match(block):
         return None
     lower = b"\n" + block.lower()
-    if _REQ_SPECIAL.search(lower):
+    if _REQ_SPECIAL.search(lower) or (b"_" in block and _UNDERSCORE_NAME.search(lower)):
         return None
     hosts = list(_HOST_VALUE.finditer(lower))
     if len(hosts) != 1:
@@ -300,3 +350,20 @@ def fast_response(raw: bytes, method: bytes, keep: bool) -> tuple[int, int] | No
     if len(lengths) != 1 or not lengths[0].isdigit() or len(lengths[0]) > 18:
         return None
     return status, int(lengths[0])
+
+
+_ABSOLUTE = re.compile(
+    rb"(?i:https?)://([!$&'()*+,;=A-Za-z0-9\-._~%]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{0,5})?"
+    rb"([/?][^#]*)?\Z")
+
+
+def origin_form(target: bytes) -> tuple[bytes, bytes]:
+    """(origin-form target, authority) of an absolute-form request target; HttpError 400
+    when it is not one certop routes (another scheme, userinfo, no host, a fragment)."""
+    m = _ABSOLUTE.match(target)
+    if m is None:
+        raise HttpError(400, "bad request target")
+    rest = m.group(3) or b"/"
+    if rest[:1] == b"?":
+        rest = b"/" + rest
+    return rest, m.group(1) + (m.group(2) or b"")

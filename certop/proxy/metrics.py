@@ -1,7 +1,7 @@
 """Counters the proxy keeps, rendered in the Prometheus text format.
 
-Host labels are bounded: a Host that no Ingress names is counted as "*", so a client cannot
-grow the label set by inventing hosts.
+Host labels are bounded: the host as a rule names it (`*.example.com` for a wildcard rule), and
+"_unknown" for a Host no Ingress names, so a client cannot grow the label set by inventing hosts.
 """
 
 from __future__ import annotations

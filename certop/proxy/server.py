@@ -3,8 +3,16 @@
 Per request on the plain-HTTP port: an ACME challenge token certop holds is answered first (no
 user route can shadow it); then a host with TLS is redirected to HTTPS with 308 (except
 `/.well-known/acme-challenge/`); otherwise, and on the HTTPS port, the request goes to the
-matched backend with `Host` preserved, hop-by-hop headers dropped and
-`X-Forwarded-For/-Proto/-Host/-Port` set. The data path itself is in `engine.py`.
+matched backend with `Host` preserved (an absolute-form target's authority replaces it), hop-by-hop
+headers dropped and `X-Forwarded-For/-Proto/-Host/-Port` and `X-Real-IP` set.
+
+Header policy (docs/security-proxy-headers.md): what a client says about where a request came
+from is believed only from a peer in `trusted_proxies`. From any other peer the client's
+`X-Forwarded-*`, `Forwarded` and `X-Real-IP` are dropped, so `X-Forwarded-For` is the peer
+address alone; header names with an underscore are dropped from every client (nginx's
+`underscores_in_headers off`: `X_Forwarded_For` must not become `X-Forwarded-For` in a CGI-style
+backend). `Content-Length` goes upstream once, written by certop. The data path itself is in
+`engine.py`.
 Routes and certificates are swapped by assigning new immutable values; nothing here blocks.
 """
 
@@ -12,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import posixpath
 import re
@@ -24,9 +33,9 @@ from typing import cast
 from urllib.parse import unquote
 
 from certop.core.models import ServiceBackend
-from certop.core.routing import ACME_CHALLENGE_PREFIX, RouteTable, normalize_host
+from certop.core.routing import ACME_CHALLENGE_PREFIX, UNKNOWN_LABEL, RouteTable, normalize_host
 from certop.proxy.engine import ClientConn, Exchange, UpstreamConn
-from certop.proxy.http1 import HOP_BY_HOP, FastRequest, Framing, Head, HttpError
+from certop.proxy.http1 import HOP_BY_HOP, FastRequest, Framing, Head, HttpError, origin_form
 from certop.proxy.metrics import Metrics
 from certop.proxy.tls import CertBook
 from certop.proxy.upstream import Address, Backends, Balancer, Pool
@@ -77,6 +86,14 @@ class ProxySettings:
     closed at once (0: no limit)."""
     access_log: bool = False
     """Log one line per request to the `certop.access` logger."""
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    """Peers whose X-Forwarded-For/-Proto/-Host/-Port certop believes (extends, keeps)."""
+    allowed_upgrades: frozenset[bytes] = frozenset({b"websocket"})
+    """Upgrade protocols relayed (lower-case names); other Upgrade offers are dropped."""
+
+
+_UPSTREAM_DROP = HOP_BY_HOP | {b"content-length", b"forwarded", b"x-real-ip"}
+"""Request headers never copied upstream (certop writes its own framing and X-Real-IP)."""
 
 
 class Decision:
@@ -87,14 +104,14 @@ class Decision:
 
     def __init__(self, local: bytes | None = None, backend: ServiceBackend | None = None,
                  upgrade: bytes | None = None, body_limit: int | None = None,
-                 hsts: bytes | None = None, label: str = "*") -> None:
+                 hsts: bytes | None = None, label: str = UNKNOWN_LABEL) -> None:
         self.local = local
         self.backend = backend
         self.upgrade = upgrade
         self.body_limit = body_limit
         self.hsts = hsts
         self.label = label
-        """The host as a metrics label (a known host, or "*")."""
+        """The host as a metrics label (as a rule names it, or "_unknown")."""
 
 
 class _Date:
@@ -169,6 +186,7 @@ class Proxy:
         self._connects: set[asyncio.Task[None]] = set()
         self._drained: asyncio.Event | None = None
         self._date = _Date()
+        self._trusted: dict[bytes, bool] = {}
         self.metrics = Metrics()
         self.loop: asyncio.AbstractEventLoop | None = None
         self._sweeper: asyncio.TimerHandle | None = None
@@ -289,12 +307,20 @@ class Proxy:
 
     def decide(self, head: Head, tls: bool) -> Decision:
         """The decision for a request parsed by the general path."""
+        if head.start[1][:1] != b"/" and head.start[1] != b"*":
+            head.retarget(*origin_form(head.start[1]))
         _method, target, version = head.start
         hosts = head.get_all(b"host")
         if len(hosts) > 1 or (version == b"1.1" and not hosts):
             raise HttpError(400, "exactly one Host header")
         close = version != b"1.1" or b"close" in head.connection_tokens()
-        upgrade = head.get(b"upgrade") if b"upgrade" in head.connection_tokens() else None
+        upgrade = None
+        if b"upgrade" in head.connection_tokens():
+            allowed = self.settings.allowed_upgrades
+            upgrade = b", ".join(
+                p for v in head.get_all(b"upgrade") for p in (t.strip(b" \t") for t in
+                                                             v.split(b","))
+                if p.split(b"/", 1)[0].lower() in allowed) or None
         return self.route_request(target, hosts[0] if hosts else b"", tls, close, upgrade)
 
     def route_request(self, target: bytes, host_raw: bytes, tls: bool, close: bool,
@@ -305,7 +331,7 @@ class Proxy:
         if path is None:
             raise HttpError(400, "bad request target")
         routes = self.routes.lookup(host)
-        label = host if routes is not self.routes.catch_all else "*"
+        label = routes.label
         if not tls:
             if path.startswith(ACME_CHALLENGE_PREFIX):
                 answer = self.tokens.answer(path)
@@ -331,7 +357,7 @@ class Proxy:
         is hop-by-hop, see `fast_request`) plus the X-Forwarded-* lines."""
         return b"".join((
             req.method, b" ", req.target, b" HTTP/1.1\r\n", req.block,
-            b"X-Forwarded-For: ", client_ip,
+            b"X-Forwarded-For: ", client_ip, b"\r\nX-Real-IP: ", client_ip,
             b"\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: " if tls
             else b"\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: ",
             req.host, b"\r\nX-Forwarded-Port: ",
@@ -340,24 +366,36 @@ class Proxy:
     def upstream_head(self, head: Head, framing: Framing, tls: bool, client_ip: bytes,
                       upgrade: bytes | None) -> bytes:
         method, target, _ = head.start
-        drop = HOP_BY_HOP | head.connection_tokens() if head.get(b"connection") else HOP_BY_HOP
+        drop = _UPSTREAM_DROP | (head.connection_tokens() - {b"host"}) \
+            if head.get(b"connection") else _UPSTREAM_DROP
         out = [method + b" " + target + b" HTTP/1.1"]
-        xff = b""
+        forwarded: dict[bytes, list[bytes]] = {}
         host = b""
         for name, value in head.headers:
-            if name in drop:
+            if name in drop or b"_" in name:
                 continue
             if name[:12] == b"x-forwarded-":
-                if name == b"x-forwarded-for":
-                    xff = value + b", "
+                forwarded.setdefault(name, []).append(value)
                 continue
             if name == b"host":
                 host = value
             out.append(name + b": " + value)
-        out.append(b"X-Forwarded-For: " + xff + client_ip)
-        out.append(b"X-Forwarded-Proto: https" if tls else b"X-Forwarded-Proto: http")
+        proto = b"https" if tls else b"http"
+        port = b"%d" % (self.https_port if tls else self.http_port)
+        xff, real_ip = [client_ip], client_ip
+        if forwarded and self.settings.trusted_proxies and self.trusts(client_ip):
+            chain = [a.strip(b" \t") for v in forwarded.get(b"x-forwarded-for", ())
+                     for a in v.split(b",")]
+            xff = [*chain, client_ip]
+            real_ip = self.real_client(chain, client_ip)
+            proto = forwarded.get(b"x-forwarded-proto", [proto])[0]
+            host = forwarded.get(b"x-forwarded-host", [host])[0]
+            port = forwarded.get(b"x-forwarded-port", [port])[0]
+        out.append(b"X-Forwarded-For: " + b", ".join(xff))
+        out.append(b"X-Real-IP: " + real_ip)
+        out.append(b"X-Forwarded-Proto: " + proto)
         out.append(b"X-Forwarded-Host: " + host)
-        out.append(b"X-Forwarded-Port: %d" % (self.https_port if tls else self.http_port))
+        out.append(b"X-Forwarded-Port: " + port)
         if framing.chunked:
             out.append(b"Transfer-Encoding: chunked")
         elif framing.length:
@@ -367,6 +405,35 @@ class Proxy:
             out.append(b"Upgrade: " + upgrade)
         out.append(b"\r\n")
         return b"\r\n".join(out)
+
+    def trusts(self, ip: bytes) -> bool:
+        """Whether a peer address is in `trusted_proxies` (answers are cached)."""
+        found = self._trusted.get(ip)
+        if found is None:
+            found = False
+            with contextlib.suppress(ValueError, UnicodeDecodeError):
+                addr = ipaddress.ip_address(ip.decode("ascii"))
+                if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+                    addr = addr.ipv4_mapped
+                found = any(addr in net for net in self.settings.trusted_proxies)
+            if len(self._trusted) >= 4096:
+                self._trusted.clear()
+            self._trusted[ip] = found
+        return found
+
+    def real_client(self, chain: list[bytes], peer: bytes) -> bytes:
+        """The client address behind trusted proxies: X-Forwarded-For read from the right,
+        skipping trusted addresses (nginx's real_ip_recursive); a malformed entry stops."""
+        client = peer
+        for item in reversed(chain):
+            if not self.trusts(client):
+                break
+            try:
+                ipaddress.ip_address(item.decode("ascii"))
+            except (ValueError, UnicodeDecodeError):
+                break
+            client = item
+        return client
 
     def downstream_head(self, resp: Head, framing: Framing, keep: bool, upgrade: bool,
                         hsts: bytes | None = None) -> bytes:

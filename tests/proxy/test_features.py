@@ -176,7 +176,7 @@ async def test_admin_endpoints_and_access_log(tmp_path: Path, echoes: list[Echo]
             text = body.decode()
             assert code == 200 and headers["content-type"].startswith("text/plain")
             assert 'certop_requests_total{host="m.test",status="200"} 1' in text
-            assert 'certop_requests_total{host="*",status="404"} 1' in text  # bounded labels
+            assert 'certop_requests_total{host="_unknown",status="404"} 1' in text  # bounded
             assert "random.example" not in text
             assert "certop_upstream_response_seconds_count 1" in text
             assert "certop_tls_handshakes_total 1" in text

@@ -32,6 +32,11 @@ from certop.proxy.http1 import fast_request, fast_response, parse_head, request_
         pytest.param(b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n\r\n", False,
                      id="upgrade"),
         pytest.param(b"GET / HTTP/1.1\r\nHost: a\r\nTE: trailers\r\n\r\n", False, id="te"),
+        pytest.param(b"GET http://a/ HTTP/1.1\r\nHost: a\r\n\r\n", False, id="absolute-form"),
+        pytest.param(b"GET / HTTP/1.1\r\nHost: a\r\nX_Real_IP: 1\r\n\r\n", False,
+                     id="underscore-name"),
+        pytest.param(b"GET / HTTP/1.1\r\nHost: a\r\nCookie: _ga=1_2\r\n\r\n", True,
+                     id="underscore-value"),
     ],
 )
 def test_fast_request_agrees_with_the_general_parser(raw: bytes, fast: bool) -> None:
@@ -74,7 +79,8 @@ def test_fast_response_takes_only_plain_responses(raw: bytes, method: bytes, kee
 
 
 @pytest.mark.parametrize("name", [b"Proxy-Authorization", b"X-Forwarded-Proto", b"Keep-Alive",
-                                  b"Trailer", b"TE", b"Connection", b"Upgrade", b"Expect"])
+                                  b"Trailer", b"TE", b"Connection", b"Upgrade", b"Expect",
+                                  b"Forwarded", b"X-Real-IP"])
 def test_every_hop_by_hop_or_forwarded_header_takes_the_general_path(name: bytes) -> None:
     raw = b"GET / HTTP/1.1\r\nHost: a\r\n" + name + b": x\r\n\r\n"
     assert fast_request(raw) is None
