@@ -9,7 +9,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT := DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint bench deps-debian deps-bench venv clean
+.PHONY: demo test lint bench deps-debian deps-bench deps-sslyze venv clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,7 +35,14 @@ lint: venv
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-test: lint deps-debian
+# sslyze (the TLS scanner tests/proxy/test_tls_clients.py runs) pins cryptography<47: it
+# gets a venv of its own, like certbot below.
+SSLYZE_VENV := .venv-sslyze
+deps-sslyze:
+	@[ -x $(SSLYZE_VENV)/bin/sslyze ] || { $(PYTHON) -m venv $(SSLYZE_VENV) && \
+	  $(SSLYZE_VENV)/bin/pip install --quiet --disable-pip-version-check sslyze==6.3.1; }
+
+test: lint deps-debian deps-sslyze
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 CERTBOT_VENV := bench/.venv-certbot
@@ -57,4 +64,4 @@ bench: venv deps-bench
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(SSLYZE_VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -6,6 +6,10 @@ the same ECDSA P-256 certificate, keep-alive to the backend, and `Host: bench.te
 Scenarios: plain HTTP keep-alive, HTTPS keep-alive, new TLS connections (one request per
 connection). Plus certop-only numbers: `--workers 2` scaling (no pinning), RSS with 10,000
 idle keep-alive connections, RSS with 1,000 Ingresses and 1,000 certificates.
+TLS handshakes (`run_handshakes`): full and resumed handshakes per second, X25519 with the
+ECDSA P-256 certificate, certop and nginx with 1 worker (pinned to core 0) and 4 workers (not
+pinned), through parallel `openssl s_time -new` / `-reuse` clients (each fetches `/`, so TLS
+1.3 tickets are read and one request is proxied per connection).
 
 Used by `bench/run.py --proxy`; prints nothing itself.
 """
@@ -126,13 +130,14 @@ location / {{ return 200 "{BODY.decode()}"; }} }} }}
                      "backend", self.work):
             yield
 
-    def _nginx(self, http: int, https: int) -> list[str]:
+    def _nginx(self, http: int, https: int, workers: int = 1) -> list[str]:
         conf = self.work / "nginx.conf"
-        conf.write_text(f"""worker_processes 1; daemon off; pid {self.work}/nginx.pid;
+        reuseport = " reuseport" if workers > 1 else ""
+        conf.write_text(f"""worker_processes {workers}; daemon off; pid {self.work}/nginx.pid;
 error_log {self.work}/nginx.err; events {{ worker_connections 20000; }}
 http {{ access_log off;
 upstream web {{ server 127.0.0.1:{self.backend_port}; keepalive 128; }}
-server {{ listen 127.0.0.1:{http}; listen 127.0.0.1:{https} ssl;
+server {{ listen 127.0.0.1:{http}; listen 127.0.0.1:{https} ssl{reuseport};
 ssl_certificate {self.cert}; ssl_certificate_key {self.key}; ssl_protocols TLSv1.2 TLSv1.3;
 location / {{ proxy_pass http://web; proxy_http_version 1.1;
 proxy_set_header Connection ""; proxy_set_header Host $host; }} }} }}
@@ -218,6 +223,31 @@ backend b
                                                connections=16, close=True)
         return out
 
+    def handshakes(self, name: str, workers: int, clients: int = 4) -> dict[str, float]:
+        """Full and resumed TLS handshakes per second against `name` with `workers`
+        processes, and the share of `-reuse` connections that did resume."""
+        http, https = pebblectl.free_port(), pebblectl.free_port()
+        if name == "certop":
+            # s_time sends `GET / HTTP/1.0` with no Host and no SNI: a host-less rule proxies
+            # it to the backend, as nginx's only server block does; the default certificate
+            # is the same one.
+            manifest = self.work / "catch-all.yaml"
+            manifest.write_text(CATCH_ALL)
+            cmd = self._certop(http, https, workers, manifest=manifest)
+        else:
+            cmd = self._nginx(http, https, workers)
+        if workers == 1:
+            cmd = ["taskset", "-c", "0", *cmd]
+        out: dict[str, float] = {}
+        with started(cmd, https, f"{name}-hs-w{workers}", self.work):
+            for mode in ("new", "reuse"):
+                rate, resumed = s_time(https, self.seconds, mode, clients,
+                                       pin="1" if workers == 1 else None)
+                out[mode] = rate
+                if mode == "reuse":
+                    out["reuse_resumed"] = resumed
+        return out
+
     def certop_workers(self, workers: int) -> Result:
         http, https = pebblectl.free_port(), pebblectl.free_port()
         with started(self._certop(http, https, workers), https, f"certop-w{workers}",
@@ -279,6 +309,47 @@ data:
             return rss_mb(proc.pid), took
 
 
+def s_time(port: int, seconds: int, mode: str, clients: int,
+           pin: str | None = None) -> tuple[float, float]:
+    """(handshakes per second summed over `clients` parallel `openssl s_time -<mode>`
+    clients, share of connections that resumed a session)."""
+    cmd = ["openssl", "s_time", "-connect", f"127.0.0.1:{port}", f"-{mode}", "-www", "/",
+           "-time", str(seconds)]
+    if pin is not None:
+        cmd = ["taskset", "-c", pin, *cmd]
+    start = time.monotonic()
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+             for _ in range(clients)]
+    outs = [p.communicate(timeout=seconds + 60)[0] for p in procs]
+    took = time.monotonic() - start
+    total = reused = 0
+    for out in outs:
+        m = re.search(r"(\d+) connections in [\d.]+s", out)
+        total += int(m.group(1)) if m else 0
+        # s_time prints one character per connection: 'r' for a resumed session.
+        marks = re.search(r"starting\n([r*]*)", out)
+        reused += marks.group(1).count("r") if marks else 0
+    return total / took, (reused / total if total else 0.0)
+
+
+def run_handshakes(work: Path, certop: Path, seconds: int, peers: list[str]
+                   ) -> dict[str, dict[str, dict[str, float]]]:
+    """{peer: {workers: {"new": /s, "reuse": /s, "reuse_resumed": share}}} for certop and,
+    when installed and asked for, nginx; 1 and 4 workers."""
+    bench = Bench(work, certop, seconds)
+    names = [n for n in ("certop", "nginx") if n in peers and shutil.which(
+        "nginx" if n == "nginx" else "openssl")]
+    results: dict[str, dict[str, dict[str, float]]] = {}
+    with bench.backend():
+        for name in names:
+            results[name] = {}
+            for workers in (1, 4):
+                print(f"bench: handshakes: {name} --workers {workers}", flush=True)
+                results[name][str(workers)] = bench.handshakes(name, workers)
+    shutil.rmtree(work / "certop-state", ignore_errors=True)
+    return results
+
+
 def ingress_yaml(host: str, secret: str, name: str = "bench") -> str:
     """An Ingress with TLS; plain HTTP is proxied too (no redirect), like the peers' setup."""
     backend = "{service: {name: web, port: {number: 80}}}"
@@ -293,6 +364,16 @@ spec:
     - host: {host}
       http:
         paths: [{{path: /, pathType: Prefix, backend: {backend}}}]
+"""
+
+
+CATCH_ALL = """apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: catch-all}
+spec:
+  rules:
+    - http:
+        paths: [{path: /, pathType: Prefix, backend: {service: {name: web, port: {number: 80}}}}]
 """
 
 

@@ -4,11 +4,13 @@ Issuance: certop standalone vs. lego, certbot and Caddy against one local Pebble
 certificate (median of --runs) and total time for each of --sizes hosts.
 Proxy: certop vs. nginx, HAProxy and Caddy on one pinned core (see bench/proxy.py).
 Operator: 500 annotated Ingresses at once in the emulator against Pebble (bench/operator.py).
+Handshakes: full and resumed TLS handshakes per second, certop and nginx, 1 and 4 workers
+(bench/proxy.py `run_handshakes`).
 Everything in the same run so the ratios compare like with like; raw results also go to
 bench/results/*.json.
 
-Usage: bench/run.py [--only issuance|proxy] [--runs 5] [--sizes 20,100] [--seconds 8]
-                    [--baseline-certop OTHER/.venv/bin/certop]
+Usage: bench/run.py [--only issuance|proxy|operator|handshakes] [--runs 5] [--sizes 20,100]
+                    [--seconds 8] [--baseline-certop OTHER/.venv/bin/certop]
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ OPERATOR_BEGIN = "<!-- operator:begin -->"
 OPERATOR_END = "<!-- operator:end -->"
 PROXY_BEGIN = "<!-- proxy:begin -->"
 PROXY_END = "<!-- proxy:end -->"
+HANDSHAKES_BEGIN = "<!-- handshakes:begin -->"
+HANDSHAKES_END = "<!-- handshakes:end -->"
 SCENARIOS = [("http_keepalive", "HTTP keep-alive"), ("https_keepalive", "HTTPS keep-alive"),
              ("https_new_connections", "new TLS connections")]
 
@@ -195,6 +199,34 @@ def render_proxy(results: dict[str, object], command: str) -> str:
     ])
 
 
+def render_handshakes(results: dict[str, dict[str, dict[str, float]]], seconds: int,
+                      command: str) -> str:
+    lines = ["| proxy | workers | full handshakes/s | resumed handshakes/s | resumed |",
+             "|---|---|---|---|---|"]
+    for name, by_workers in results.items():
+        for workers, r in by_workers.items():
+            lines.append(f"| {name} | {workers} | {r['new']:,.0f} | {r['reuse']:,.0f} | "
+                         f"{r['reuse_resumed']:.0%} |")
+    ratios = []
+    if "certop" in results and "nginx" in results:
+        for workers in ("1", "4"):
+            c, n = results["certop"][workers], results["nginx"][workers]
+            ratios.append(f"- certop / nginx, {workers} worker(s): full "
+                          f"**{c['new'] / n['new']:.2f}x**, resumed "
+                          f"**{c['reuse'] / n['reuse']:.2f}x**.")
+    when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return "\n".join([
+        HANDSHAKES_BEGIN,
+        f"Measured {when}, {seconds} s per run: 4 parallel `openssl s_time -new` (full) or "
+        f"`-reuse` (resumed; the share that did resume is shown) clients, each fetching `/` "
+        f"through the proxy once per connection; X25519, ECDSA P-256 certificate, TLS 1.3. One "
+        f"worker pinned to core 0 with the clients on core 1; 4 workers not pinned. "
+        f"Command: `{command}`.",
+        "", *lines, "", *ratios,
+        HANDSHAKES_END,
+    ])
+
+
 def _replace(text: str, begin: str, end: str, section: str) -> str:
     if begin not in text:
         return text.rstrip("\n") + "\n\n" + section + "\n"
@@ -209,7 +241,7 @@ def main() -> int:
     parser.add_argument("--tools", default="certop,lego,certbot,caddy")
     parser.add_argument("--proxies", default="certop,nginx,haproxy,caddy")
     parser.add_argument("--seconds", type=int, default=8, help="length of each proxy run")
-    parser.add_argument("--only", choices=["issuance", "proxy", "operator"],
+    parser.add_argument("--only", choices=["issuance", "proxy", "operator", "handshakes"],
                         help="run one of the benchmarks (default: all)")
     parser.add_argument("--ingresses", type=int, default=500,
                         help="Ingresses created at once for the operator benchmark")
@@ -246,6 +278,17 @@ def main() -> int:
         text = _replace(text, PROXY_BEGIN, PROXY_END, section)
         if not args.no_doc:
             plot.proxy_svg(presults, ROOT / "docs" / "benchmarks-proxy.svg")
+    if args.only in (None, "handshakes"):
+        work = Path(tempfile.mkdtemp(prefix="certop-bench-hs-"))
+        try:
+            hresults = proxy.run_handshakes(work, Path(sys.executable).with_name("certop"),
+                                            args.seconds, args.proxies.split(","))
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        (out / "handshakes.json").write_text(json.dumps(hresults, indent=2))
+        section = render_handshakes(hresults, args.seconds, command)
+        print(section)
+        text = _replace(text, HANDSHAKES_BEGIN, HANDSHAKES_END, section)
     if args.only in (None, "operator"):
         print(f"bench: operator: {args.ingresses} Ingresses", flush=True)
         out_json = subprocess.run([sys.executable, str(HERE / "operator.py"),

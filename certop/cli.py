@@ -27,6 +27,7 @@ from certop.core.clock import SystemClock
 from certop.core.errors import ConfigError
 from certop.core.models import AcmeIssuer, ObjectRef
 from certop.proxy.admin import Admin
+from certop.proxy.libssl import TicketKeys
 from certop.proxy.server import Proxy, ProxySettings
 from certop.proxy.tls import CertBook
 from certop.standalone import supplied
@@ -282,14 +283,16 @@ def _raise_fd_limit() -> None:
 
 
 async def run_standalone(settings: StandaloneSettings, args: argparse.Namespace,
-                         parent: int | None = None) -> int:
+                         parent: int | None = None, tickets: TicketKeys | None = None) -> int:
+    """Serve (and, unless `settings.serve_only`, issue). `tickets`: TLS session-ticket keys
+    shared with the other workers."""
     listen, http_port, https_port = args.listen, args.http_port, args.https_port
     config = load_config(settings)
     ensure_dir(settings.state_dir)
     _raise_fd_limit()
     # With several workers any of them may get the CA's HTTP-01 request: share tokens on disk.
     tokens = TokenStore(settings.state_dir / "challenges" if args.workers > 1 else None)
-    proxy = Proxy(CertBook(_default_certificate(args)), tokens, config.backends,
+    proxy = Proxy(CertBook(_default_certificate(args), tickets), tokens, config.backends,
                   _proxy_settings(args))
     try:
         await proxy.start(listen, http_port, https_port, reuse_port=args.workers > 1)
@@ -354,7 +357,8 @@ def _operator(args: argparse.Namespace) -> int:
         return 130
 
 
-def _fork_worker(settings: StandaloneSettings, args: argparse.Namespace) -> int:
+def _fork_worker(settings: StandaloneSettings, args: argparse.Namespace,
+                 tickets: TicketKeys) -> int:
     """A serving-only worker process; returns its pid (in the parent)."""
     parent = os.getpid()
     pid = os.fork()
@@ -365,7 +369,7 @@ def _fork_worker(settings: StandaloneSettings, args: argparse.Namespace) -> int:
     try:
         worker = replace(settings, serve_only=True)
         with asyncio.Runner(loop_factory=_loop_factory(args.event_loop)) as runner:
-            code = runner.run(run_standalone(worker, args, parent=parent))
+            code = runner.run(run_standalone(worker, args, parent=parent, tickets=tickets))
     except KeyboardInterrupt:
         code = 130
     finally:
@@ -389,10 +393,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.workers < 1 or (args.workers > 1 and 0 in (args.http_port, args.https_port)):
             raise ConfigError("--workers", "", "", "at least 1; with more than 1 the ports "
                               "must be fixed (not 0)")
-        children = [_fork_worker(settings, args) for _ in range(args.workers - 1)]
+        # One set of session-ticket keys for all workers: a session one of them issued
+        # resumes on any other (the kernel spreads connections over them).
+        tickets = TicketKeys()
+        children = [_fork_worker(settings, args, tickets) for _ in range(args.workers - 1)]
         try:
             with asyncio.Runner(loop_factory=_loop_factory(args.event_loop)) as runner:
-                return runner.run(run_standalone(settings, args))
+                return runner.run(run_standalone(settings, args, tickets=tickets))
         finally:
             for pid in children:
                 with contextlib.suppress(ProcessLookupError):

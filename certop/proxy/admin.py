@@ -38,8 +38,9 @@ class Admin:
             return (200, b"ready\n", b"text/plain") if ok else (503, b"not ready\n",
                                                                  b"text/plain")
         if path == "/metrics":
-            body = self.proxy.metrics.render(len(self.proxy.connections),
-                                             self.proxy.certs.expiry()).encode()
+            handshakes = len(self.proxy.handshaking)
+            body = self.proxy.metrics.render(len(self.proxy.connections) + handshakes,
+                                             self.proxy.certs.expiry(), handshakes).encode()
             return 200, body, b"text/plain; version=0.0.4"
         return 404, b"not found\n", b"text/plain"
 

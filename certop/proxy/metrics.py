@@ -34,7 +34,9 @@ class Metrics:
         self.latency_sum += seconds
 
     def render(self, open_connections: int,
-               expiry: Mapping[tuple[str, str], float]) -> str:
+               expiry: Mapping[tuple[str, str], float], handshakes: int = 0) -> str:
+        """`open_connections` counts `handshakes` (TLS connections not yet through their
+        handshake) too."""
         lines = [
             "# HELP certop_requests_total Requests answered, by host and status.",
             "# TYPE certop_requests_total counter",
@@ -60,9 +62,14 @@ class Metrics:
             "# HELP certop_connections_total Client connections accepted.",
             "# TYPE certop_connections_total counter",
             f"certop_connections_total {self.connections_total}",
-            "# HELP certop_open_connections Client connections open now.",
+            "# HELP certop_open_connections Client connections open now, TLS handshakes "
+            "included.",
             "# TYPE certop_open_connections gauge",
             f"certop_open_connections {open_connections}",
+            "# HELP certop_tls_handshakes_in_progress TLS connections accepted whose handshake "
+            "is not done.",
+            "# TYPE certop_tls_handshakes_in_progress gauge",
+            f"certop_tls_handshakes_in_progress {handshakes}",
             "# HELP certop_certificate_expiry_timestamp_seconds notAfter of served certificates.",
             "# TYPE certop_certificate_expiry_timestamp_seconds gauge",
         ]

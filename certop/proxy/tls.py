@@ -5,11 +5,20 @@ socket's context has an SNI callback that hands each new connection the right co
 connections keep the context they started with, so a renewal never drops a connection.
 A pair that fails to load keeps the previous good context for its hosts and never touches other
 hosts (ingress-nginx #3834); unknown SNI gets the default certificate.
-TLS 1.2+ only, the standard library's secure cipher defaults, ALPN http/1.1.
+
+Every context gets the same TLS policy, Mozilla's "intermediate" profile without DHE:
+TLS 1.2 and 1.3; key exchange X25519, P-256, P-384 only (no finite-field groups: a client
+offering only ffdhe8192 would cost ~100x the server CPU of X25519); TLS 1.2 suites ECDHE with
+AES-GCM or ChaCha20-Poly1305; the client's preference order (a client without AES hardware asks
+for ChaCha20 first and gets it); ALPN http/1.1. Session tickets are encrypted with `TicketKeys`
+shared by all worker processes. The groups and ticket keys are set through `libssl` (`ssl` has
+no API for them); the listening context is OpenSSL's session context, so its ticket keys are
+the ones used whatever certificate SNI picks.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import ssl
@@ -18,10 +27,22 @@ from dataclasses import dataclass
 
 from certop import crypto
 from certop.core.routing import normalize_host
+from certop.proxy import libssl
 from certop.store.ports import StoredCert
 
 log = logging.getLogger(__name__)
 SecretKey = tuple[str, str]
+
+GROUPS = "X25519:P-256:P-384"
+"""Key exchange groups offered, most preferred first (Mozilla intermediate)."""
+FALLBACK_CURVE = "prime256v1"
+"""The one group offered when `libssl` cannot set GROUPS (`set_ecdh_curve`: P-256 only)."""
+CIPHERS = ("@SECLEVEL=2:"
+           "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
+           "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
+           "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305")
+"""TLS 1.2 suites: Mozilla intermediate's without DHE. TLS 1.3 keeps OpenSSL's three (AES-128-GCM,
+AES-256-GCM, ChaCha20-Poly1305), which are Mozilla's."""
 
 
 def context_for(pair: StoredCert) -> ssl.SSLContext:
@@ -30,11 +51,24 @@ def context_for(pair: StoredCert) -> ssl.SSLContext:
     return _context(pair)
 
 
+@functools.cache
+def _warn_fallback(why: str) -> None:
+    log.warning("cannot set the TLS key exchange groups through libssl (%s): offering %s only",
+                why, FALLBACK_CURVE)
+
+
 def _context(pair: StoredCert) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.set_alpn_protocols(["http/1.1"])
-    ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
+    ctx.set_ciphers(CIPHERS)
+    ctx.options |= ssl.OP_NO_COMPRESSION
+    ctx.options &= ~ssl.OP_CIPHER_SERVER_PREFERENCE
+    try:
+        libssl.set_groups(ctx, GROUPS)
+    except OSError as exc:
+        ctx.set_ecdh_curve(FALLBACK_CURVE)
+        _warn_fallback(str(exc))
     with tempfile.TemporaryDirectory(prefix="certop-tls-") as tmp:
         # ssl loads keys from files only; the directory is private (0700) and removed at once.
         cert_path = os.path.join(tmp, "tls.crt")
@@ -59,12 +93,19 @@ class _Entry:
 
 
 class CertBook:
-    def __init__(self, default: StoredCert | None = None) -> None:
+    def __init__(self, default: StoredCert | None = None,
+                 tickets: libssl.TicketKeys | None = None) -> None:
+        """`tickets`: the session-ticket keys, shared with the other workers (made before
+        they are forked); by default keys of this process alone."""
         if default is None:
             cert, key = crypto.self_signed(("certop.invalid",))
             default = StoredCert(cert, key)
         self.default_context = context_for(default)
         self.default_context.sni_callback = self._sni
+        self.tickets = tickets or libssl.TicketKeys()
+        if not self.tickets.install(self.default_context):
+            log.warning("OpenSSL %s cannot share session-ticket keys: each worker process "
+                        "resumes only its own sessions", ssl.OPENSSL_VERSION)
         self._entries: dict[SecretKey, _Entry] = {}
         self._hosts: dict[str, SecretKey] = {}
         self.errors: dict[SecretKey, str] = {}
