@@ -305,7 +305,7 @@ def _check_input(args: argparse.Namespace) -> StandaloneSettings:
     except ConfigError:
         raise
     except OSError as exc:
-        raise ConfigError(str(exc.filename or ""), "", "",
+        raise ConfigError(str(exc.filename or "certop standalone"), "", "",
                           f"a readable file or directory ({exc.strerror or exc})") from None
     except Exception as exc:
         log.debug("checking the input failed", exc_info=True)

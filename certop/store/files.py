@@ -106,13 +106,16 @@ class StateDir:
         for part in parts:
             if not isinstance(part, str) or part in ("", ".", "..") or "/" in part \
                     or "\0" in part:
-                raise self._outside(self.root.joinpath(*(str(p) for p in parts)),
-                                    f"{part!r} is not one plain file name")
+                joined = "/".join(str(p) for p in parts)
+                raise self._outside(self.root, f"{joined!r}: {part!r} is not one plain file "
+                                               "name")
         return self.root.joinpath(*parts)
 
     def _symlink(self, path: Path, what: str) -> UnsafePath:
+        target = os.readlink(path)
+        shown = target if target.isprintable() else repr(target)
         return UnsafePath(path, f"{what} inside the state directory {self.root}, not a symlink "
-                                f"(to {os.readlink(path)}): certop never writes through one")
+                                f"(to {shown}): certop never writes through one")
 
     def _directory(self, path: Path, create: bool) -> bool:
         """Whether `path` is a real directory (not a symlink); created 0700 when missing and
@@ -148,10 +151,13 @@ class StateDir:
                 break
         return target
 
-    def file(self, *parts: str) -> Path:
-        """root/parts... to read: its directories must be real ones (missing is fine)."""
+    def file(self, *parts: str, link: bool = False) -> Path:
+        """root/parts... to read: its directories must be real ones (missing is fine), and
+        it no symlink unless `link` (certop's own `current`)."""
         path = self.path(*parts)
         self.directory(*parts[:-1], create=False)
+        if not link and os.path.islink(path):
+            raise self._symlink(path, "a file")
         return path
 
     def write(self, parts: tuple[str, ...], data: bytes, mode: int = 0o600) -> Path:
@@ -164,7 +170,7 @@ class StateDir:
     def remove(self, *parts: str) -> None:
         """Remove root/parts... (a file, a symlink itself, or a directory tree); never follows
         a symlink on the way or inside."""
-        path = self.file(*parts)
+        path = self.file(*parts, link=True)
         try:
             st = os.lstat(path)
         except FileNotFoundError:
@@ -205,24 +211,22 @@ class FileCertStore:
 
     def version(self, namespace: str, name: str) -> str | None:
         """Which version is current (cheap: one readlink), for processes that only serve."""
-        current = self.state.file("certs", namespace, name, "current")
+        current = self.state.file("certs", namespace, name, "current", link=True)
         try:
             return os.readlink(current)
         except OSError:
             return None
 
     def load(self, namespace: str, name: str) -> StoredCert | None:
-        current = self.state.file("certs", namespace, name, "current")
         version = self.version(namespace, name)
         if version is None:
             return None
-        # `current` is certop's own link to a sibling version directory: nothing else.
-        target = self.state.file("certs", namespace, name, version)
-        if os.path.islink(target):
-            raise UnsafePath(target, "a version directory, not a symlink")
+        # `current` is certop's own link to a sibling version directory: read through nothing
+        # else (the version and its files are checked like every other path).
         try:
             return StoredCert(
-                (current / "tls.crt").read_bytes(), (current / "tls.key").read_bytes()
+                self.state.file("certs", namespace, name, version, "tls.crt").read_bytes(),
+                self.state.file("certs", namespace, name, version, "tls.key").read_bytes(),
             )
         except (FileNotFoundError, NotADirectoryError):
             return None

@@ -355,3 +355,17 @@ def test_a_bad_edit_is_logged_and_a_later_good_edit_is_still_applied(
         finally:
             assert certop.stop() == 0
     assert "Traceback" not in certop.text()
+
+
+def test_a_unicode_digit_in_a_flag_is_one_clear_line(tmp_path: Path) -> None:
+    path = tmp_path / "site.yaml"
+    path.write_text(ingress())
+    result = subprocess.run(
+        _cli(tmp_path, path, tmp_path / "state", "--acme-directory", "https://127.0.0.1:9/dir",
+             "--http-port", "0", "--https-port", "0", "--service", "web=127.0.0.1:8\u00b2"),
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == ("certop: error: --service: web=127.0.0.1:8\u00b2: an address "
+                             "HOST:PORT after '=', e.g. 127.0.0.1:8080\n")
+    assert not (tmp_path / "state").exists()

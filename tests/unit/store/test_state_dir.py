@@ -201,3 +201,37 @@ def test_directories_an_older_certop_left_open_are_closed(tmp_path: Path) -> Non
     modes = _modes(root)
     del modes["."]  # the state directory itself is the user's
     assert set(modes.values()) == {"0o700"}, modes
+
+
+@pytest.mark.parametrize("planted", ["current", "v2", "v2/tls.key"])
+def test_a_certificate_is_never_read_through_a_planted_symlink(tmp_path: Path,
+                                                               planted: str) -> None:
+    secret = tmp_path / "outside-key.pem"
+    secret.write_bytes(b"someone else's key")
+    store = FileCertStore(tmp_path / "state")
+    store.save("ns", "s", PAIR)
+    store.save("ns", "s", PAIR)
+    base = tmp_path / "state/certs/ns/s"
+    target = {"current": "../../../../outside/x", "v2": str(tmp_path / "outside"),
+              "v2/tls.key": str(secret)}[planted]
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "tls.crt").write_bytes(b"cert")
+    (tmp_path / "outside" / "tls.key").write_bytes(b"someone else's key")
+    victim = base / planted
+    if victim.is_dir() and not victim.is_symlink():
+        import shutil
+        shutil.rmtree(victim)
+    else:
+        victim.unlink()
+    victim.symlink_to(target)
+    with pytest.raises(UnsafePath):
+        store.load("ns", "s")
+
+
+def test_an_account_key_is_never_read_through_a_planted_symlink(tmp_path: Path) -> None:
+    (tmp_path / "elsewhere.pem").write_bytes(b"someone else's key")
+    accounts = FileAccountStore(tmp_path / "state")
+    accounts.save_account_info("a", {})
+    (tmp_path / "state/accounts/a/key.pem").symlink_to(tmp_path / "elsewhere.pem")
+    with pytest.raises(UnsafePath, match="a file inside the state directory"):
+        accounts.load_account("a")
