@@ -31,8 +31,15 @@ from certop.proxy.libssl import TicketKeys
 from certop.proxy.server import Proxy, ProxySettings
 from certop.proxy.tls import CertBook
 from certop.standalone import supplied
+from certop.standalone.loader import one_line
 from certop.standalone.runner import Standalone, StandaloneSettings, load_config
-from certop.store.files import FileAccountStore, FileCertStore, FileOrderJournal, ensure_dir
+from certop.store.files import (
+    FileAccountStore,
+    FileCertStore,
+    FileOrderJournal,
+    StateDir,
+    ensure_dir,
+)
 from certop.store.ports import StoredCert
 from solvers.http01 import TokenStore
 
@@ -288,10 +295,15 @@ async def run_standalone(settings: StandaloneSettings, args: argparse.Namespace,
     shared with the other workers."""
     listen, http_port, https_port = args.listen, args.http_port, args.https_port
     config = load_config(settings)
-    ensure_dir(settings.state_dir)
-    _raise_fd_limit()
-    # With several workers any of them may get the CA's HTTP-01 request: share tokens on disk.
-    tokens = TokenStore(settings.state_dir / "challenges" if args.workers > 1 else None)
+    state = StateDir(settings.state_dir)
+    try:
+        ensure_dir(settings.state_dir)
+        _raise_fd_limit()
+        # With several workers any of them may get the CA's HTTP-01 request: share tokens.
+        tokens = TokenStore(state.directory("challenges") if args.workers > 1 else None)
+    except OSError as exc:
+        raise ConfigError(str(settings.state_dir), "", "--state-dir",
+                          f"a directory certop can write ({exc.strerror or exc})") from None
     proxy = Proxy(CertBook(_default_certificate(args), tickets), tokens, config.backends,
                   _proxy_settings(args))
     try:
@@ -376,6 +388,30 @@ def _fork_worker(settings: StandaloneSettings, args: argparse.Namespace,
         os._exit(code)
 
 
+def _check_input(args: argparse.Namespace) -> StandaloneSettings:
+    """Check the input before anything is written or bound: flags, manifests, the state
+    directory. Every failure, expected or not, is a ConfigError (one line, exit 2)."""
+    try:
+        settings = _settings(args)
+        load_config(settings)
+        _proxy_settings(args)
+        _default_certificate(args)
+        if args.workers < 1 or (args.workers > 1 and 0 in (args.http_port, args.https_port)):
+            raise ConfigError("--workers", "", "", "at least 1; with more than 1 the ports "
+                              "must be fixed (not 0)")
+        StateDir(settings.state_dir).check()
+    except ConfigError:
+        raise
+    except OSError as exc:
+        raise ConfigError(str(exc.filename or "certop standalone"), "", "",
+                          f"a readable file or directory ({exc.strerror or exc})") from None
+    except Exception as exc:
+        log.debug("checking the input failed", exc_info=True)
+        raise ConfigError("certop standalone", "", "", "input certop can check (checking it "
+                          f"failed: {one_line(exc)})") from exc
+    return settings
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -385,14 +421,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "operator":
         return _operator(args)
     try:
-        settings = _settings(args)
-        # Check the input before anything is written or bound.
-        load_config(settings)
-        _proxy_settings(args)
-        _default_certificate(args)
-        if args.workers < 1 or (args.workers > 1 and 0 in (args.http_port, args.https_port)):
-            raise ConfigError("--workers", "", "", "at least 1; with more than 1 the ports "
-                              "must be fixed (not 0)")
+        settings = _check_input(args)
         # One set of session-ticket keys for all workers: a session one of them issued
         # resumes on any other (the kernel spreads connections over them).
         tickets = TicketKeys()

@@ -48,7 +48,7 @@ def parse_retry_after(value: str | None, now: datetime.datetime | None = None) -
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # "²".isdigit() is True, float("²") raises
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)

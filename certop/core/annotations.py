@@ -134,7 +134,7 @@ def body_limit(annotations: Mapping[str, str]) -> int | None:
     text = raw.strip().lower()
     unit = text[-1:] if text[-1:] in ("k", "m", "g") else ""
     number = text[: len(text) - len(unit)]
-    if not number.isdigit():
+    if not (number.isascii() and number.isdigit()):  # str.isdigit() is true for "²" too
         raise AnnotationError(key, "a size like 8m, 512k, 1g or a number of bytes (0 = no limit)")
     return int(number) * _SIZE_UNITS[unit]
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime
 import re
 
-_PART = re.compile(r"(\d+(?:\.\d+)?)(h|ms|m|s)")
+_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(h|ms|m|s)")  # ASCII digits, as Go reads them
 _UNIT = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
 
 

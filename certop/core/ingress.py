@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from certop.core import annotations as ann
+from certop.core import names
 from certop.core.errors import ConfigError
 from certop.core.models import Ingress as IngressModel
 from certop.core.models import (
@@ -42,9 +43,16 @@ def object_ref(
     meta = doc.get("metadata")
     if not isinstance(meta, Mapping) or not isinstance(meta.get("name"), str):
         raise ConfigError(source, kind or "object", "metadata.name", "required, a string")
+    # Names become paths in standalone mode (certs/<namespace>/...): as the API server checks.
+    problem = names.subdomain_problem(meta["name"])
+    if problem is not None:
+        raise ConfigError(source, kind or "object", "metadata.name", problem)
     namespace = meta.get("namespace", default_namespace)
     if not isinstance(namespace, str):
         raise ConfigError(source, f"{kind} {meta['name']}", "metadata.namespace", "a string")
+    problem = names.label_problem(namespace)
+    if problem is not None:
+        raise ConfigError(source, f"{kind} {meta['name']}", "metadata.namespace", problem)
     return ObjectRef(kind=kind, namespace=namespace, name=meta["name"], source=source)
 
 
@@ -82,7 +90,7 @@ class Fields:
 def _host(f: Fields, value: Any, field: str) -> str:
     host = f.string(value, field)
     assert host is not None
-    if not _HOST_RE.match(host) or len(host) > 253:
+    if not _HOST_RE.fullmatch(host) or len(host) > 253:
         raise f.error(
             field,
             f"a DNS name like 'www.example.com' or '*.example.com' (lower case, no port), "
@@ -98,7 +106,7 @@ def _backend(f: Fields, value: Any, field: str) -> ServiceBackend:
     service = f.mapping(backend.get("service"), f"{field}.service", required=True)
     name = f.string(service.get("name"), f"{field}.service.name")
     assert name is not None
-    if not _NAME_RE.match(name):
+    if not _NAME_RE.fullmatch(name):
         raise f.error(f"{field}.service.name", f"a Service name, not {name!r}")
     port = f.mapping(service.get("port"), f"{field}.service.port", required=True)
     number, pname = port.get("number"), port.get("name")
@@ -108,7 +116,7 @@ def _backend(f: Fields, value: Any, field: str) -> ServiceBackend:
         if not isinstance(number, int) or isinstance(number, bool) or not 0 < number < 65536:
             raise f.error(f"{field}.service.port.number", "an integer from 1 to 65535")
         return ServiceBackend(f.ref.namespace, name, number)
-    if not isinstance(pname, str) or not _PORT_NAME_RE.match(pname):
+    if not isinstance(pname, str) or not _PORT_NAME_RE.fullmatch(pname):
         raise f.error(f"{field}.service.port.name", "a port name like 'http'")
     return ServiceBackend(f.ref.namespace, name, pname)
 
@@ -174,8 +182,9 @@ def parse_ingress(doc: Mapping[str, Any], source: str = "") -> IngressModel:
             for j, h in enumerate(f.sequence(entry.get("hosts"), f"{tf}.hosts"))
         )
         secret = f.string(entry.get("secretName"), f"{tf}.secretName", required=False)
-        if secret is not None and not _NAME_RE.match(secret):
-            raise f.error(f"{tf}.secretName", f"a Secret name, not {secret!r}")
+        problem = names.subdomain_problem(secret) if secret is not None else None
+        if problem is not None:
+            raise f.error(f"{tf}.secretName", f"a Secret name: {problem}")
         tls.append(IngressTLS(hosts, SecretName(secret) if secret else None))
 
     default = (

@@ -12,6 +12,7 @@ import binascii
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from certop.core import names
 from certop.core.ingress import Fields, object_ref
 from certop.core.models import (
     AcmeIssuer,
@@ -58,6 +59,9 @@ def parse_issuer(
     key_ref = f.mapping(acme.get("privateKeySecretRef"), "spec.acme.privateKeySecretRef")
     key_secret = f.string(key_ref.get("name"), "spec.acme.privateKeySecretRef.name",
                           required=False)
+    problem = names.subdomain_problem(key_secret) if key_secret is not None else None
+    if problem is not None:
+        raise f.error("spec.acme.privateKeySecretRef.name", f"a Secret name: {problem}")
 
     eab = None
     if acme.get("externalAccountBinding") is not None:
@@ -68,6 +72,9 @@ def parse_issuer(
         sname = f.string(sref.get("name"), f"{ef}.keySecretRef.name")
         skey = f.string(sref.get("key"), f"{ef}.keySecretRef.key", required=False) or "secret"
         assert kid is not None and sname is not None
+        problem = names.subdomain_problem(sname)
+        if problem is not None:
+            raise f.error(f"{ef}.keySecretRef.name", f"a Secret name: {problem}")
         data = secrets(resource_namespace, sname)
         if data is None:
             raise f.error(f"{ef}.keySecretRef.name",

@@ -34,7 +34,7 @@ from certop.core.renewal import CertFacts, decide, renewal_time
 from certop.proxy.server import Proxy
 from certop.standalone import loader, supplied
 from certop.standalone.services import StaticBackends
-from certop.store.files import write_atomic
+from certop.store.files import StateDir, UnsafePath
 from certop.store.ports import AccountStore, CertStore, OrderJournal, StoredCert
 from solvers.http01 import Http01Solver
 
@@ -89,7 +89,21 @@ class Config:
 def load_config(settings: StandaloneSettings, strict: bool = True) -> Config:
     """Everything the files say, checked; raises ConfigError naming file, object and field.
     Not `strict` (a reload while serving): a broken certificate file is a warning and its
-    last good certificate stays in use."""
+    last good certificate stays in use. Any other exception while loading or checking is a
+    ConfigError too: at start-up one line and exit 2, on a reload the last good configuration
+    stays (a bug in a check must not stop the file watcher)."""
+    try:
+        return _load_config(settings, strict)
+    except ConfigError:
+        raise
+    except Exception as exc:
+        log.debug("checking the manifests failed", exc_info=True)
+        files = ", ".join(str(f) for f in settings.files)
+        raise ConfigError(files, "", "", "manifests certop can check (checking them failed: "
+                          f"{loader.one_line(exc)})") from exc
+
+
+def _load_config(settings: StandaloneSettings, strict: bool) -> Config:
     manifests = loader.load(settings.files)
     issuers = dict(manifests.issuers)
     if settings.cli_issuer is not None:
@@ -222,7 +236,11 @@ class Standalone:
 
     def _load_stored(self, state: _CertState) -> None:
         spec = state.spec
-        stored = self.certs.load(spec.namespace, spec.secret_name)
+        try:
+            stored = self.certs.load(spec.namespace, spec.secret_name)
+        except UnsafePath as exc:
+            log.warning("%s: stored certificate not read (%s)", spec, exc)
+            return
         if stored is None:
             return
         try:
@@ -250,8 +268,8 @@ class Standalone:
             issuer = self.config.issuers[issuer_name]
             verify: bool | str = not issuer.skip_tls_verify
             if issuer.ca_bundle_pem:
-                path = self.settings.state_dir / "ca" / f"{issuer_name}.pem"
-                write_atomic(path, issuer.ca_bundle_pem, 0o644)
+                path = StateDir(self.settings.state_dir).write(
+                    ("ca", f"{issuer_name}.pem"), issuer.ca_bundle_pem, 0o644)
                 verify = str(path)
             elif self.settings.ca_bundle is not None and issuer_name == "default":
                 verify = str(self.settings.ca_bundle)
@@ -447,29 +465,42 @@ class Standalone:
         return tuple(stamps)
 
     async def _watch_files(self) -> None:
+        """Poll the files; apply a good edit, log a bad one and keep the last good config.
+        Nothing ends this loop but cancellation: a watcher that died would silently ignore
+        every later edit."""
         loop = asyncio.get_running_loop()
         self._file_stamp = await loop.run_in_executor(self._executor, self._stamp)
         while True:
             await asyncio.sleep(self.settings.watch_interval)
-            if self.settings.serve_only:
-                self._pick_up_stored()
-            stamp = await loop.run_in_executor(self._executor, self._stamp)
-            if stamp == self._file_stamp:
-                continue
-            self._file_stamp = stamp
             try:
-                config = await loop.run_in_executor(self._executor, load_config, self.settings,
-                                                    False)
-            except ConfigError as exc:
-                log.error("manifests changed but are invalid, keeping the last good ones: %s",
-                          exc)
+                await self._look_at_files(loop)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a bug: log it and keep watching
+                log.exception("reloading the manifests failed; still watching them")
                 self.stats.reload_errors += 1
                 await self._notify()
-                continue
-            log.info("manifests changed: %d Ingresses, %d certificates",
-                     len(config.manifests.ingresses), len(config.specs))
-            self.apply(config)
+
+    async def _look_at_files(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self.settings.serve_only:
+            self._pick_up_stored()
+        stamp = await loop.run_in_executor(self._executor, self._stamp)
+        if stamp == self._file_stamp:
+            return
+        self._file_stamp = stamp
+        try:
+            config = await loop.run_in_executor(self._executor, load_config, self.settings,
+                                                False)
+        except ConfigError as exc:
+            log.error("manifests changed but are invalid, keeping the last good ones: %s",
+                      exc)
+            self.stats.reload_errors += 1
             await self._notify()
+            return
+        log.info("manifests changed: %d Ingresses, %d certificates",
+                 len(config.manifests.ingresses), len(config.specs))
+        self.apply(config)
+        await self._notify()
 
     def _pick_up_stored(self) -> None:
         """Serve-only: load the pairs the issuing process stored since the last look."""

@@ -29,7 +29,8 @@ def parse_service_flag(value: str) -> tuple[Key, Address]:
         namespace, left = left.split("/", 1)
     name, _, port = left.partition(":")
     host, colon, raw_port = right.rpartition(":")
-    if not colon or not host or not raw_port.isdigit() or not 0 < int(raw_port) < 65536:
+    if not colon or not host or not (raw_port.isascii() and raw_port.isdigit()) \
+            or not 0 < int(raw_port) < 65536:
         raise bad("an address HOST:PORT after '=', e.g. 127.0.0.1:8080")
     host = host.strip("[]")
     try:

@@ -29,7 +29,7 @@ class TokenStore:
             raise ValueError("an ACME token is base64url")
         self._tokens[token] = key_authorization
         if self.directory is not None:
-            self.directory.mkdir(mode=0o755, parents=True, exist_ok=True)
+            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
             tmp = self.directory / f".{token}.tmp"
             tmp.write_text(key_authorization)
             os.replace(tmp, self.directory / token)

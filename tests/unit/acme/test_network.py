@@ -14,6 +14,7 @@ def test_retry_after_reads_seconds_and_http_dates() -> None:
     assert parse_retry_after("Sun, 22 Nov 2026 12:01:00 GMT", now) == 60
     assert parse_retry_after("Sun, 22 Nov 2026 11:00:00 GMT", now) == 0
     assert parse_retry_after("soon") is None
+    assert parse_retry_after("²") is None  # a Unicode digit is no number of seconds
     assert parse_retry_after(None) is None
 
 
