@@ -121,12 +121,17 @@ class ClientConn(asyncio.Protocol):
         self._arm(self.proxy.settings.header_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        tunnel = self.state == TUNNEL
         self.state = CLOSED
         self._disarm()
         self.proxy.connections.discard(self)
-        if self.upstream is not None:
-            self.upstream.abort()
+        upstream = self.upstream
+        if upstream is not None:
             self.upstream = None
+            if tunnel:
+                upstream.close_tunnel()  # what the client sent last still reaches the backend
+            else:
+                upstream.abort()
         self.proxy.drained()
 
     def pause_writing(self) -> None:
@@ -162,10 +167,8 @@ class ClientConn(asyncio.Protocol):
     def eof_received(self) -> bool | None:
         if self.state == LINGER:
             return None
-        if self.state == TUNNEL and self.upstream is not None and self.upstream.transport:
-            if self.upstream.transport.can_write_eof():
-                self.upstream.transport.write_eof()
-            return True
+        if self.state == TUNNEL:
+            return self._tunnel_eof()
         if self.state in (BODY, DRAIN):
             self._fail(HttpError(400, "body ended early"))
             return None
@@ -174,6 +177,22 @@ class ClientConn(asyncio.Protocol):
             self.eof = True
             return None if self.tls else True
         return None
+
+    def _tunnel_eof(self) -> bool | None:
+        """The client finished sending on an upgraded connection: pass the half-close on.
+        When the backend had finished too, both connections close; a TLS connection cannot
+        stay half-open (the SSL transport closes itself), so `connection_lost` closes the
+        backend's connection once what the client sent is written."""
+        self.eof = True
+        upstream = self.upstream
+        if upstream is None or upstream.transport is None:
+            return None
+        if upstream.eof:
+            upstream.close_tunnel()
+            return None
+        if upstream.transport.can_write_eof():
+            upstream.transport.write_eof()
+        return None if self.tls else True
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -404,7 +423,8 @@ class ClientConn(asyncio.Protocol):
             self.pending_size = 0
 
     def upstream_failed(self, status: int) -> None:
-        self.upstream = None
+        """502/503/504 to the client; a backend connection still open is closed (a 504's
+        backend may answer later: that connection must neither leak nor be reused)."""
         self._fail(HttpError(status, "upstream failed"))
 
     def response_done(self, reusable_client: bool) -> None:
@@ -444,6 +464,8 @@ class ClientConn(asyncio.Protocol):
         if self.buf and self.upstream is not None and self.upstream.transport is not None:
             self.upstream.transport.write(bytes(self.buf))
             self.buf.clear()
+        if self.eof:  # the client half-closed right after its request
+            self._tunnel_eof()
         self._resume()
 
 
@@ -466,6 +488,8 @@ class UpstreamConn(asyncio.Protocol):
         self.fresh = True
         self.read_paused = False
         self.write_paused = False
+        self.eof = False
+        """The backend finished sending on an upgraded connection."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -539,6 +563,17 @@ class UpstreamConn(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
+    def close_tunnel(self) -> None:
+        """End an upgraded connection whose client is gone: a FIN once the bytes written are
+        sent (a reset when the backend is not taking them: nothing else would end it)."""
+        self.client = None
+        transport = self.transport
+        if transport is not None:
+            if transport.get_write_buffer_size():
+                transport.abort()
+            else:
+                transport.close()
+
     def data_received(self, data: bytes) -> None:
         client = self.client
         if client is None:
@@ -561,8 +596,15 @@ class UpstreamConn(asyncio.Protocol):
     def eof_received(self) -> bool | None:
         client = self.client
         if client is not None and client.state == TUNNEL and client.transport is not None:
-            if client.transport.can_write_eof():
-                client.transport.write_eof()
+            # The backend finished sending on an upgraded connection. The client's side is
+            # half-closed when it can be (plain TCP); a TLS connection cannot: it is closed
+            # once what the backend sent is written, and so is this one (returning None).
+            # Either way, when the client had finished too, both connections end here.
+            self.eof = True
+            if client.eof or not client.transport.can_write_eof():
+                client.close()
+                return None
+            client.transport.write_eof()
             return True
         return None
 
