@@ -51,6 +51,7 @@ upstream cannot take more (not connected yet, or its write buffer is full)."""
 PENDING_LIMIT = 64 * 1024
 """Request body bytes kept while the upstream connection is being made (reading pauses)."""
 NO_BODY = Framing(length=0)
+UNTIL_CLOSE = Framing(length=None, until_close=True)
 _FAST_HEAD = Head((b"", b"", b""), [])
 """Marks an upstream response whose head took the fast path (its body is being relayed)."""
 INF = float("inf")
@@ -89,6 +90,7 @@ class ClientConn(asyncio.Protocol):
         self.buf = bytearray()
         self.state = IDLE
         self.keep_alive = True
+        self.http10 = False  # the current request is HTTP/1.0: no chunked answer, no 1xx
         self.client_ip = b""
         self.framing = Framing()
         self.remaining = 0
@@ -287,6 +289,7 @@ class ClientConn(asyncio.Protocol):
             if fast is not None:
                 keep = fast.version == b"1.1"
                 self.keep_alive = keep
+                self.http10 = not keep
                 decision = self.proxy.route_request(fast.target, fast.host, self.tls, not keep)
                 framing = framing_for(fast.length)
                 self._start(fast.method, fast.target, framing, decision, fast, None)
@@ -297,6 +300,7 @@ class ClientConn(asyncio.Protocol):
             framing = request_framing(head)
             method, target, version = head.start
             self.keep_alive = version == b"1.1" and b"close" not in head.connection_tokens()
+            self.http10 = version == b"1.0"
             decision = self.proxy.decide(head, self.tls)
             self._start(method, target, framing, decision, None, head)
         except HttpError as exc:
@@ -484,6 +488,7 @@ class UpstreamConn(asyncio.Protocol):
         self.remaining = 0
         self.scanner: ChunkScanner | None = None
         self.reusable = True
+        self.dechunk = False  # the body goes to an HTTP/1.0 client without chunk framing
         self.got_bytes = False
         self.fresh = True
         self.read_paused = False
@@ -649,7 +654,8 @@ class UpstreamConn(asyncio.Protocol):
                 self._bad()
                 return
             if 100 <= status < 200:
-                client.write(b"HTTP/1.1 %d %s\r\n\r\n" % (status, head.start[2]))
+                if not client.http10:  # RFC 9110 section 15.2: never to an HTTP/1.0 client
+                    client.write(b"HTTP/1.1 %d %s\r\n\r\n" % (status, head.start[2]))
                 continue
             try:
                 framing = response_framing(head, exchange.method)
@@ -659,15 +665,21 @@ class UpstreamConn(asyncio.Protocol):
             self.head = head
             self.framing = framing
             self.remaining = framing.length or 0
-            self.scanner = ChunkScanner() if framing.chunked else None
-            if framing.until_close or b"close" in head.connection_tokens():
-                self.reusable = False
+            # An HTTP/1.0 client cannot read chunked framing: the payload goes to it as is
+            # and the connection closes after it (client.keep_alive is False for 1.0).
+            self.dechunk = framing.chunked and client.http10
+            self.scanner = ChunkScanner(reframe=self.dechunk) if framing.chunked else None
+            tokens = head.connection_tokens()
+            if framing.until_close or b"close" in tokens or (
+                    head.start[0] == b"1.0" and b"keep-alive" not in tokens):
+                self.reusable = False  # RFC 9112 section 9.3: the backend closes after this
             keep = client.keep_alive and not framing.until_close and not self.proxy.closing
             client.keep_alive = keep
             exchange.response_started = True
             client._arm(self.proxy.settings.response_timeout)
             self.proxy.observe(exchange, status)
-            client.write(self.proxy.downstream_head(head, framing, keep, False, exchange.hsts))
+            client.write(self.proxy.downstream_head(head, UNTIL_CLOSE if self.dechunk else framing,
+                                                    keep, False, exchange.hsts))
             rest = bytes(self.buf)
             self.buf.clear()
             if rest or framing.chunked or framing.length or framing.until_close:
@@ -728,11 +740,15 @@ class UpstreamConn(asyncio.Protocol):
                 used, done = self.scanner.feed(data)
             except HttpError:
                 self.reusable = False
-                client.write(data)  # pass through what we have, then end both
+                if not self.dechunk:
+                    client.write(data)  # pass through what we have, then end both
                 self.abort()
                 client.close()
                 return
-            client.write(data[:used] if used < len(data) else data)
+            if self.dechunk:
+                client.write(self.scanner.take_payload())
+            else:
+                client.write(data[:used] if used < len(data) else data)
             if used < len(data):
                 self.reusable = False  # bytes after the response: not trustworthy
         else:

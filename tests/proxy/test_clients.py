@@ -16,7 +16,7 @@ import subprocess
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -74,6 +74,8 @@ class ScriptBackend:
         self.port = self.sock.getsockname()[1]
         self.serve = serve
         self.open = 0
+        self.heads: list[bytes] = []
+        """Every request head received, as received."""
         self.errors: list[BaseException] = []
         self._lock = threading.Lock()
         threading.Thread(target=self._accept, daemon=True).start()
@@ -93,6 +95,7 @@ class ScriptBackend:
                     head = read_head(conn)
                     if head is None:
                         break
+                    self.heads.append(head)
                     self.serve(conn, head)
         except OSError:
             pass
@@ -290,3 +293,101 @@ def test_a_backend_that_stops_reading_a_request_body_gets_504_within_the_body_ti
         release.set()
         backend.close()
     assert head is not None and head.startswith(b"HTTP/1.1 504 "), head
+
+
+ANSWERS = {
+    b"/chunked": b"HTTP/1.1 200 OK\r\nX-Custom-Header: Kept\r\nTransfer-Encoding: chunked\r\n"
+                 b"\r\n5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n",
+    b"/old": b"HTTP/1.0 200 OK\r\nX-Custom-Header: Kept\r\nContent-Length: 2\r\n\r\nok",
+    b"/keep-alive": b"HTTP/1.1 200 OK\r\nX-Custom-Header: Kept\r\nConnection: keep-alive\r\n"
+                    b"Keep-Alive: timeout=5\r\nContent-Length: 2\r\n\r\nok",
+    b"/continue": b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nX-Custom-Header: Kept\r\n"
+                  b"Content-Length: 2\r\n\r\nok",
+}
+
+
+def scripted(conn: socket.socket, head: bytes) -> None:
+    """Answers from ANSWERS by path (a HEAD gets the head of the GET answer)."""
+    method, path, _ = head.split(b" ", 2)
+    answer = ANSWERS[path]
+    if method == b"HEAD":
+        answer = answer[answer.rfind(b"HTTP/1.1 "):].split(b"\r\n\r\n")[0] + b"\r\n\r\n"
+    conn.sendall(answer)
+    if answer.startswith(b"HTTP/1.0"):
+        conn.shutdown(socket.SHUT_WR)  # HTTP/1.0 without keep-alive: the backend closes
+
+
+@pytest.fixture
+def scripted_backend() -> Iterator[ScriptBackend]:
+    backend = ScriptBackend(scripted)
+    try:
+        yield backend
+    finally:
+        backend.close()
+    assert not backend.errors, backend.errors
+
+
+@pytest.fixture
+def scripted_proxy(tmp_path: Path, scripted_backend: ScriptBackend) -> Iterator[Running]:
+    with running(tmp_path, scripted_backend.port) as proxy:
+        yield proxy
+
+
+def exchange(port: int, request: bytes) -> bytes:
+    """One request on a new connection; everything read until the proxy closes it."""
+    with socket.create_connection(("127.0.0.1", port), 20) as sock:
+        sock.sendall(request)
+        return read_all(sock)
+
+
+@pytest.mark.parametrize("path", [b"/chunked", b"/old", b"/keep-alive", b"/continue"])
+def test_an_http10_client_gets_an_http11_status_line_no_chunks_and_a_close(
+        scripted_proxy: Running, path: bytes) -> None:
+    out = exchange(scripted_proxy.http_port, b"GET %s HTTP/1.0\r\nHost: web.test\r\n\r\n" % path)
+    head, _, body = out.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n"), out  # one answer: no 100 Continue either
+    assert b"transfer-encoding" not in head.lower()
+    assert b"\r\nConnection: close" in head
+    assert body == (b"hello world" if path == b"/chunked" else b"ok")  # then the close
+
+
+def test_curl_http10_reads_a_chunked_backend_answer(scripted_proxy: Running) -> None:
+    out = curl("--http1.0", "-i", "-H", f"Host: {HOST}",
+               f"http://127.0.0.1:{scripted_proxy.http_port}/chunked")
+    assert out.startswith("HTTP/1.1 200 OK\r\n")
+    assert "transfer-encoding" not in out.lower()
+    assert out.endswith("\r\n\r\nhello world")
+
+
+def test_a_backend_http10_status_line_is_sent_as_http11(scripted_proxy: Running) -> None:
+    out = curl("-i", "-H", f"Host: {HOST}", f"http://127.0.0.1:{scripted_proxy.http_port}/old",
+               f"http://127.0.0.1:{scripted_proxy.http_port}/old")
+    assert out.count("HTTP/1.1 200 OK\r\n") == 2, out
+    assert "HTTP/1.0" not in out
+
+
+@pytest.mark.parametrize("request_line", [
+    pytest.param(b"GET /chunked HTTP/1.1\r\nHost: web.test", id="chunked-answer"),
+    pytest.param(b"GET /keep-alive HTTP/1.1\r\nHost: web.test", id="keep-alive-answer"),
+    pytest.param(b"GET /old HTTP/1.1\r\nHost: web.test", id="http10-answer"),
+    pytest.param(b"HEAD /keep-alive HTTP/1.1\r\nHost: web.test", id="head-request"),
+    pytest.param(b"GET /keep-alive HTTP/1.1\r\nHost: web.test\r\nConnection: close",
+                 id="closing-request"),
+    pytest.param(b"GET /chunked HTTP/1.0\r\nHost: web.test", id="http10-request"),
+])
+def test_header_names_keep_the_case_the_backend_sent(scripted_proxy: Running,
+                                                     request_line: bytes) -> None:
+    with socket.create_connection(("127.0.0.1", scripted_proxy.http_port), 20) as sock:
+        sock.sendall(request_line + b"\r\nConnection: close\r\n\r\n"
+                     if b"Connection" not in request_line else request_line + b"\r\n\r\n")
+        head = read_head(sock)
+    assert head is not None and b"\r\nX-Custom-Header: Kept\r\n" in head, head
+
+
+def test_request_header_names_keep_their_case_upstream_on_the_general_path(
+        scripted_proxy: Running, scripted_backend: ScriptBackend) -> None:
+    out = exchange(scripted_proxy.http_port, b"GET /keep-alive HTTP/1.1\r\nHost: web.test\r\n"
+                   b"X-Client-Header: A\r\nConnection: close\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 200 ")
+    (head,) = scripted_backend.heads
+    assert b"\r\nX-Client-Header: A\r\n" in head and b"\r\nHost: web.test\r\n" in head
