@@ -55,6 +55,8 @@ UNTIL_CLOSE = Framing(length=None, until_close=True)
 _FAST_HEAD = Head((b"", b"", b""), [])
 """Marks an upstream response whose head took the fast path (its body is being relayed)."""
 INF = float("inf")
+UNROUTED = b""
+"""`ClientConn._fail`'s HSTS argument when no route is known yet."""
 
 
 class Exchange:
@@ -245,13 +247,19 @@ class ClientConn(asyncio.Protocol):
             self.transport.close()
         self.state = CLOSED
 
-    def _fail(self, exc: HttpError) -> None:
-        """Answer an error we produce ourselves and close (the stream is no longer trusted)."""
-        if self.exchange is not None and self.exchange.response_started:
+    def _fail(self, exc: HttpError, hsts: bytes | None = UNROUTED) -> None:
+        """Answer an error we produce ourselves and close (the stream is no longer trusted).
+        Over HTTPS it carries the HSTS of the route (`hsts`, else the exchange's), or before
+        any route was chosen the catch-all's (the `--hsts` default), as nginx's `always`."""
+        exchange = self.exchange
+        if exchange is not None and exchange.response_started:
             self.close()
             return
-        self.proxy.count(self.exchange.label if self.exchange else UNKNOWN_LABEL, exc.status)
-        self.write(self.proxy.simple(exc.status, close=True))
+        self.proxy.count(exchange.label if exchange else UNKNOWN_LABEL, exc.status)
+        if hsts == UNROUTED:
+            hsts = exchange.hsts if exchange is not None else self.proxy.routes.catch_all.hsts
+        extra = [(b"Strict-Transport-Security", hsts)] if hsts and self.tls else None
+        self.write(self.proxy.simple(exc.status, extra=extra, close=True))
         if self.upstream is not None:
             self.upstream.abort()
             self.upstream = None
@@ -316,7 +324,8 @@ class ClientConn(asyncio.Protocol):
         self.body_seen = 0
         body_limit = decision.body_limit if decision.local is None else proxy.settings.body_limit
         if body_limit is not None and framing.length and framing.length > body_limit:
-            raise HttpError(413, "body too large")
+            self._fail(HttpError(413, "body too large"), decision.hsts)
+            return
         self.body_limit = body_limit
         has_body = framing.chunked or bool(framing.length)
         if decision.local is not None:

@@ -346,7 +346,9 @@ class Proxy:
         route = routes.match(path)
         if route is None:
             self.count(label, 404)
-            return Decision(local=self.simple(404, close=close))
+            hsts = [(b"Strict-Transport-Security", routes.hsts)] if tls and routes.hsts else None
+            return Decision(local=self.simple(404, extra=hsts, close=close),
+                            hsts=routes.hsts if tls else None)
         limit = self.settings.body_limit if route.body_limit is None else (
             route.body_limit or None)
         return Decision(backend=route.backend, upgrade=upgrade, body_limit=limit,

@@ -178,6 +178,8 @@ def bulk(conn: socket.socket, head: bytes) -> None:
             conn.sendall(block)
     elif path == b"/never":
         read_all(conn)
+    elif path == b"/garbage":
+        conn.sendall(b"garbage\r\n\r\n")
     else:
         conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
 
@@ -391,3 +393,79 @@ def test_request_header_names_keep_their_case_upstream_on_the_general_path(
     assert out.startswith(b"HTTP/1.1 200 ")
     (head,) = scripted_backend.heads
     assert b"\r\nX-Client-Header: A\r\n" in head and b"\r\nHost: web.test\r\n" in head
+
+
+HSTS = b"\r\nStrict-Transport-Security: max-age=31536000; includeSubDomains\r\n"
+ERRORS = [
+    pytest.param(b"GET / HTTP/1.1\r\nHost: nowhere.test\r\nConnection: close\r\n\r\n", 404,
+                 id="404-unknown-host"),
+    pytest.param(b"GET / HTTP/1.1\r\nHost: web.test\r\nHost: b\r\n\r\n", 400, id="400"),
+    pytest.param(b"POST / HTTP/1.1\r\nHost: web.test\r\nContent-Length: 5000\r\n\r\n", 413,
+                 id="413"),
+    pytest.param(b"GET /garbage HTTP/1.1\r\nHost: web.test\r\n\r\n", 502, id="502"),
+    pytest.param(b"GET /never HTTP/1.1\r\nHost: web.test\r\n\r\n", 504, id="504"),
+]
+
+
+def tls_exchange(port: int, request: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), 20) as raw, \
+            tls_client().wrap_socket(raw, server_hostname=HOST) as sock:
+        sock.sendall(request)
+        out = b""
+        with contextlib.suppress(ssl.SSLError, ConnectionError):
+            while chunk := sock.recv(65536):
+                out += chunk
+        return out
+
+
+@pytest.fixture(scope="module")
+def hsts_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    backend = ScriptBackend(bulk)
+    try:
+        with running(tmp_path_factory.mktemp("hsts"), backend.port, "--hsts",
+                     "--max-body-size", "1k", "--upstream-header-timeout", "1") as proxy:
+            yield proxy
+    finally:
+        backend.close()
+
+
+@pytest.mark.parametrize(("request_bytes", "status"), ERRORS)
+def test_certops_own_https_answers_carry_hsts(hsts_proxy: Running, request_bytes: bytes,
+                                              status: int) -> None:
+    out = tls_exchange(hsts_proxy.https_port, request_bytes)
+    head = out.split(b"\r\n\r\n")[0] + b"\r\n"
+    assert head.startswith(b"HTTP/1.1 %d " % status), out
+    assert HSTS in head
+
+
+@pytest.mark.parametrize(("request_bytes", "status"), ERRORS)
+def test_certops_own_plain_http_answers_never_carry_hsts(hsts_proxy: Running,
+                                                         request_bytes: bytes,
+                                                         status: int) -> None:
+    out = exchange(hsts_proxy.http_port, request_bytes)
+    assert out.startswith(b"HTTP/1.1 %d " % status), out
+    assert b"strict-transport-security" not in out.lower()
+
+
+def test_a_backend_answer_over_https_carries_hsts_once(hsts_proxy: Running) -> None:
+    out = tls_exchange(hsts_proxy.https_port, b"GET /small HTTP/1.1\r\nHost: web.test\r\n"
+                       b"Connection: close\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 200 ") and out.lower().count(b"strict-transport") == 1
+
+
+def test_the_hsts_annotation_covers_certops_answers_for_its_host_only(tmp_path: Path) -> None:
+    backend = ScriptBackend(bulk)
+    try:
+        with running(tmp_path, backend.port, annotations={"certop.dev/hsts": "max-age=60"}) \
+                as proxy:
+            known = tls_exchange(proxy.https_port,
+                                 b"GET /garbage HTTP/1.1\r\nHost: web.test\r\n\r\n")
+            unknown = tls_exchange(proxy.https_port,
+                                   b"GET / HTTP/1.1\r\nHost: nowhere.test\r\n"
+                                   b"Connection: close\r\n\r\n")
+    finally:
+        backend.close()
+    assert known.startswith(b"HTTP/1.1 502 ")
+    assert b"\r\nStrict-Transport-Security: max-age=60\r\n" in known
+    assert unknown.startswith(b"HTTP/1.1 404 ")
+    assert b"strict-transport-security" not in unknown.lower()
