@@ -12,8 +12,8 @@ import contextlib
 import os
 import select
 import socket
-import subprocess
 import ssl
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
