@@ -53,6 +53,9 @@ class HostRoutes:
     """Plain-HTTP requests to this host are redirected to HTTPS (308)."""
     label: str = UNKNOWN_LABEL
     """The host as the rules name it (`a.example.com`, `*.example.com`), for metrics."""
+    hsts: bytes | None = None
+    """Strict-Transport-Security for the proxy's own HTTPS answers about this host (404, 5xx):
+    the oldest Ingress naming the host decides; for unknown hosts, the `--hsts` default."""
 
     def match(self, path: str) -> Route | None:
         route = self.exact.get(path)
@@ -124,8 +127,9 @@ def build(ingresses: Iterable[Ingress], hsts_default: str | None = None) -> Rout
     checked when the Ingresses were parsed."""
     hosts: dict[str, HostRoutes] = {}
     wildcards: dict[str, HostRoutes] = {}
-    catch_all = HostRoutes()
+    catch_all = HostRoutes(hsts=hsts_default.encode() if hsts_default else None)
     conflicts: list[str] = []
+    decided: set[int] = set()  # id() of the HostRoutes whose hsts is set
 
     def slot(host: str | None) -> HostRoutes:
         if host is None:
@@ -150,6 +154,9 @@ def build(ingresses: Iterable[Ingress], hsts_default: str | None = None) -> Rout
         for rule in ing.rules:
             routes = slot(rule.host)
             touched.append(routes)
+            if routes is not catch_all and id(routes) not in decided:
+                decided.add(id(routes))
+                routes.hsts = hsts
             for p in rule.paths:
                 route = Route(p.backend, ing.ref, p.path, p.path_type, limit, hsts)
                 if p.path_type is PathType.EXACT:
@@ -174,6 +181,9 @@ def build(ingresses: Iterable[Ingress], hsts_default: str | None = None) -> Rout
                     routes.redirect = True
         for host in tls_hosts:
             routes = slot(host)
+            if id(routes) not in decided:
+                decided.add(id(routes))
+                routes.hsts = hsts
             routes.tls = True
             routes.redirect = routes.redirect or redirect
     for routes in (*hosts.values(), *wildcards.values()):

@@ -51,9 +51,12 @@ upstream cannot take more (not connected yet, or its write buffer is full)."""
 PENDING_LIMIT = 64 * 1024
 """Request body bytes kept while the upstream connection is being made (reading pauses)."""
 NO_BODY = Framing(length=0)
+UNTIL_CLOSE = Framing(length=None, until_close=True)
 _FAST_HEAD = Head((b"", b"", b""), [])
 """Marks an upstream response whose head took the fast path (its body is being relayed)."""
 INF = float("inf")
+UNROUTED = b""
+"""`ClientConn._fail`'s HSTS argument when no route is known yet."""
 
 
 class Exchange:
@@ -89,6 +92,7 @@ class ClientConn(asyncio.Protocol):
         self.buf = bytearray()
         self.state = IDLE
         self.keep_alive = True
+        self.http10 = False  # the current request is HTTP/1.0: no chunked answer, no 1xx
         self.client_ip = b""
         self.framing = Framing()
         self.remaining = 0
@@ -121,12 +125,17 @@ class ClientConn(asyncio.Protocol):
         self._arm(self.proxy.settings.header_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        tunnel = self.state == TUNNEL
         self.state = CLOSED
         self._disarm()
         self.proxy.connections.discard(self)
-        if self.upstream is not None:
-            self.upstream.abort()
+        upstream = self.upstream
+        if upstream is not None:
             self.upstream = None
+            if tunnel:
+                upstream.close_tunnel()  # what the client sent last still reaches the backend
+            else:
+                upstream.abort()
         self.proxy.drained()
 
     def pause_writing(self) -> None:
@@ -162,10 +171,8 @@ class ClientConn(asyncio.Protocol):
     def eof_received(self) -> bool | None:
         if self.state == LINGER:
             return None
-        if self.state == TUNNEL and self.upstream is not None and self.upstream.transport:
-            if self.upstream.transport.can_write_eof():
-                self.upstream.transport.write_eof()
-            return True
+        if self.state == TUNNEL:
+            return self._tunnel_eof()
         if self.state in (BODY, DRAIN):
             self._fail(HttpError(400, "body ended early"))
             return None
@@ -174,6 +181,22 @@ class ClientConn(asyncio.Protocol):
             self.eof = True
             return None if self.tls else True
         return None
+
+    def _tunnel_eof(self) -> bool | None:
+        """The client finished sending on an upgraded connection: pass the half-close on.
+        When the backend had finished too, both connections close; a TLS connection cannot
+        stay half-open (the SSL transport closes itself), so `connection_lost` closes the
+        backend's connection once what the client sent is written."""
+        self.eof = True
+        upstream = self.upstream
+        if upstream is None or upstream.transport is None:
+            return None
+        if upstream.eof:
+            upstream.close_tunnel()
+            return None
+        if upstream.transport.can_write_eof():
+            upstream.transport.write_eof()
+        return None if self.tls else True
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -224,13 +247,19 @@ class ClientConn(asyncio.Protocol):
             self.transport.close()
         self.state = CLOSED
 
-    def _fail(self, exc: HttpError) -> None:
-        """Answer an error we produce ourselves and close (the stream is no longer trusted)."""
-        if self.exchange is not None and self.exchange.response_started:
+    def _fail(self, exc: HttpError, hsts: bytes | None = UNROUTED) -> None:
+        """Answer an error we produce ourselves and close (the stream is no longer trusted).
+        Over HTTPS it carries the HSTS of the route (`hsts`, else the exchange's), or before
+        any route was chosen the catch-all's (the `--hsts` default), as nginx's `always`."""
+        exchange = self.exchange
+        if exchange is not None and exchange.response_started:
             self.close()
             return
-        self.proxy.count(self.exchange.label if self.exchange else UNKNOWN_LABEL, exc.status)
-        self.write(self.proxy.simple(exc.status, close=True))
+        self.proxy.count(exchange.label if exchange else UNKNOWN_LABEL, exc.status)
+        if hsts == UNROUTED:
+            hsts = exchange.hsts if exchange is not None else self.proxy.routes.catch_all.hsts
+        extra = [(b"Strict-Transport-Security", hsts)] if hsts and self.tls else None
+        self.write(self.proxy.simple(exc.status, extra=extra, close=True))
         if self.upstream is not None:
             self.upstream.abort()
             self.upstream = None
@@ -268,6 +297,7 @@ class ClientConn(asyncio.Protocol):
             if fast is not None:
                 keep = fast.version == b"1.1"
                 self.keep_alive = keep
+                self.http10 = not keep
                 decision = self.proxy.route_request(fast.target, fast.host, self.tls, not keep)
                 framing = framing_for(fast.length)
                 self._start(fast.method, fast.target, framing, decision, fast, None)
@@ -278,6 +308,7 @@ class ClientConn(asyncio.Protocol):
             framing = request_framing(head)
             method, target, version = head.start
             self.keep_alive = version == b"1.1" and b"close" not in head.connection_tokens()
+            self.http10 = version == b"1.0"
             decision = self.proxy.decide(head, self.tls)
             self._start(method, target, framing, decision, None, head)
         except HttpError as exc:
@@ -293,7 +324,8 @@ class ClientConn(asyncio.Protocol):
         self.body_seen = 0
         body_limit = decision.body_limit if decision.local is None else proxy.settings.body_limit
         if body_limit is not None and framing.length and framing.length > body_limit:
-            raise HttpError(413, "body too large")
+            self._fail(HttpError(413, "body too large"), decision.hsts)
+            return
         self.body_limit = body_limit
         has_body = framing.chunked or bool(framing.length)
         if decision.local is not None:
@@ -404,7 +436,8 @@ class ClientConn(asyncio.Protocol):
             self.pending_size = 0
 
     def upstream_failed(self, status: int) -> None:
-        self.upstream = None
+        """502/503/504 to the client; a backend connection still open is closed (a 504's
+        backend may answer later: that connection must neither leak nor be reused)."""
         self._fail(HttpError(status, "upstream failed"))
 
     def response_done(self, reusable_client: bool) -> None:
@@ -444,6 +477,8 @@ class ClientConn(asyncio.Protocol):
         if self.buf and self.upstream is not None and self.upstream.transport is not None:
             self.upstream.transport.write(bytes(self.buf))
             self.buf.clear()
+        if self.eof:  # the client half-closed right after its request
+            self._tunnel_eof()
         self._resume()
 
 
@@ -462,10 +497,13 @@ class UpstreamConn(asyncio.Protocol):
         self.remaining = 0
         self.scanner: ChunkScanner | None = None
         self.reusable = True
+        self.dechunk = False  # the body goes to an HTTP/1.0 client without chunk framing
         self.got_bytes = False
         self.fresh = True
         self.read_paused = False
         self.write_paused = False
+        self.eof = False
+        """The backend finished sending on an upgraded connection."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -539,6 +577,17 @@ class UpstreamConn(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
+    def close_tunnel(self) -> None:
+        """End an upgraded connection whose client is gone: a FIN once the bytes written are
+        sent (a reset when the backend is not taking them: nothing else would end it)."""
+        self.client = None
+        transport = self.transport
+        if transport is not None:
+            if transport.get_write_buffer_size():
+                transport.abort()
+            else:
+                transport.close()
+
     def data_received(self, data: bytes) -> None:
         client = self.client
         if client is None:
@@ -561,8 +610,15 @@ class UpstreamConn(asyncio.Protocol):
     def eof_received(self) -> bool | None:
         client = self.client
         if client is not None and client.state == TUNNEL and client.transport is not None:
-            if client.transport.can_write_eof():
-                client.transport.write_eof()
+            # The backend finished sending on an upgraded connection. The client's side is
+            # half-closed when it can be (plain TCP); a TLS connection cannot: it is closed
+            # once what the backend sent is written, and so is this one (returning None).
+            # Either way, when the client had finished too, both connections end here.
+            self.eof = True
+            if client.eof or not client.transport.can_write_eof():
+                client.close()
+                return None
+            client.transport.write_eof()
             return True
         return None
 
@@ -607,7 +663,8 @@ class UpstreamConn(asyncio.Protocol):
                 self._bad()
                 return
             if 100 <= status < 200:
-                client.write(b"HTTP/1.1 %d %s\r\n\r\n" % (status, head.start[2]))
+                if not client.http10:  # RFC 9110 section 15.2: never to an HTTP/1.0 client
+                    client.write(b"HTTP/1.1 %d %s\r\n\r\n" % (status, head.start[2]))
                 continue
             try:
                 framing = response_framing(head, exchange.method)
@@ -617,15 +674,21 @@ class UpstreamConn(asyncio.Protocol):
             self.head = head
             self.framing = framing
             self.remaining = framing.length or 0
-            self.scanner = ChunkScanner() if framing.chunked else None
-            if framing.until_close or b"close" in head.connection_tokens():
-                self.reusable = False
+            # An HTTP/1.0 client cannot read chunked framing: the payload goes to it as is
+            # and the connection closes after it (client.keep_alive is False for 1.0).
+            self.dechunk = framing.chunked and client.http10
+            self.scanner = ChunkScanner(reframe=self.dechunk) if framing.chunked else None
+            tokens = head.connection_tokens()
+            if framing.until_close or b"close" in tokens or (
+                    head.start[0] == b"1.0" and b"keep-alive" not in tokens):
+                self.reusable = False  # RFC 9112 section 9.3: the backend closes after this
             keep = client.keep_alive and not framing.until_close and not self.proxy.closing
             client.keep_alive = keep
             exchange.response_started = True
             client._arm(self.proxy.settings.response_timeout)
             self.proxy.observe(exchange, status)
-            client.write(self.proxy.downstream_head(head, framing, keep, False, exchange.hsts))
+            client.write(self.proxy.downstream_head(head, UNTIL_CLOSE if self.dechunk else framing,
+                                                    keep, False, exchange.hsts))
             rest = bytes(self.buf)
             self.buf.clear()
             if rest or framing.chunked or framing.length or framing.until_close:
@@ -686,11 +749,15 @@ class UpstreamConn(asyncio.Protocol):
                 used, done = self.scanner.feed(data)
             except HttpError:
                 self.reusable = False
-                client.write(data)  # pass through what we have, then end both
+                if not self.dechunk:
+                    client.write(data)  # pass through what we have, then end both
                 self.abort()
                 client.close()
                 return
-            client.write(data[:used] if used < len(data) else data)
+            if self.dechunk:
+                client.write(self.scanner.take_payload())
+            else:
+                client.write(data[:used] if used < len(data) else data)
             if used < len(data):
                 self.reusable = False  # bytes after the response: not trustworthy
         else:

@@ -34,15 +34,18 @@ class HttpError(Exception):
 
 
 class Head:
-    """A parsed message head. Header names are lower-cased, values stripped, order kept."""
+    """A parsed message head. Header names are lower-cased, values stripped, order kept;
+    `names` keeps each name as it was sent, for the head certop writes on."""
 
-    __slots__ = ("_conn", "first", "headers", "start")
+    __slots__ = ("_conn", "first", "headers", "names", "start")
 
     def __init__(self, start: tuple[bytes, bytes, bytes],
-                 headers: list[tuple[bytes, bytes]]) -> None:
+                 headers: list[tuple[bytes, bytes]], names: list[bytes] | None = None) -> None:
         self.start = start
         """(method, target, version) of a request, (version, status, reason) of a response."""
         self.headers = headers
+        self.names = names if names is not None else [k for k, _ in headers]
+        """The header names as received, in the order of `headers`."""
         self.first: dict[bytes, bytes] = {}
         for name, value in reversed(headers):
             self.first[name] = value
@@ -61,6 +64,7 @@ class Head:
             self.first[b"host"] = host
         elif version == b"1.0":
             self.headers.append((b"host", host))
+            self.names.append(b"Host")
             self.first[b"host"] = host
 
     def get_all(self, name: bytes) -> list[bytes]:
@@ -104,10 +108,12 @@ def parse_head(raw: bytes, *, request: bool) -> Head | None:
     if not _HEADER_BLOCK.match(block):
         raise HttpError(400 if request else 502, "bad header line")
     headers: list[tuple[bytes, bytes]] = []
+    names: list[bytes] = []
     for line in block.split(b"\r\n")[:-1]:
         name, _, value = line.partition(b":")
         headers.append((name.lower(), value.strip(b" \t")))
-    return Head(start, headers)
+        names.append(name)
+    return Head(start, headers, names)
 
 
 @dataclass(frozen=True)
@@ -205,6 +211,15 @@ class ChunkScanner:
         self.bad = bad_status
         self.line_limit = line_limit
         self.out: list[bytes] | None = [] if reframe else None
+
+    def take_payload(self) -> bytes:
+        """The payload fed since the last call, without chunk framing (a response to an
+        HTTP/1.0 client, which is sent close-delimited)."""
+        out = self.out
+        assert out is not None
+        payload = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
+        return payload
 
     def reframed(self, done: bool) -> bytes:
         """The payload fed since the last call as one chunk, plus the last chunk when done."""
@@ -327,7 +342,7 @@ def fast_response(raw: bytes, method: bytes, keep: bool) -> tuple[int, int] | No
     """(status, Content-Length) of a plain response head, or None for the general path.
     `Connection: keep-alive` (nginx always sends it) is plain while the client connection
     stays open: passing it on says what certop's own head would say."""
-    if method == b"HEAD":
+    if method == b"HEAD" or raw[5:8] != b"1.1":  # an HTTP/1.0 status line is rewritten
         return None
     eol = raw.find(b"\r\n")
     m = _STATUS_LINE.match(raw, 0, eol)

@@ -346,7 +346,9 @@ class Proxy:
         route = routes.match(path)
         if route is None:
             self.count(label, 404)
-            return Decision(local=self.simple(404, close=close))
+            hsts = [(b"Strict-Transport-Security", routes.hsts)] if tls and routes.hsts else None
+            return Decision(local=self.simple(404, extra=hsts, close=close),
+                            hsts=routes.hsts if tls else None)
         limit = self.settings.body_limit if route.body_limit is None else (
             route.body_limit or None)
         return Decision(backend=route.backend, upgrade=upgrade, body_limit=limit,
@@ -371,7 +373,7 @@ class Proxy:
         out = [method + b" " + target + b" HTTP/1.1"]
         forwarded: dict[bytes, list[bytes]] = {}
         host = b""
-        for name, value in head.headers:
+        for raw_name, (name, value) in zip(head.names, head.headers, strict=True):
             if name in drop or b"_" in name:
                 continue
             if name[:12] == b"x-forwarded-":
@@ -379,7 +381,7 @@ class Proxy:
                 continue
             if name == b"host":
                 host = value
-            out.append(name + b": " + value)
+            out.append(raw_name + b": " + value)
         proto = b"https" if tls else b"http"
         port = b"%d" % (self.https_port if tls else self.http_port)
         xff, real_ip = [client_ip], client_ip
@@ -440,9 +442,9 @@ class Proxy:
         _, status, reason = resp.start
         drop = HOP_BY_HOP | resp.connection_tokens() if resp.get(b"connection") else HOP_BY_HOP
         out = [b"HTTP/1.1 " + status + b" " + (reason or REASONS.get(int(status), b""))]
-        for name, value in resp.headers:
+        for raw_name, (name, value) in zip(resp.names, resp.headers, strict=True):
             if name not in drop:
-                out.append(name + b": " + value)
+                out.append(raw_name + b": " + value)
         if upgrade:
             out.append(b"Connection: upgrade")
             up = resp.get(b"upgrade")

@@ -120,3 +120,18 @@ def test_tls_hosts_redirect_unless_the_ingress_opts_out() -> None:
                                            ("[::1]:443", "[::1]")])
 def test_hosts_are_normalized(raw: str, host: str) -> None:
     assert normalize_host(raw) == host
+
+
+def test_a_hosts_own_answers_use_the_hsts_of_the_oldest_ingress_naming_it() -> None:
+    table = build([
+        ing("new", "a.example", [("/x", P, "x")], created="2",
+            annotations={"certop.dev/hsts": "max-age=1"}),
+        ing("old", "a.example", [("/", P, "web")], created="1",
+            annotations={"certop.dev/hsts": "false"}),
+        ing("tls-only", None, [("/", P, "web")], tls=["b.example"],
+            annotations={"certop.dev/hsts": "max-age=2"}),
+    ], hsts_default="max-age=9")
+    assert table.lookup("a.example").hsts is None
+    assert table.lookup("b.example").hsts == b"max-age=2"
+    assert table.lookup("unknown.example").hsts == b"max-age=9"  # the --hsts default
+    assert build([], None).lookup("unknown.example").hsts is None
