@@ -11,9 +11,9 @@ TLS 1.2 and 1.3; key exchange X25519, P-256, P-384 only (no finite-field groups:
 offering only ffdhe8192 would cost ~100x the server CPU of X25519); TLS 1.2 suites ECDHE with
 AES-GCM or ChaCha20-Poly1305; the client's preference order (a client without AES hardware asks
 for ChaCha20 first and gets it); ALPN http/1.1. Session tickets are encrypted with `TicketKeys`
-shared by all worker processes. The groups and ticket keys are set through `libssl` (`ssl` has
-no API for them); the listening context is OpenSSL's session context, so its ticket keys are
-the ones used whatever certificate SNI picks.
+shared by all worker processes and rotated every 12 hours. The groups and ticket keys are set
+through `libssl` (`ssl` has no API for them); the listening context is OpenSSL's session
+context, so its ticket keys are the ones used whatever certificate SNI picks.
 """
 
 from __future__ import annotations
@@ -104,8 +104,9 @@ class CertBook:
         self.default_context.sni_callback = self._sni
         self.tickets = tickets or libssl.TicketKeys()
         if not self.tickets.install(self.default_context):
-            log.warning("OpenSSL %s cannot share session-ticket keys: each worker process "
-                        "resumes only its own sessions", ssl.OPENSSL_VERSION)
+            log.warning("cannot set session-ticket keys through %s (%s): each worker process "
+                        "resumes only its own sessions", ssl.OPENSSL_VERSION,
+                        libssl.available()[1] or "refused")
         self._entries: dict[SecretKey, _Entry] = {}
         self._hosts: dict[str, SecretKey] = {}
         self.errors: dict[SecretKey, str] = {}
@@ -117,6 +118,9 @@ class CertBook:
 
     def _sni(self, sslobj: ssl.SSLObject, server_name: str | None,
              _ctx: ssl.SSLContext) -> int | None:
+        # OpenSSL calls this for every ClientHello, SNI or not: the moment to rotate the
+        # ticket keys when a period has passed (one clock read otherwise).
+        self.tickets.rotate()
         if server_name:
             ctx = self.context_for_host(normalize_host(server_name))
             if ctx is not None:
