@@ -36,6 +36,7 @@ import contextlib
 import enum
 import logging
 import time
+import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -63,6 +64,16 @@ STATUS_EXPIRED = messages.Status.POSSIBLE_NAMES.get("expired") or messages.Statu
 _DEAD = frozenset({messages.STATUS_INVALID, messages.STATUS_DEACTIVATED, STATUS_EXPIRED,
                    messages.STATUS_REVOKED})
 """Authorization states from which an order can never become ready (RFC 8555 section 7.1.6)."""
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    """Scheme, host and port of `url` (the port filled in for https and http)."""
+    parts = urllib.parse.urlsplit(url)
+    try:
+        port = parts.port or {"https": 443, "http": 80}.get(parts.scheme)
+    except ValueError:
+        port = -1
+    return parts.scheme, (parts.hostname or ""), port
 
 
 def status_word(status: object) -> str:
@@ -187,6 +198,13 @@ class OrderSession:
                 str(entry.get("key_pem", "")).encode() == self.stored_key_pem:
             log.info("%s: the journalled order %s is stored already", self.spec,
                      entry.get("order_url"))
+            entry = None
+        if entry and entry.get("order_url") and \
+                _origin(str(entry["order_url"])) != _origin(self.account.issuer.server):
+            # The journal lives where a tenant may write (a Secret in its namespace): never
+            # send a request signed with the issuer's account anywhere but to the CA.
+            log.warning("%s: the journalled order %s is not on the CA's server %s: ignored",
+                        self.spec, entry["order_url"], self.account.issuer.server)
             entry = None
         if (
             entry

@@ -122,3 +122,20 @@ def test_rotation_policy_never_keeps_the_stored_key_of_the_same_algorithm() -> N
         entry = journal.load("ns", "web-tls")
         assert entry is not None
         assert (entry["key_pem"].encode() == stored) is kept
+
+
+def test_a_journalled_order_on_another_server_than_the_cas_is_never_fetched() -> None:
+    """The journal lives where a tenant may write it (a Secret in its namespace): an order URL
+    pointing anywhere but the CA's server is ignored, never fetched with the account's key."""
+    key_pem = crypto.key_to_pem(crypto.generate_key(KeyAlgorithm.ECDSA_P256)).decode()
+    for url, resumed in (("http://169.254.169.254/latest/meta-data", False),
+                         ("https://ca.test:8443/order/1", False),
+                         ("https://ca.test.evil/order/1", False),
+                         ("https://ca.test/order/1", True)):
+        journal = MemoryOrderJournal()
+        journal.save("ns", "web-tls", _entry(key_pem, url))
+        started = session(journal, b"another key")
+        started._start_entry()  # what the first step does, without the network
+        assert started.resumed is resumed, url
+        entry = journal.load("ns", "web-tls")
+        assert entry is not None and (entry["order_url"] == url) is resumed, url
