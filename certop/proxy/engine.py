@@ -147,8 +147,8 @@ class ClientConn(asyncio.Protocol):
         self.write_paused = False
         if self.upstream is not None:
             self.upstream.resume_reading()
-        if self.state == TUNNEL or (self.exchange is not None and
-                                    self.exchange.response_started):
+        if self.state == TUNNEL or self.state == CLOSED or (
+                self.exchange is not None and self.exchange.response_started):
             self.progress()  # the client reads what we send
 
     def data_received(self, data: bytes) -> None:
@@ -225,7 +225,28 @@ class ClientConn(asyncio.Protocol):
         if self.state == DRAIN:
             self._reply_local_and_close()
             return
-        self.close()
+        self._give_up()
+
+    def _give_up(self) -> None:
+        """End the connection now, its upstream connection too. A graceful close waits for the
+        write buffer to drain, which a client that stopped reading never lets happen: only an
+        idle connection with nothing left to send is closed gracefully (a FIN, or TLS's
+        close_notify); in a response, a tunnel, or with bytes unsent it is aborted, as nginx's
+        `send_timeout` does."""
+        transport = self.transport
+        if transport is None:
+            self.state = CLOSED
+            return
+        if self.state in (IDLE, LINGER) and not self.write_paused \
+                and not transport.get_write_buffer_size():
+            self.close()
+            return
+        self.state = CLOSED
+        upstream = self.upstream
+        if upstream is not None:
+            self.upstream = None
+            upstream.abort()
+        transport.abort()
 
     def _pause(self, reason: int = PIPELINED) -> None:
         if not self.paused and self.transport is not None:
@@ -245,6 +266,9 @@ class ClientConn(asyncio.Protocol):
     def close(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
+            # What is still buffered must drain while the client reads: a deadline bounds it
+            # (`_give_up` aborts the connection when it passes), as in a response body.
+            self._arm(self.proxy.settings.response_timeout)
         self.state = CLOSED
 
     def _fail(self, exc: HttpError, hsts: bytes | None = UNROUTED) -> None:
@@ -792,5 +816,8 @@ class UpstreamConn(asyncio.Protocol):
         if self.reusable and self.connected:
             self.proxy.pool.release(self)
         elif self.transport is not None:
-            self.transport.close()
+            if self.transport.get_write_buffer_size():
+                self.transport.abort()  # request bytes the backend does not read: never sent
+            else:
+                self.transport.close()
         client.response_done(reusable_client=True)
