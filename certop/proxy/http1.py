@@ -4,7 +4,8 @@ Owns: reading a request or response head within a size limit, deciding how its b
 (Content-Length, chunked, until close), and relaying a body without buffering it whole.
 Rejected as 400: obsolete line folding, a bad header name, several differing Content-Length
 values, Content-Length together with Transfer-Encoding, a Transfer-Encoding other than chunked,
-Transfer-Encoding in HTTP/1.0 (RFC 9112 section 6.1), bad chunk sizes, control characters
+Transfer-Encoding in HTTP/1.0 (RFC 9112 section 6.1), a control character in the request
+target (a NUL included: a C backend would cut the path there), bad chunk sizes, control characters
 (a bare CR included) in chunk lines, chunk lines longer than the limit. Only SP and HTAB count
 as whitespace around a value or a list element. A response is held to the same rules (502).
 A head over the limit is 431 (request) or 502 (response).
@@ -16,7 +17,8 @@ import re
 from dataclasses import dataclass
 
 CRLF = b"\r\n"
-_REQUEST_LINE = re.compile(rb"^([!#$%&'*+\-.^_`|~0-9A-Za-z]+) (\S+) HTTP/(1\.[01])$")
+_REQUEST_LINE = re.compile(rb"^([!#$%&'*+\-.^_`|~0-9A-Za-z]+) ([^\x00-\x20\x7f]+) HTTP/(1\.[01])\Z")
+"""The target holds no whitespace and no control byte (NUL, DEL, ...): both parse paths use it."""
 _STATUS_LINE = re.compile(rb"^HTTP/(1\.[01]) (\d{3})(?: (.*))?$")
 HOP_BY_HOP = frozenset({
     b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",

@@ -295,6 +295,7 @@ async def test_a_trusted_proxy_extends_x_forwarded_for_and_its_proto_is_kept(
                  b"5\r\nhello\r\n0\r\nBad\rTrailer: x\r\n\r\n", id="trailer-bare-cr"),
     pytest.param(b"POST / HTTP/1.0\r\nHost: web.test\r\nTransfer-Encoding: chunked\r\n\r\n"
                  b"0\r\n\r\n", id="http-1.0-with-te"),
+    pytest.param(b"GET / HTTP/1.1\n\r\nHost: web.test\r\n\r\n", id="request-line-bare-lf"),
 ])
 async def test_lenient_framing_is_refused(proxy: Proxy, rec: Recorder,
                                           request_bytes: bytes) -> None:
@@ -302,6 +303,29 @@ async def test_lenient_framing_is_refused(proxy: Proxy, rec: Recorder,
     out = await send(proxy, request_bytes)
     assert out.startswith(b"HTTP/1.1 400 "), out[:80]
     assert b"Connection: close" in out
+    assert len(rec.requests) == before
+
+
+@pytest.mark.parametrize("target", [
+    pytest.param(b"/public\x00/../admin", id="nul"),
+    pytest.param(b"/\x01x", id="soh"),
+    pytest.param(b"/a\x1fb", id="unit-separator"),
+    pytest.param(b"/a\x7fb", id="del"),
+    pytest.param(b"/a\x0bb", id="vertical-tab"),
+])
+@pytest.mark.parametrize("extra", [
+    pytest.param(b"", id="fast-path"),
+    pytest.param(b"X-Forwarded-For: 10.1.1.1\r\n", id="general-path"),
+])
+async def test_control_characters_in_the_request_target_are_refused(
+        proxy: Proxy, rec: Recorder, target: bytes, extra: bytes) -> None:
+    """A control byte in the request-target is not a valid request (RFC 9112 section 3.2,
+    RFC 3986; nginx answers 400). A C backend cutting the path at a NUL would serve another
+    path than the one certop routed (`/public\\x00/../admin` routes as `/admin`)."""
+    before = len(rec.requests)
+    out = await send(proxy, b"GET " + target + b" HTTP/1.1\r\nHost: web.test\r\n" + extra
+                     + b"\r\n")
+    assert out.startswith(b"HTTP/1.1 400 "), out[:80]
     assert len(rec.requests) == before
 
 
