@@ -344,7 +344,8 @@ class ClientConn(asyncio.Protocol):
         proxy = self.proxy
         self.framing = framing
         self.remaining = framing.length or 0
-        self.scanner = ChunkScanner(reframe=True) if framing.chunked else None
+        self.scanner = ChunkScanner(reframe=True, trailer_limit=proxy.settings.header_limit) \
+            if framing.chunked else None
         self.body_seen = 0
         body_limit = decision.body_limit if decision.local is None else proxy.settings.body_limit
         if body_limit is not None and framing.length and framing.length > body_limit:
@@ -701,7 +702,9 @@ class UpstreamConn(asyncio.Protocol):
             # An HTTP/1.0 client cannot read chunked framing: the payload goes to it as is
             # and the connection closes after it (client.keep_alive is False for 1.0).
             self.dechunk = framing.chunked and client.http10
-            self.scanner = ChunkScanner(reframe=self.dechunk) if framing.chunked else None
+            self.scanner = ChunkScanner(
+                502, reframe=self.dechunk, trailer_limit=self.proxy.settings.header_limit,
+            ) if framing.chunked else None
             tokens = head.connection_tokens()
             if framing.until_close or b"close" in tokens or (
                     head.start[0] == b"1.0" and b"keep-alive" not in tokens):

@@ -6,7 +6,8 @@ Rejected as 400: obsolete line folding, a bad header name, several differing Con
 values, Content-Length together with Transfer-Encoding, a Transfer-Encoding other than chunked,
 Transfer-Encoding in HTTP/1.0 (RFC 9112 section 6.1), a control character in the request
 target (a NUL included: a C backend would cut the path there), bad chunk sizes, control characters
-(a bare CR included) in chunk lines, chunk lines longer than the limit. Only SP and HTAB count
+(a bare CR included) in chunk lines, chunk lines longer than the limit. A trailer section
+larger than the head limit is 431 (502 from a backend). Only SP and HTAB count
 as whitespace around a value or a list element. A response is held to the same rules (502).
 A head over the limit is 431 (request) or 502 (response).
 """
@@ -205,8 +206,10 @@ class ChunkScanner:
     trailers (requests: the backend gets one framing only certop's parser has read)."""
 
     def __init__(self, bad_status: int = 400, line_limit: int = 4096,
-                 reframe: bool = False) -> None:
+                 reframe: bool = False, trailer_limit: int = 32 * 1024) -> None:
         self.state = _SIZE
+        self.trailer_left = trailer_limit
+        """Bytes the trailer section may still take (431, or `bad_status` for a response)."""
         self.line = bytearray()
         self.left = 0
         self.payload = 0
@@ -276,8 +279,12 @@ class ChunkScanner:
                 self.state = _DATA if self.left else _TRAILER
             elif not line:  # _TRAILER: the empty line ends the message
                 return i, True
-            elif not _FIELD_LINE.match(line):
-                raise HttpError(self.bad, "bad trailer line")
+            else:
+                self.trailer_left -= len(line) + 2
+                if self.trailer_left < 0:
+                    raise HttpError(431 if self.bad == 400 else self.bad, "trailers too large")
+                if not _FIELD_LINE.match(line):
+                    raise HttpError(self.bad, "bad trailer line")
         return n, False
 
 

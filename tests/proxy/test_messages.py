@@ -329,6 +329,24 @@ async def test_control_characters_in_the_request_target_are_refused(
     assert len(rec.requests) == before
 
 
+async def test_the_trailer_section_of_a_chunked_request_is_bounded(proxy: Proxy,
+                                                                    rec: Recorder) -> None:
+    """Trailer lines count against the head limit (`header_limit`, 8 KiB here): 80 KB of
+    them is a 431 and the connection closed, not a request that never ends (each line used to
+    count as progress, with neither bytes nor lines counted)."""
+    before = len(rec.requests)
+    trailer = b"X-Trailer: " + b"a" * 3980 + b"\r\n"
+    out = await send(proxy, b"POST /t HTTP/1.1\r\nHost: web.test\r\nTransfer-Encoding: chunked"
+                     b"\r\n\r\n5\r\nhello\r\n0\r\n" + trailer * 20 + b"\r\n")
+    assert out.startswith(b"HTTP/1.1 431 "), out[:80]
+    assert b"Connection: close" in out
+    assert len(rec.requests) == before
+    # Trailers within the limit are read (and dropped, see the reframing test).
+    out = await send(proxy, b"POST /t HTTP/1.1\r\nHost: web.test\r\nTransfer-Encoding: chunked"
+                     b"\r\n\r\n5\r\nhello\r\n0\r\n" + trailer + b"\r\n")
+    assert out.startswith(b"HTTP/1.1 200 "), out[:80]
+
+
 async def test_only_allowed_upgrades_are_relayed(tmp_path: Path, rec: Recorder) -> None:
     req = b"GET /u HTTP/1.1\r\nHost: web.test\r\nConnection: Upgrade\r\nUpgrade: %s\r\n\r\n"
     async with proxy_for(tmp_path, rec.port) as p:
