@@ -20,7 +20,10 @@ from dataclasses import dataclass
 CRLF = b"\r\n"
 _REQUEST_LINE = re.compile(rb"^([!#$%&'*+\-.^_`|~0-9A-Za-z]+) ([^\x00-\x20\x7f]+) HTTP/(1\.[01])\Z")
 """The target holds no whitespace and no control byte (NUL, DEL, ...): both parse paths use it."""
-_STATUS_LINE = re.compile(rb"^HTTP/(1\.[01]) (\d{3})(?: (.*))?$")
+_STATUS_LINE = re.compile(rb"^HTTP/(1\.[01]) (\d{3})(?: ([^\x00-\x08\x0a-\x1f\x7f]*))?\Z")
+"""A reason phrase is HTAB, SP, VCHAR and obs-text (RFC 9112 section 4): a bare CR would end
+the line for some clients, so the fast path, which forwards a head as received, must not pass
+one."""
 HOP_BY_HOP = frozenset({
     b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
     b"transfer-encoding", b"upgrade", b"proxy-authenticate", b"proxy-authorization",

@@ -214,6 +214,21 @@ async def test_a_chunked_body_is_reframed_without_extensions_or_trailers(
                  id="http-1.0-with-transfer-encoding"),
     pytest.param(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: upgrade\r\n\r\n"
                  b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", id="101-without-upgrade"),
+    # A backend's status line is held to the rules of a request line: no CR (a client
+    # reading a bare CR as a line end sees a header the backend did not mean to send), no
+    # other control byte but HTAB, no bare LF.
+    pytest.param(b"HTTP/1.1 200 OK\rSet-Cookie: evil=1\r\nContent-Length: 2\r\n\r\nok",
+                 id="status-line-bare-cr"),
+    pytest.param(b"HTTP/1.1 200 O\x00K\r\nContent-Length: 2\r\n\r\nok", id="status-line-nul"),
+    pytest.param(b"HTTP/1.1 200 O\x1bK\r\nContent-Length: 2\r\n\r\nok", id="status-line-esc"),
+    pytest.param(b"HTTP/1.1 200 OK\n\r\nContent-Length: 2\r\n\r\nok",
+                 id="status-line-bare-lf"),
+    pytest.param(b"HTTP/1.1 200 OK\r\nX-A: 1\rSet-Cookie: evil=1\r\nContent-Length: 2\r\n"
+                 b"\r\nok", id="header-value-bare-cr"),
+    pytest.param(b"HTTP/1.1 200 OK\r\nX-A: 1\x00\r\nContent-Length: 2\r\n\r\nok",
+                 id="header-value-nul"),
+    pytest.param(b"HTTP/1.1 200 OK\r\nX\rA: 1\r\nContent-Length: 2\r\n\r\nok",
+                 id="header-name-bare-cr"),
 ])
 async def test_an_ambiguous_upstream_response_is_a_502(tmp_path: Path, response: bytes) -> None:
     async def backend(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
