@@ -375,6 +375,8 @@ class ClientConn(asyncio.Protocol):
             head_bytes = proxy.upstream_head_fast(fast, self.tls, self.client_ip)
         else:
             assert head is not None
+            if b"host" not in head.first:  # HTTP/1.0 without Host: HTTP/1.1 upstream needs one
+                head.add_host(self._listener_authority())
             head_bytes = proxy.upstream_head(head, framing, self.tls, self.client_ip, upgrade)
         retryable = not has_body and upgrade is None
         self.exchange = Exchange(self, method, target, head_bytes, upgrade is not None,
@@ -387,6 +389,17 @@ class ClientConn(asyncio.Protocol):
             data = bytes(self.buf)
             self.buf.clear()
             self._body(data)
+
+    def _listener_authority(self) -> bytes:
+        """The address the client reached, as a Host value (`127.0.0.1:8080`, `[::1]:8443`;
+        without the port when it is the scheme's default)."""
+        sockname = self.transport.get_extra_info("sockname") if self.transport else None
+        if not isinstance(sockname, tuple):
+            return b"localhost"
+        host, port = str(sockname[0]), int(sockname[1])
+        if ":" in host:
+            host = f"[{host}]"
+        return (host if port == (443 if self.tls else 80) else f"{host}:{port}").encode()
 
     def _reply_local(self) -> None:
         self.write(self.local_reply)

@@ -69,9 +69,13 @@ class Head:
             self.headers = [(k, host if k == b"host" else v) for k, v in self.headers]
             self.first[b"host"] = host
         elif version == b"1.0":
-            self.headers.append((b"host", host))
-            self.names.append(b"Host")
-            self.first[b"host"] = host
+            self.add_host(host)
+
+    def add_host(self, host: bytes) -> None:
+        """A Host line for a request that has none (HTTP/1.0): it goes upstream as HTTP/1.1."""
+        self.headers.append((b"host", host))
+        self.names.append(b"Host")
+        self.first[b"host"] = host
 
     def get_all(self, name: bytes) -> list[bytes]:
         if name not in self.first:
