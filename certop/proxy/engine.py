@@ -147,8 +147,8 @@ class ClientConn(asyncio.Protocol):
         self.write_paused = False
         if self.upstream is not None:
             self.upstream.resume_reading()
-        if self.state == TUNNEL or (self.exchange is not None and
-                                    self.exchange.response_started):
+        if self.state == TUNNEL or self.state == CLOSED or (
+                self.exchange is not None and self.exchange.response_started):
             self.progress()  # the client reads what we send
 
     def data_received(self, data: bytes) -> None:
@@ -225,7 +225,28 @@ class ClientConn(asyncio.Protocol):
         if self.state == DRAIN:
             self._reply_local_and_close()
             return
-        self.close()
+        self._give_up()
+
+    def _give_up(self) -> None:
+        """End the connection now, its upstream connection too. A graceful close waits for the
+        write buffer to drain, which a client that stopped reading never lets happen: only an
+        idle connection with nothing left to send is closed gracefully (a FIN, or TLS's
+        close_notify); in a response, a tunnel, or with bytes unsent it is aborted, as nginx's
+        `send_timeout` does."""
+        transport = self.transport
+        if transport is None:
+            self.state = CLOSED
+            return
+        if self.state in (IDLE, LINGER) and not self.write_paused \
+                and not transport.get_write_buffer_size():
+            self.close()
+            return
+        self.state = CLOSED
+        upstream = self.upstream
+        if upstream is not None:
+            self.upstream = None
+            upstream.abort()
+        transport.abort()
 
     def _pause(self, reason: int = PIPELINED) -> None:
         if not self.paused and self.transport is not None:
@@ -245,6 +266,9 @@ class ClientConn(asyncio.Protocol):
     def close(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
+            # What is still buffered must drain while the client reads: a deadline bounds it
+            # (`_give_up` aborts the connection when it passes), as in a response body.
+            self._arm(self.proxy.settings.response_timeout)
         self.state = CLOSED
 
     def _fail(self, exc: HttpError, hsts: bytes | None = UNROUTED) -> None:
@@ -320,7 +344,8 @@ class ClientConn(asyncio.Protocol):
         proxy = self.proxy
         self.framing = framing
         self.remaining = framing.length or 0
-        self.scanner = ChunkScanner(reframe=True) if framing.chunked else None
+        self.scanner = ChunkScanner(reframe=True, trailer_limit=proxy.settings.header_limit) \
+            if framing.chunked else None
         self.body_seen = 0
         body_limit = decision.body_limit if decision.local is None else proxy.settings.body_limit
         if body_limit is not None and framing.length and framing.length > body_limit:
@@ -350,6 +375,8 @@ class ClientConn(asyncio.Protocol):
             head_bytes = proxy.upstream_head_fast(fast, self.tls, self.client_ip)
         else:
             assert head is not None
+            if b"host" not in head.first:  # HTTP/1.0 without Host: HTTP/1.1 upstream needs one
+                head.add_host(self._listener_authority())
             head_bytes = proxy.upstream_head(head, framing, self.tls, self.client_ip, upgrade)
         retryable = not has_body and upgrade is None
         self.exchange = Exchange(self, method, target, head_bytes, upgrade is not None,
@@ -362,6 +389,17 @@ class ClientConn(asyncio.Protocol):
             data = bytes(self.buf)
             self.buf.clear()
             self._body(data)
+
+    def _listener_authority(self) -> bytes:
+        """The address the client reached, as a Host value (`127.0.0.1:8080`, `[::1]:8443`;
+        without the port when it is the scheme's default)."""
+        sockname = self.transport.get_extra_info("sockname") if self.transport else None
+        if not isinstance(sockname, tuple):
+            return b"localhost"
+        host, port = str(sockname[0]), int(sockname[1])
+        if ":" in host:
+            host = f"[{host}]"
+        return (host if port == (443 if self.tls else 80) else f"{host}:{port}").encode()
 
     def _reply_local(self) -> None:
         self.write(self.local_reply)
@@ -677,7 +715,9 @@ class UpstreamConn(asyncio.Protocol):
             # An HTTP/1.0 client cannot read chunked framing: the payload goes to it as is
             # and the connection closes after it (client.keep_alive is False for 1.0).
             self.dechunk = framing.chunked and client.http10
-            self.scanner = ChunkScanner(reframe=self.dechunk) if framing.chunked else None
+            self.scanner = ChunkScanner(
+                502, reframe=self.dechunk, trailer_limit=self.proxy.settings.header_limit,
+            ) if framing.chunked else None
             tokens = head.connection_tokens()
             if framing.until_close or b"close" in tokens or (
                     head.start[0] == b"1.0" and b"keep-alive" not in tokens):
@@ -792,5 +832,8 @@ class UpstreamConn(asyncio.Protocol):
         if self.reusable and self.connected:
             self.proxy.pool.release(self)
         elif self.transport is not None:
-            self.transport.close()
+            if self.transport.get_write_buffer_size():
+                self.transport.abort()  # request bytes the backend does not read: never sent
+            else:
+                self.transport.close()
         client.response_done(reusable_client=True)

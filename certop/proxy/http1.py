@@ -4,8 +4,10 @@ Owns: reading a request or response head within a size limit, deciding how its b
 (Content-Length, chunked, until close), and relaying a body without buffering it whole.
 Rejected as 400: obsolete line folding, a bad header name, several differing Content-Length
 values, Content-Length together with Transfer-Encoding, a Transfer-Encoding other than chunked,
-Transfer-Encoding in HTTP/1.0 (RFC 9112 section 6.1), bad chunk sizes, control characters
-(a bare CR included) in chunk lines, chunk lines longer than the limit. Only SP and HTAB count
+Transfer-Encoding in HTTP/1.0 (RFC 9112 section 6.1), a control character in the request
+target (a NUL included: a C backend would cut the path there), bad chunk sizes, control characters
+(a bare CR included) in chunk lines, chunk lines longer than the limit. A trailer section
+larger than the head limit is 431 (502 from a backend). Only SP and HTAB count
 as whitespace around a value or a list element. A response is held to the same rules (502).
 A head over the limit is 431 (request) or 502 (response).
 """
@@ -16,8 +18,12 @@ import re
 from dataclasses import dataclass
 
 CRLF = b"\r\n"
-_REQUEST_LINE = re.compile(rb"^([!#$%&'*+\-.^_`|~0-9A-Za-z]+) (\S+) HTTP/(1\.[01])$")
-_STATUS_LINE = re.compile(rb"^HTTP/(1\.[01]) (\d{3})(?: (.*))?$")
+_REQUEST_LINE = re.compile(rb"^([!#$%&'*+\-.^_`|~0-9A-Za-z]+) ([^\x00-\x20\x7f]+) HTTP/(1\.[01])\Z")
+"""The target holds no whitespace and no control byte (NUL, DEL, ...): both parse paths use it."""
+_STATUS_LINE = re.compile(rb"^HTTP/(1\.[01]) (\d{3})(?: ([^\x00-\x08\x0a-\x1f\x7f]*))?\Z")
+"""A reason phrase is HTAB, SP, VCHAR and obs-text (RFC 9112 section 4): a bare CR would end
+the line for some clients, so the fast path, which forwards a head as received, must not pass
+one."""
 HOP_BY_HOP = frozenset({
     b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
     b"transfer-encoding", b"upgrade", b"proxy-authenticate", b"proxy-authorization",
@@ -63,9 +69,13 @@ class Head:
             self.headers = [(k, host if k == b"host" else v) for k, v in self.headers]
             self.first[b"host"] = host
         elif version == b"1.0":
-            self.headers.append((b"host", host))
-            self.names.append(b"Host")
-            self.first[b"host"] = host
+            self.add_host(host)
+
+    def add_host(self, host: bytes) -> None:
+        """A Host line for a request that has none (HTTP/1.0): it goes upstream as HTTP/1.1."""
+        self.headers.append((b"host", host))
+        self.names.append(b"Host")
+        self.first[b"host"] = host
 
     def get_all(self, name: bytes) -> list[bytes]:
         if name not in self.first:
@@ -203,8 +213,10 @@ class ChunkScanner:
     trailers (requests: the backend gets one framing only certop's parser has read)."""
 
     def __init__(self, bad_status: int = 400, line_limit: int = 4096,
-                 reframe: bool = False) -> None:
+                 reframe: bool = False, trailer_limit: int = 32 * 1024) -> None:
         self.state = _SIZE
+        self.trailer_left = trailer_limit
+        """Bytes the trailer section may still take (431, or `bad_status` for a response)."""
         self.line = bytearray()
         self.left = 0
         self.payload = 0
@@ -274,8 +286,12 @@ class ChunkScanner:
                 self.state = _DATA if self.left else _TRAILER
             elif not line:  # _TRAILER: the empty line ends the message
                 return i, True
-            elif not _FIELD_LINE.match(line):
-                raise HttpError(self.bad, "bad trailer line")
+            else:
+                self.trailer_left -= len(line) + 2
+                if self.trailer_left < 0:
+                    raise HttpError(431 if self.bad == 400 else self.bad, "trailers too large")
+                if not _FIELD_LINE.match(line):
+                    raise HttpError(self.bad, "bad trailer line")
         return n, False
 
 

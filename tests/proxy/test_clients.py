@@ -14,13 +14,16 @@ import select
 import socket
 import ssl
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import pebblectl
 import pytest
 from certopctl import HOST, Running, running, wait_for
+from proxy_helpers import self_signed_files
 from websockets.sync.client import connect
 from wsecho import WsEcho
 
@@ -359,6 +362,74 @@ def test_curl_http10_reads_a_chunked_backend_answer(scripted_proxy: Running) -> 
     assert out.startswith("HTTP/1.1 200 OK\r\n")
     assert "transfer-encoding" not in out.lower()
     assert out.endswith("\r\n\r\nhello world")
+
+
+CATCH_ALL = """apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: web, namespace: default, annotations: {certop.dev/ssl-redirect: "false"}}
+spec:
+  tls: [{hosts: [web.test], secretName: web-tls}]
+  rules:
+    - host: web.test
+      http:
+        paths: [{path: /, pathType: Prefix, backend: {service: {name: web, port: {number: 80}}}}]
+    - http:
+        paths: [{path: /, pathType: Prefix, backend: {service: {name: any, port: {number: 80}}}}]
+"""
+
+
+def strict_host(conn: socket.socket, head: bytes) -> None:
+    """A backend holding HTTP/1.1 requests to RFC 9112 section 3.2: no Host, a 400."""
+    host = [line for line in head.split(b"\r\n") if line.lower().startswith(b"host:")]
+    if head.split(b"\r\n", 1)[0].endswith(b"HTTP/1.1") and len(host) != 1:
+        conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+        return
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
+def test_an_http10_request_without_host_matches_a_rule_without_host_and_gets_one_upstream(
+        tmp_path: Path, tls: bool) -> None:
+    """`openssl s_time` and other HTTP/1.0 clients send no Host. Such a request can only match
+    a rule without a host; upstream it is HTTP/1.1 and carries `Host: <the listener address
+    the client reached>` (nginx sends its server name), not a request a backend must refuse."""
+    named, anywhere = ScriptBackend(strict_host), ScriptBackend(strict_host)
+    manifest = tmp_path / "catch-all.yaml"
+    manifest.write_text(CATCH_ALL)
+    cert, key = self_signed_files(tmp_path, "web", (HOST,))
+    http_port, https_port = pebblectl.free_port(), pebblectl.free_port()
+    with open(tmp_path / "certop.log", "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "certop.cli", "standalone", "-f", str(manifest),
+             "--state-dir", str(tmp_path / "state"), "--listen", "127.0.0.1",
+             "--http-port", str(http_port), "--https-port", str(https_port),
+             "--certificate", f"web-tls={cert},{key}",
+             "--service", f"web=127.0.0.1:{named.port}",
+             "--service", f"any=127.0.0.1:{anywhere.port}"], stdout=log, stderr=log)
+    try:
+        wait_for(lambda: proc.poll() is not None or answers(https_port if tls else http_port),
+                 "certop to listen")
+        port = https_port if tls else http_port
+        raw = socket.create_connection(("127.0.0.1", port), 20)
+        with tls_client(cert).wrap_socket(raw, server_hostname=HOST) if tls else raw as sock:
+            sock.sendall(b"GET /page HTTP/1.0\r\n\r\n")
+            out = read_all(sock)
+    finally:
+        pebblectl.stop_process(proc)
+        named.close()
+        anywhere.close()
+    assert out.startswith(b"HTTP/1.1 200 OK\r\n") and out.endswith(b"\r\n\r\nok"), out
+    assert named.heads == []
+    (head,) = anywhere.heads
+    assert head.startswith(b"GET /page HTTP/1.1\r\n")
+    assert b"\r\nHost: 127.0.0.1:%d\r\n" % port in head, head
+    assert b"\r\nX-Forwarded-Host: 127.0.0.1:%d\r\n" % port in head, head
+
+
+def answers(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+        return True
+    return False
 
 
 def test_a_backend_http10_status_line_is_sent_as_http11(scripted_proxy: Running) -> None:

@@ -451,3 +451,60 @@ def test_connections_over_the_limit_are_closed_counted_and_logged(tmp_path: Path
     assert over == b""
     assert "certop_connections_refused_total 1\n" in metrics
     assert "connection limit reached (max_connections 2)" in proxy.log.read_text()
+
+
+def _open_connections(admin_port: int) -> int:
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics", timeout=10) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith("certop_open_connections "):
+                return int(float(line.split()[1]))
+    raise AssertionError("no certop_open_connections in /metrics")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("upgrade", [False, True], ids=["response", "tunnel"])
+def test_a_client_that_stops_reading_is_disconnected(tmp_path: Path, upgrade: bool) -> None:
+    """A client that reads the head and then nothing, while the backend has 64 MiB for it (a
+    response body, or a WebSocket tunnel), is cut when the response or tunnel timeout passes,
+    its upstream connection with it. A graceful close would wait for the write buffer to
+    drain, which it never does: the socket, the backend connection and a --max-connections
+    slot would be held forever (review of issue 8)."""
+    release = threading.Event()
+    backend_closed = threading.Event()
+
+    def big(conn: socket.socket) -> None:
+        read_head(conn)
+        if upgrade:
+            conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n"
+                         b"Upgrade: websocket\r\n\r\n")
+        else:
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (64 * MIB))
+        chunk = b"x" * MIB
+        try:
+            for _ in range(64):
+                conn.sendall(chunk)
+            release.wait(120)
+        except OSError:
+            backend_closed.set()  # the proxy dropped the backend connection
+
+    backend = OneShotBackend(big)
+    try:
+        with certop(tmp_path, backend.port, "--response-body-timeout", "1",
+                    "--tunnel-idle-timeout", "1") as proxy:
+            sock = socket.create_connection(("127.0.0.1", proxy.http_port), 30)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            try:
+                sock.sendall(b"GET /big HTTP/1.1\r\nHost: web.test\r\n" + (
+                    b"Connection: Upgrade\r\nUpgrade: websocket\r\n\r\n" if upgrade
+                    else b"\r\n"))
+                head, _ = read_head(sock)
+                assert head.startswith(b"HTTP/1.1 101 " if upgrade else b"HTTP/1.1 200 ")
+                # Now the client reads nothing more. The proxy must give up on it.
+                wait_for(lambda: _open_connections(proxy.admin_port) == 0,
+                         "the proxy to close the connection of a client that stopped reading")
+                wait_for(backend_closed.is_set, "the proxy to close the backend connection")
+            finally:
+                sock.close()
+    finally:
+        release.set()
+        backend.close()

@@ -214,6 +214,21 @@ async def test_a_chunked_body_is_reframed_without_extensions_or_trailers(
                  id="http-1.0-with-transfer-encoding"),
     pytest.param(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: upgrade\r\n\r\n"
                  b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", id="101-without-upgrade"),
+    # A backend's status line is held to the rules of a request line: no CR (a client
+    # reading a bare CR as a line end sees a header the backend did not mean to send), no
+    # other control byte but HTAB, no bare LF.
+    pytest.param(b"HTTP/1.1 200 OK\rSet-Cookie: evil=1\r\nContent-Length: 2\r\n\r\nok",
+                 id="status-line-bare-cr"),
+    pytest.param(b"HTTP/1.1 200 O\x00K\r\nContent-Length: 2\r\n\r\nok", id="status-line-nul"),
+    pytest.param(b"HTTP/1.1 200 O\x1bK\r\nContent-Length: 2\r\n\r\nok", id="status-line-esc"),
+    pytest.param(b"HTTP/1.1 200 OK\n\r\nContent-Length: 2\r\n\r\nok",
+                 id="status-line-bare-lf"),
+    pytest.param(b"HTTP/1.1 200 OK\r\nX-A: 1\rSet-Cookie: evil=1\r\nContent-Length: 2\r\n"
+                 b"\r\nok", id="header-value-bare-cr"),
+    pytest.param(b"HTTP/1.1 200 OK\r\nX-A: 1\x00\r\nContent-Length: 2\r\n\r\nok",
+                 id="header-value-nul"),
+    pytest.param(b"HTTP/1.1 200 OK\r\nX\rA: 1\r\nContent-Length: 2\r\n\r\nok",
+                 id="header-name-bare-cr"),
 ])
 async def test_an_ambiguous_upstream_response_is_a_502(tmp_path: Path, response: bytes) -> None:
     async def backend(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -295,6 +310,7 @@ async def test_a_trusted_proxy_extends_x_forwarded_for_and_its_proto_is_kept(
                  b"5\r\nhello\r\n0\r\nBad\rTrailer: x\r\n\r\n", id="trailer-bare-cr"),
     pytest.param(b"POST / HTTP/1.0\r\nHost: web.test\r\nTransfer-Encoding: chunked\r\n\r\n"
                  b"0\r\n\r\n", id="http-1.0-with-te"),
+    pytest.param(b"GET / HTTP/1.1\n\r\nHost: web.test\r\n\r\n", id="request-line-bare-lf"),
 ])
 async def test_lenient_framing_is_refused(proxy: Proxy, rec: Recorder,
                                           request_bytes: bytes) -> None:
@@ -303,6 +319,47 @@ async def test_lenient_framing_is_refused(proxy: Proxy, rec: Recorder,
     assert out.startswith(b"HTTP/1.1 400 "), out[:80]
     assert b"Connection: close" in out
     assert len(rec.requests) == before
+
+
+@pytest.mark.parametrize("target", [
+    pytest.param(b"/public\x00/../admin", id="nul"),
+    pytest.param(b"/\x01x", id="soh"),
+    pytest.param(b"/a\x1fb", id="unit-separator"),
+    pytest.param(b"/a\x7fb", id="del"),
+    pytest.param(b"/a\x0bb", id="vertical-tab"),
+])
+@pytest.mark.parametrize("extra", [
+    pytest.param(b"", id="fast-path"),
+    pytest.param(b"X-Forwarded-For: 10.1.1.1\r\n", id="general-path"),
+])
+async def test_control_characters_in_the_request_target_are_refused(
+        proxy: Proxy, rec: Recorder, target: bytes, extra: bytes) -> None:
+    """A control byte in the request-target is not a valid request (RFC 9112 section 3.2,
+    RFC 3986; nginx answers 400). A C backend cutting the path at a NUL would serve another
+    path than the one certop routed (`/public\\x00/../admin` routes as `/admin`)."""
+    before = len(rec.requests)
+    out = await send(proxy, b"GET " + target + b" HTTP/1.1\r\nHost: web.test\r\n" + extra
+                     + b"\r\n")
+    assert out.startswith(b"HTTP/1.1 400 "), out[:80]
+    assert len(rec.requests) == before
+
+
+async def test_the_trailer_section_of_a_chunked_request_is_bounded(proxy: Proxy,
+                                                                    rec: Recorder) -> None:
+    """Trailer lines count against the head limit (`header_limit`, 8 KiB here): 80 KB of
+    them is a 431 and the connection closed, not a request that never ends (each line used to
+    count as progress, with neither bytes nor lines counted)."""
+    before = len(rec.requests)
+    trailer = b"X-Trailer: " + b"a" * 3980 + b"\r\n"
+    out = await send(proxy, b"POST /t HTTP/1.1\r\nHost: web.test\r\nTransfer-Encoding: chunked"
+                     b"\r\n\r\n5\r\nhello\r\n0\r\n" + trailer * 20 + b"\r\n")
+    assert out.startswith(b"HTTP/1.1 431 "), out[:80]
+    assert b"Connection: close" in out
+    assert len(rec.requests) == before
+    # Trailers within the limit are read (and dropped, see the reframing test).
+    out = await send(proxy, b"POST /t HTTP/1.1\r\nHost: web.test\r\nTransfer-Encoding: chunked"
+                     b"\r\n\r\n5\r\nhello\r\n0\r\n" + trailer + b"\r\n")
+    assert out.startswith(b"HTTP/1.1 200 "), out[:80]
 
 
 async def test_only_allowed_upgrades_are_relayed(tmp_path: Path, rec: Recorder) -> None:

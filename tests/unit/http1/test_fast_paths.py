@@ -71,6 +71,10 @@ def test_fast_request_agrees_with_the_general_parser(raw: bytes, fast: bool) -> 
                      None, id="not-modified"),
         pytest.param(b"HTTP/1.1 101 Switching\r\nUpgrade: x\r\n\r\n", b"GET", True, None,
                      id="switching"),
+        pytest.param(b"HTTP/1.1 200 OK\rSet-Cookie: a=b\r\nContent-Length: 5\r\n\r\n", b"GET",
+                     True, None, id="bare-cr-in-reason"),
+        pytest.param(b"HTTP/1.1 200 O\tK\r\nContent-Length: 5\r\n\r\n", b"GET", True,
+                     (200, 5), id="htab-in-reason"),
     ],
 )
 def test_fast_response_takes_only_plain_responses(raw: bytes, method: bytes, keep: bool,
