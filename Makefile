@@ -48,12 +48,14 @@ test: lint deps-debian deps-sslyze
 CERTBOT_VENV := bench/.venv-certbot
 
 # Peers for the side-by-side benchmarks: lego, Caddy, nginx, HAProxy, wrk and h2load from
-# Debian, certbot from PyPI in a venv of its own (it pins its own `acme`).
-BENCH_DEBS := lego caddy nginx-light haproxy wrk nghttp2-client
+# Debian, certbot from PyPI in a venv of its own (it pins its own `acme`); valgrind counts the
+# proxy's instructions per request.
+BENCH_DEBS := lego caddy nginx-light haproxy wrk nghttp2-client valgrind
 deps-bench: deps-debian
 	@if ! command -v lego >/dev/null || ! command -v caddy >/dev/null \
 	    || ! command -v nginx >/dev/null || ! command -v haproxy >/dev/null \
-	    || ! command -v wrk >/dev/null || ! command -v h2load >/dev/null; then \
+	    || ! command -v wrk >/dev/null || ! command -v h2load >/dev/null \
+	    || ! command -v valgrind >/dev/null; then \
 	  echo "installing Debian packages: $(BENCH_DEBS)"; \
 	  $(APT) update -qq && $(APT) install -y -qq $(BENCH_DEBS) >/dev/null; \
 	fi

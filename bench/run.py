@@ -6,11 +6,14 @@ Proxy: certop vs. nginx, HAProxy and Caddy on one pinned core (see bench/proxy.p
 Operator: 500 annotated Ingresses at once in the emulator against Pebble (bench/operator.py).
 Handshakes: full and resumed TLS handshakes per second, certop and nginx, 1 and 4 workers
 (bench/proxy.py `run_handshakes`).
+Instructions: instructions per proxied request under valgrind, certop and --baseline-certop
+(bench/instructions.py): the per-request cost, deterministic where req/s is noisy.
 Everything in the same run so the ratios compare like with like; raw results also go to
 bench/results/*.json.
 
-Usage: bench/run.py [--only issuance|proxy|operator|handshakes] [--runs 5] [--sizes 20,100]
-                    [--seconds 8] [--baseline-certop OTHER/.venv/bin/certop]
+Usage: bench/run.py [--only issuance|proxy|operator|handshakes|instructions] [--runs 5]
+                    [--sizes 20,100] [--seconds 8] [--requests 3000]
+                    [--baseline-certop OTHER/.venv/bin/certop]
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path[:0] = [str(HERE), str(ROOT / "pebble")]
 
+import instructions  # noqa: E402
 import issuance  # noqa: E402
 import pebblectl  # noqa: E402
 import plot  # noqa: E402
@@ -43,6 +47,8 @@ OPERATOR_BEGIN = "<!-- operator:begin -->"
 OPERATOR_END = "<!-- operator:end -->"
 PROXY_BEGIN = "<!-- proxy:begin -->"
 PROXY_END = "<!-- proxy:end -->"
+INSTRUCTIONS_BEGIN = "<!-- instructions:begin -->"
+INSTRUCTIONS_END = "<!-- instructions:end -->"
 HANDSHAKES_BEGIN = "<!-- handshakes:begin -->"
 HANDSHAKES_END = "<!-- handshakes:end -->"
 SCENARIOS = [("http_keepalive", "HTTP keep-alive"), ("https_keepalive", "HTTPS keep-alive"),
@@ -227,6 +233,29 @@ def render_handshakes(results: dict[str, dict[str, dict[str, float]]], seconds: 
     ])
 
 
+def render_instructions(results: dict[str, dict[str, float]], requests: int,
+                        command: str) -> str:
+    lines = ["| build | HTTP keep-alive, instructions per request | HTTPS keep-alive |",
+             "|---|---|---|"]
+    for name, r in results.items():
+        lines.append(f"| {name} | {r['http']:,.0f} | {r['https']:,.0f} |")
+    ratios = []
+    if "certop" in results and "certop-baseline" in results:
+        c, b = results["certop"], results["certop-baseline"]
+        ratios.append(f"- certop / certop-baseline: HTTP **{c['http'] / b['http']:.3f}x**, "
+                      f"HTTPS **{c['https'] / b['https']:.3f}x** the instructions per request "
+                      "(lower is cheaper).")
+    when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return "\n".join([
+        INSTRUCTIONS_BEGIN,
+        f"Measured {when} with valgrind's callgrind (`bench/instructions.py`): {requests} "
+        "keep-alive requests over 8 connections after a warm-up, every instruction of the "
+        f"proxy process counted and divided by the requests. Command: `{command}`.",
+        "", *lines, "", *ratios,
+        INSTRUCTIONS_END,
+    ])
+
+
 def _replace(text: str, begin: str, end: str, section: str) -> str:
     if begin not in text:
         return text.rstrip("\n") + "\n\n" + section + "\n"
@@ -241,7 +270,8 @@ def main() -> int:
     parser.add_argument("--tools", default="certop,lego,certbot,caddy")
     parser.add_argument("--proxies", default="certop,nginx,haproxy,caddy")
     parser.add_argument("--seconds", type=int, default=8, help="length of each proxy run")
-    parser.add_argument("--only", choices=["issuance", "proxy", "operator", "handshakes"],
+    parser.add_argument("--only", choices=["issuance", "proxy", "operator", "handshakes",
+                                           "instructions"],
                         help="run one of the benchmarks (default: all)")
     parser.add_argument("--ingresses", type=int, default=500,
                         help="Ingresses created at once for the operator benchmark")
@@ -249,6 +279,8 @@ def main() -> int:
     parser.add_argument("--baseline-certop", type=Path, metavar="PATH",
                         help="another build's certop executable, measured in the same run as "
                              "the proxy peer certop-baseline (before/after comparisons)")
+    parser.add_argument("--requests", type=int, default=3000,
+                        help="requests counted per build by the instructions benchmark")
     args = parser.parse_args()
     command = "make bench" if len(sys.argv) == 1 else "bench/run.py " + " ".join(sys.argv[1:])
     out = HERE / "results"
@@ -289,6 +321,21 @@ def main() -> int:
         section = render_handshakes(hresults, args.seconds, command)
         print(section)
         text = _replace(text, HANDSHAKES_BEGIN, HANDSHAKES_END, section)
+    if args.only in (None, "instructions"):
+        if shutil.which("valgrind") is None:
+            raise SystemExit("bench: valgrind is missing: run `make bench`, which installs it")
+        work = Path(tempfile.mkdtemp(prefix="certop-bench-instr-"))
+        builds = {"certop": Path(sys.executable)}
+        if args.baseline_certop is not None:
+            builds["certop-baseline"] = args.baseline_certop.with_name("python")
+        try:
+            iresults = instructions.run_all(work, builds, args.requests)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        (out / "instructions.json").write_text(json.dumps(iresults, indent=2))
+        section = render_instructions(iresults, args.requests, command)
+        print(section)
+        text = _replace(text, INSTRUCTIONS_BEGIN, INSTRUCTIONS_END, section)
     if args.only in (None, "operator"):
         print(f"bench: operator: {args.ingresses} Ingresses", flush=True)
         out_json = subprocess.run([sys.executable, str(HERE / "operator.py"),
