@@ -11,17 +11,14 @@ import hashlib
 import os
 import select
 import socket
-import subprocess
-import sys
 import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-import pebblectl
 import pytest
+from certopctl import Process, process, wait_for
 from proxy_helpers import ingress_yaml, serving
 
 from certop.proxy.server import ProxySettings
@@ -36,61 +33,17 @@ STALL = 1.0
 slow peer starts reading; no assertion depends on it)."""
 
 
-@dataclass
-class Certop:
-    proc: subprocess.Popen[bytes]
-    http_port: int
-    https_port: int
-    admin_port: int
-    log: Path
-
-    def status(self, field: str) -> int:
-        """A size from /proc/PID/status (VmRSS, VmHWM), in bytes."""
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-        raise AssertionError(f"no {field} in /proc/{self.proc.pid}/status")
-
-
-def wait_for(check: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)  # polling a condition with a deadline
-
-
-def _listening(port: int) -> bool:
-    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
-        return True
-    return False
+Certop = Process
 
 
 @contextlib.contextmanager
-def certop(tmp: Path, backend_port: int, *flags: str) -> Iterator[Certop]:
+def certop(tmp: Path, backend_port: int, *flags: str) -> Iterator[Process]:
     """`certop standalone` serving web.test (plain HTTP) from the backend on `backend_port`."""
     manifest = tmp / "web.yaml"
     manifest.write_text(ingress_yaml("web", "web.test", tls=False))
-    http_port, https_port, admin_port = (pebblectl.free_port() for _ in range(3))
-    log = tmp / "certop.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "certop.cli", "standalone", "-f", str(manifest),
-             "--state-dir", str(tmp / "state"), "--listen", "127.0.0.1",
-             "--http-port", str(http_port), "--https-port", str(https_port),
-             "--admin-port", str(admin_port), "--service", f"web=127.0.0.1:{backend_port}",
-             *flags], stdout=out, stderr=subprocess.STDOUT)
-    try:
-        wait_for(lambda: proc.poll() is not None or _listening(http_port), "certop to listen")
-        assert proc.poll() is None, log.read_text()
-        yield Certop(proc, http_port, https_port, admin_port, log)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    with process(tmp, manifest, "--service", f"web=127.0.0.1:{backend_port}", *flags,
+                 probe=("http",)) as run:
+        yield run
 
 
 class Pattern:

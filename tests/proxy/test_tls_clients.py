@@ -13,14 +13,12 @@ import socket
 import ssl
 import subprocess
 import sys
-import time
-import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import pebblectl
 import pytest
+from certopctl import Process, process, wait_for
 from echo import Echo
 from pki import Pki, make_pki
 from proxy_helpers import ingress_yaml
@@ -44,42 +42,11 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     return make_pki(tmp_path_factory.mktemp("pki"))
 
 
-@dataclass
-class Certop:
-    proc: subprocess.Popen[bytes]
-    https_port: int
-    admin_port: int
-    log: Path
-
-    def pids(self) -> set[int]:
-        """The serving processes: certop and its forked workers."""
-        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
-        return {self.proc.pid, *(int(p) for p in children.read_text().split())}
-
-    def metrics(self) -> dict[str, float]:
-        url = f"http://127.0.0.1:{self.admin_port}/metrics"
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            text = resp.read().decode()
-        return {line.split()[0]: float(line.split()[1]) for line in text.splitlines()
-                if line and not line.startswith("#")}
-
-
-def wait_for(check: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)  # polling a condition with a deadline
-
-
-def _listening(port: int) -> bool:
-    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
-        return True
-    return False
+Certop = Process
 
 
 @contextlib.contextmanager
-def certop(tmp: Path, pki: Pki, backend: int, *flags: str) -> Iterator[Certop]:
+def certop(tmp: Path, pki: Pki, backend: int, *flags: str) -> Iterator[Process]:
     """`certop standalone` serving ecdsa.test and rsa.test over HTTPS from the backend, each
     with a leaf of its key type issued by `pki`'s intermediate."""
     manifest = tmp / "web.yaml"
@@ -89,27 +56,9 @@ def certop(tmp: Path, pki: Pki, backend: int, *flags: str) -> Iterator[Certop]:
     for kind, host in HOSTS.items():
         leaf = pki.leaf(kind, (host,), kind)
         certificates += ["--certificate", f"{kind}-tls={leaf.fullchain},{leaf.key}"]
-    http_port, https_port, admin_port = (pebblectl.free_port() for _ in range(3))
-    log = tmp / "certop.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "certop.cli", "standalone", "-f", str(manifest),
-             "--state-dir", str(tmp / "state"), "--listen", "127.0.0.1",
-             "--http-port", str(http_port), "--https-port", str(https_port),
-             "--admin-port", str(admin_port), "--service", f"web=127.0.0.1:{backend}",
-             *certificates, *flags], stdout=out, stderr=subprocess.STDOUT)
-    try:
-        wait_for(lambda: proc.poll() is not None or (
-            _listening(https_port) and _listening(admin_port)), "certop to listen")
-        assert proc.poll() is None, log.read_text()
-        yield Certop(proc, https_port, admin_port, log)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    with process(tmp, manifest, "--service", f"web=127.0.0.1:{backend}", *certificates,
+                 *flags) as run:
+        yield run
 
 
 @pytest.fixture(scope="module")
