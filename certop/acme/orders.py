@@ -280,10 +280,8 @@ class OrderSession:
                                   "for this name (see its solvers' selectors)")
         solver = self.solvers.solver(chosen)
         if solver is None:
-            which = chosen.challenge_type + (f" ({chosen.provider})" if chosen.provider
-                                             and chosen.challenge_type != "http-01" else "")
             raise ChallengeFailed(identifier, f"{self.account.issuer.ref} selects a "
-                                  f"{which} solver for it; certop solves "
+                                  f"{chosen.challenge_type} solver for it; certop solves "
                                   f"{', '.join(self.solvers.challenge_types)} only here")
         return solver
 
