@@ -192,8 +192,7 @@ class Standalone:
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=settings.workers, thread_name_prefix="certop-acme"
         )
-        self.solvers = default_registry().bind(SolverContext(proxy.tokens,
-                                                             settings.self_check_addr))
+        self.solver_context = SolverContext(proxy.tokens, settings.self_check_addr)
         self._file_stamp: tuple[tuple[str, float, int], ...] = ()
 
     # -- configuration -----------------------------------------------------------------
@@ -369,7 +368,8 @@ class Standalone:
             stored = await loop.run_in_executor(self._executor, self.certs.load,
                                                 spec.namespace, spec.secret_name)
             assert self.config is not None
-            session = OrderSession(spec, account, self.solvers, self.journal, stored=stored,
+            solvers = default_registry().bind(self.solver_context)
+            session = OrderSession(spec, account, solvers, self.journal, stored=stored,
                                    solver_specs=self.config.issuers[spec.issuer].solvers,
                                    validation_timeout=self.settings.validation_timeout,
                                    monotonic=self.clock.monotonic)
