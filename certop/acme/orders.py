@@ -52,7 +52,7 @@ from certop.core import solvers
 from certop.core.errors import CertopError, ChallengeFailed, OrderFailed, TemporaryError
 from certop.core.models import CertificateSpec, SolverSpec
 from certop.store.ports import OrderJournal, StoredCert
-from solvers.base import Solver
+from solvers.base import Challenge, Solver, SolverLookup
 
 log = logging.getLogger(__name__)
 SELF_CHECK_TRIES = 20
@@ -113,7 +113,7 @@ class Step:
 
 
 class OrderSession:
-    def __init__(self, spec: CertificateSpec, account: Account, solver: Solver,
+    def __init__(self, spec: CertificateSpec, account: Account, solvers: SolverLookup,
                  journal: OrderJournal, *, poll_min: float = 0.02, poll_max: float = 2.0,
                  stored: StoredCert | None = None, labels: Mapping[str, str] | None = None,
                  solver_specs: Sequence[SolverSpec] | None = None,
@@ -136,14 +136,16 @@ class OrderSession:
             with contextlib.suppress(ValueError):  # not a readable certificate: nothing named
                 self.replaces = ari.cert_id(stored.fullchain_pem)
         self.account = account
-        self.solver = solver
+        self.solvers = solvers
+        """The solver of each of the issuer's solver blocks (several may serve one order)."""
         self.journal = journal
         self.poll_min = poll_min
         self.poll_max = poll_max
         self._interval = poll_min
         self._acme: client.ClientV2 | None = None
         self._entry: dict[str, Any] | None = None
-        self._presented: dict[str, str] = {}  # token -> identifier
+        self._presented: dict[tuple[str, str], tuple[Challenge, Solver]] = {}
+        """(identifier, token) -> what was presented and by which solver."""
         self._answered: set[str] = set()
         self._self_checks: dict[str, int] = {}
         self.resumed = False
@@ -269,20 +271,23 @@ class OrderSession:
             return self._challenges(authorizations)
         return self._advance(entry["order_url"])
 
-    def _check_solver(self, identifier: str) -> None:
-        """The issuer's solver for `identifier` must be one certop runs here."""
+    def _solver_for(self, identifier: str) -> Solver:
+        """The solver of the issuer's solver block selected for `identifier`; it must be one
+        certop runs here."""
         chosen = solvers.select(self.solver_specs, identifier, self.labels)
         if chosen is None:
             raise ChallengeFailed(identifier, f"no solver of {self.account.issuer.ref} is "
                                   "for this name (see its solvers' selectors)")
-        if chosen.challenge_type != self.solver.challenge_type:
+        solver = self.solvers.solver(chosen)
+        if solver is None:
             raise ChallengeFailed(identifier, f"{self.account.issuer.ref} selects a "
                                   f"{chosen.challenge_type} solver for it; certop solves "
-                                  f"{self.solver.challenge_type} only here")
+                                  f"{', '.join(self.solvers.challenge_types)} only here")
+        return solver
 
     def _new_order(self) -> messages.OrderResource:
         for host in self.spec.hosts:  # before the CA counts an order
-            self._check_solver(host)
+            self._solver_for(host)
         identifiers = [messages.Identifier(typ=messages.IDENTIFIER_FQDN, value=host)
                        for host in self.spec.hosts]
         replaces = self.replaces if ari.offered(self.acme.directory) else None
@@ -436,29 +441,33 @@ class OrderSession:
                 # A resumed order whose authorization died: never resume it again.
                 self._drop()
                 raise failed
-            self._check_solver(identifier)
+            if authz.wildcard and not identifier.startswith("*."):
+                identifier = "*." + identifier  # the CA names a wildcard's authorization bare
+            solver = self._solver_for(identifier)
+            kind = solver.challenge_type
             challb = next(
                 (c for c in authz.challenges
-                 if isinstance(c.chall, challenges.HTTP01)
-                 and self.solver.challenge_type == "http-01"),
+                 if isinstance(c.chall, challenges.KeyAuthorizationChallenge)
+                 and c.chall.typ == kind),
                 None,
             )
             if challb is None:
-                raise ChallengeFailed(identifier, "the CA offers no http-01 challenge")
-            token = challb.chall.encode("token")
-            key_auth = self.account.key_authorization(challb)
-            self.solver.present(identifier, token, key_auth)
-            self._presented[token] = identifier
-            log.info("%s: presented %s for %s", self.spec, self.solver.challenge_type, identifier)
+                raise ChallengeFailed(identifier, f"the CA offers no {kind} challenge")
+            challenge = Challenge(identifier, kind, challb.chall.encode("token"),
+                                  self.account.key_authorization(challb))
+            solver.present(challenge)
+            self._presented[(challenge.identifier, challenge.token)] = (challenge, solver)
+            log.info("%s: presented %s for %s", self.spec, kind, identifier)
             if challb.status != messages.STATUS_PENDING or challb.uri in self._answered:
                 self._answered.add(challb.uri)
                 continue
-            if not self.solver.check(identifier, token, key_auth):
+            if not solver.check(challenge):
                 tries = self._self_checks.get(identifier, 0) + 1
                 self._self_checks[identifier] = tries
                 if tries >= SELF_CHECK_TRIES:
-                    raise ChallengeFailed(identifier, "self-check failed: certop's own HTTP "
-                                          "listener does not serve the challenge token")
+                    where = ("certop's own HTTP listener does not serve the challenge token"
+                             if kind == "http-01" else f"the {kind} challenge is not visible")
+                    raise ChallengeFailed(identifier, f"self-check failed: {where}")
                 self._look_at_authorizations = True
                 continue
             answered = self.acme.answer_challenge(challb, challb.chall.response(self.account.jwk))
@@ -470,6 +479,6 @@ class OrderSession:
 
     def cleanup(self) -> None:
         """Remove every presented token; safe to call on every exit path, more than once."""
-        for token, identifier in list(self._presented.items()):
-            self.solver.cleanup(identifier, token)
+        for challenge, solver in list(self._presented.values()):
+            solver.cleanup(challenge)
         self._presented.clear()

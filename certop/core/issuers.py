@@ -118,7 +118,9 @@ def _solver(f: Fields, raw: Any, field: str) -> SolverSpec:
         dns_zones=_names(f, sel.get("dnsZones"), f"{field}.selector.dnsZones"),
         match_labels=tuple(sorted((str(k), str(v)) for k, v in labels.items())))
     if "dns01" in solver:
-        return SolverSpec("dns-01", selector)
+        dns01 = f.mapping(solver.get("dns01"), f"{field}.dns01")
+        return SolverSpec("dns-01", selector, provider=_provider(dns01, "cnameStrategy"),
+                          config=dict(dns01))
     if "http01" not in solver:
         raise f.error(field, "an 'http01' or 'dns01' solver")
     http01 = f.mapping(solver.get("http01"), f"{field}.http01")
@@ -133,4 +135,10 @@ def _solver(f: Fields, raw: Any, field: str) -> SolverSpec:
         except ValueError:
             raise f.error(f"{field}.http01.ingress.pathType",
                           "Exact or ImplementationSpecific") from None
-    return SolverSpec("http-01", selector, path_type, klass)
+    return SolverSpec("http-01", selector, path_type, klass, provider=_provider(http01),
+                      config=dict(http01))
+
+
+def _provider(block: Mapping[str, Any], *options: str) -> str | None:
+    """The key of a solver block naming its provider (the first one that is no option)."""
+    return next((str(key) for key in block if key not in options), None)

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import datetime
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import NewType
+from typing import Any, NewType
 
 Fqdn = NewType("Fqdn", str)
 SecretName = NewType("SecretName", str)
@@ -119,6 +120,19 @@ class SolverSpec:
     http01_ingress_class: str | None = None
     """IngressClass for temporary HTTP-01 Ingresses (http01.ingress ingressClassName or
     class); None: the class of the Ingress that asked."""
+    provider: str | None = None
+    """The block's provider key: `ingress` for http01, `rfc2136`, `cloudflare`, `webhook`, ...
+    for dns01 (None when the block names none, as the default solver)."""
+    config: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    """The `http01` or `dns01` block as the issuer wrote it, for the solver built from it."""
+
+    @property
+    def registry_names(self) -> tuple[str, ...]:
+        """The names a solver factory is registered under for this block, most specific
+        first: `dns-01.rfc2136`, then `dns-01`."""
+        if self.provider:
+            return (f"{self.challenge_type}.{self.provider}", self.challenge_type)
+        return (self.challenge_type,)
 
 
 @dataclass(frozen=True)

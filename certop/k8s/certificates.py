@@ -41,7 +41,6 @@ from kubernetes.client.exceptions import ApiException
 from certop import crypto
 from certop.acme.accounts import Account, account_id, issuer_key
 from certop.acme.orders import OrderSession, Stage
-from certop.core import solvers
 from certop.core.backoff import Backoff
 from certop.core.clock import Clock, SystemClock
 from certop.core.duration import parse_duration
@@ -54,7 +53,6 @@ from certop.core.models import (
     KeyAlgorithm,
     ObjectRef,
     SecretName,
-    SolverSpec,
 )
 from certop.core.renewal import decide, renewal_time
 from certop.core.shim import CLASS_ANNOTATION
@@ -66,9 +64,10 @@ from certop.store.secrets import (
     SecretNotOwned,
     SecretOrderJournal,
 )
-from solvers.http01.ingress import TOKEN_LABEL, IngressSolver
-from solvers.http01.solver import Http01Solver
+from solvers.base import ClusterContext, SolverContext
+from solvers.http01.ingress import TOKEN_LABEL
 from solvers.http01.tokens import TokenStore
+from solvers.registry import default_registry
 
 log = logging.getLogger(__name__)
 GROUP, VERSION = "certop.dev", "v1"
@@ -461,16 +460,11 @@ class CertificateController:
             raise SecretNotOwned(spec.namespace, spec.secret_name)
         asked = (body["metadata"].get("annotations") or {}).get(CLASS_ANNOTATION)
         labels = dict(body["metadata"].get("labels") or {})
-
-        def route(host: str) -> tuple[str | None, str]:
-            """The temporary Ingress's class and pathType: the solver selected for `host`."""
-            chosen = solvers.select(issuer.solvers, host, labels) or SolverSpec()
-            return chosen.http01_ingress_class or asked, chosen.http01_path_type.value
-
-        solver = IngressSolver(Http01Solver(self.tokens, self.settings.self_check_addr),
-                               self.api, spec.namespace, self.settings.solver_service,
-                               self.settings.solver_port, asked, route=route)
-        session = OrderSession(spec, account, solver, self.journal, stored=stored,
+        cluster = ClusterContext(self.api, spec.namespace, self.settings.solver_service,
+                                 self.settings.solver_port, asked)
+        bound = default_registry().bind(SolverContext(
+            self.tokens, self.settings.self_check_addr, cluster, labels))
+        session = OrderSession(spec, account, bound, self.journal, stored=stored,
                                labels=labels, solver_specs=issuer.solvers,
                                validation_timeout=self.settings.validation_timeout,
                                monotonic=self.clock.monotonic)

@@ -36,7 +36,8 @@ from certop.standalone import loader, supplied
 from certop.standalone.services import StaticBackends
 from certop.store.files import StateDir, UnsafePath
 from certop.store.ports import AccountStore, CertStore, OrderJournal, StoredCert
-from solvers.http01 import Http01Solver
+from solvers.base import SolverContext
+from solvers.registry import default_registry
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +192,7 @@ class Standalone:
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=settings.workers, thread_name_prefix="certop-acme"
         )
-        self.solver = Http01Solver(proxy.tokens, settings.self_check_addr)
+        self.solver_context = SolverContext(proxy.tokens, settings.self_check_addr)
         self._file_stamp: tuple[tuple[str, float, int], ...] = ()
 
     # -- configuration -----------------------------------------------------------------
@@ -367,7 +368,8 @@ class Standalone:
             stored = await loop.run_in_executor(self._executor, self.certs.load,
                                                 spec.namespace, spec.secret_name)
             assert self.config is not None
-            session = OrderSession(spec, account, self.solver, self.journal, stored=stored,
+            solvers = default_registry().bind(self.solver_context)
+            session = OrderSession(spec, account, solvers, self.journal, stored=stored,
                                    solver_specs=self.config.issuers[spec.issuer].solvers,
                                    validation_timeout=self.settings.validation_timeout,
                                    monotonic=self.clock.monotonic)

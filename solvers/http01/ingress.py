@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable
 from typing import Any, cast
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from certop.core.errors import TemporaryError
+from solvers.base import Challenge
 from solvers.http01.solver import Http01Solver
 from solvers.http01.tokens import CHALLENGE_PATH
 
@@ -46,11 +46,7 @@ class IngressSolver:
 
     def __init__(self, local: Http01Solver, api: client.ApiClient, namespace: str,
                  service: str, port: int, ingress_class: str | None,
-                 path_type: str = "Exact",
-                 route: Callable[[str], tuple[str | None, str]] | None = None) -> None:
-        """`route(identifier)` -> (IngressClass, pathType) for that identifier's temporary
-        Ingress (the issuer's solver selected for it); else `ingress_class`, `path_type`."""
-        self.route = route
+                 path_type: str = "Exact") -> None:
         self.local = local
         self.net = client.NetworkingV1Api(api)
         self.namespace = namespace
@@ -60,12 +56,11 @@ class IngressSolver:
         self.path_type = path_type
         self.created: dict[str, str] = {}  # token -> Ingress name
 
-    def present(self, identifier: str, token: str, key_authorization: str) -> None:
-        self.local.present(identifier, token, key_authorization)
-        klass, path_type = self.route(identifier) if self.route else (self.ingress_class,
-                                                                      self.path_type)
+    def present(self, challenge: Challenge) -> None:
+        self.local.present(challenge)
+        identifier, token = challenge.identifier, challenge.token
         body = temporary_ingress(self.namespace, identifier, token, self.service, self.port,
-                                 klass, path_type)
+                                 self.ingress_class, self.path_type)
         name = body["metadata"]["name"]
         try:
             self.net.create_namespaced_ingress(self.namespace, cast(Any, body))
@@ -75,11 +70,12 @@ class IngressSolver:
                                      f"{exc.status}") from exc
         self.created[token] = name
 
-    def check(self, identifier: str, token: str, key_authorization: str) -> bool:
-        return self.local.check(identifier, token, key_authorization)
+    def check(self, challenge: Challenge) -> bool:
+        return self.local.check(challenge)
 
-    def cleanup(self, identifier: str, token: str) -> None:
-        self.local.cleanup(identifier, token)
+    def cleanup(self, challenge: Challenge) -> None:
+        self.local.cleanup(challenge)
+        identifier, token = challenge.identifier, challenge.token
         name = self.created.pop(token, None) or temporary_ingress(
             self.namespace, identifier, token, self.service, self.port, None)["metadata"]["name"]
         try:

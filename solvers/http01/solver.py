@@ -11,7 +11,8 @@ from __future__ import annotations
 import http.client
 import logging
 
-from solvers.http01.tokens import CHALLENGE_PATH, TokenStore
+from solvers.base import Challenge, TokenSink
+from solvers.http01.tokens import CHALLENGE_PATH
 
 log = logging.getLogger(__name__)
 
@@ -19,16 +20,17 @@ log = logging.getLogger(__name__)
 class Http01Solver:
     challenge_type = "http-01"
 
-    def __init__(self, tokens: TokenStore, self_check_addr: tuple[str, int] | None,
+    def __init__(self, tokens: TokenSink, self_check_addr: tuple[str, int] | None,
                  timeout: float = 5.0) -> None:
         self.tokens = tokens
         self.self_check_addr = self_check_addr
         self.timeout = timeout
 
-    def present(self, identifier: str, token: str, key_authorization: str) -> None:
-        self.tokens.put(token, key_authorization)
+    def present(self, challenge: Challenge) -> None:
+        self.tokens.put(challenge.token, challenge.key_authorization)
 
-    def check(self, identifier: str, token: str, key_authorization: str) -> bool:
+    def check(self, challenge: Challenge) -> bool:
+        identifier, token = challenge.identifier, challenge.token
         if self.self_check_addr is None:
             return True
         host, port = self.self_check_addr
@@ -42,11 +44,12 @@ class Http01Solver:
             return False
         finally:
             conn.close()
-        ok = resp.status == 200 and body.decode(errors="replace").strip() == key_authorization
+        ok = resp.status == 200 and body.decode(errors="replace").strip() == \
+            challenge.key_authorization
         if not ok:
             log.info("self-check for %s: got HTTP %s, not the key authorization",
                      identifier, resp.status)
         return ok
 
-    def cleanup(self, identifier: str, token: str) -> None:
-        self.tokens.remove(token)
+    def cleanup(self, challenge: Challenge) -> None:
+        self.tokens.remove(challenge.token)

@@ -83,7 +83,7 @@ def _entry(key_pem: str, order_url: str | None) -> dict[str, Any]:
 
 def session(journal: MemoryOrderJournal, stored_key_pem: bytes) -> OrderSession:
     account: Any = _Account(_Issuer())
-    return OrderSession(SPEC, account, solver=None, journal=journal,
+    return OrderSession(SPEC, account, solvers=None, journal=journal,
                         stored=StoredCert(b"", stored_key_pem))
 
 
@@ -117,7 +117,7 @@ def test_rotation_policy_never_keeps_the_stored_key_of_the_same_algorithm() -> N
                          (replace(keep, key_algorithm=KeyAlgorithm.RSA2048), False)):
         journal = MemoryOrderJournal()
         account: Any = _Account(_Issuer())
-        OrderSession(wanted, account, solver=None, journal=journal,
+        OrderSession(wanted, account, solvers=None, journal=journal,
                      stored=StoredCert(b"", stored)).step()
         entry = journal.load("ns", "web-tls")
         assert entry is not None

@@ -65,11 +65,28 @@ def test_solvers_parse_with_their_selectors_in_order() -> None:
     nginx, dns, default = issuer.solvers
     assert nginx == SolverSpec("http-01", SolverSelector(dns_zones=("example.com",),
                                                          match_labels=(("team", "a"),)),
-                               PathType.IMPLEMENTATION_SPECIFIC, "nginx")
+                               PathType.IMPLEMENTATION_SPECIFIC, "nginx", "ingress",
+                               {"ingress": {"ingressClassName": "nginx",
+                                            "pathType": "ImplementationSpecific"}})
     assert dns.challenge_type == "dns-01" and dns.selector.dns_names == ("a.test",)
-    assert default == SolverSpec("http-01", SolverSelector(), PathType.EXACT, "traefik")
+    assert default == SolverSpec("http-01", SolverSelector(), PathType.EXACT, "traefik",
+                                 "ingress", {"ingress": {"class": "traefik"}})
     assert issuer.solver_types == ("http-01", "dns-01")
     assert _issuer([]).solvers == (SolverSpec(),)
+
+
+def test_a_dns01_block_reaches_the_solver_spec_intact() -> None:
+    """The provider and every option of a dns01 block are kept for the solver built from it
+    (they were dropped: the spec said only "dns-01")."""
+    block = {"cnameStrategy": "Follow",
+             "rfc2136": {"nameserver": "10.0.0.53:53", "tsigKeyName": "certop",
+                         "tsigSecretSecretRef": {"name": "tsig", "key": "secret"}}}
+    (dns,) = _issuer([{"dns01": block}]).solvers
+    assert dns.challenge_type == "dns-01"
+    assert dns.provider == "rfc2136"
+    assert dns.config == block
+    assert dns.registry_names == ("dns-01.rfc2136", "dns-01")
+    assert SolverSpec().registry_names == ("http-01",)
 
 
 @pytest.mark.parametrize(("solver", "field"), [
