@@ -86,14 +86,3 @@ class BoundSolvers:
     @property
     def challenge_types(self) -> tuple[str, ...]:
         return self.registry.challenge_types
-
-
-_default: SolverRegistry | None = None
-
-
-def default_registry() -> SolverRegistry:
-    """The registry of the installed entry points, loaded once."""
-    global _default
-    if _default is None:
-        _default = SolverRegistry()
-    return _default

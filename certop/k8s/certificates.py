@@ -67,7 +67,7 @@ from certop.store.secrets import (
 from solvers.base import ClusterContext, SolverContext
 from solvers.http01.ingress import TOKEN_LABEL
 from solvers.http01.tokens import TokenStore
-from solvers.registry import default_registry
+from solvers.registry import SolverRegistry
 
 log = logging.getLogger(__name__)
 GROUP, VERSION = "certop.dev", "v1"
@@ -171,8 +171,11 @@ class CertificateController:
     def __init__(self, api: client.ApiClient, tokens: TokenStore,
                  settings: OperatorSettings | None = None, clock: Clock | None = None,
                  backoff: Backoff | None = None, metrics: Metrics | None = None,
-                 stage_hook: StageHook | None = None) -> None:
+                 stage_hook: StageHook | None = None,
+                 solvers: SolverRegistry | None = None) -> None:
         self.api = api
+        self.solvers = solvers or SolverRegistry()
+        """The solvers an issuer's blocks may name (the installed entry points by default)."""
         self.stage_hook = stage_hook
         self.metrics = metrics or Metrics()
         self.core = client.CoreV1Api(api)
@@ -462,7 +465,7 @@ class CertificateController:
         labels = dict(body["metadata"].get("labels") or {})
         cluster = ClusterContext(self.api, spec.namespace, self.settings.solver_service,
                                  self.settings.solver_port, asked)
-        bound = default_registry().bind(SolverContext(
+        bound = self.solvers.bind(SolverContext(
             self.tokens, self.settings.self_check_addr, cluster, labels))
         session = OrderSession(spec, account, bound, self.journal, stored=stored,
                                labels=labels, solver_specs=issuer.solvers,

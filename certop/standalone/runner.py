@@ -37,7 +37,7 @@ from certop.standalone.services import StaticBackends
 from certop.store.files import StateDir, UnsafePath
 from certop.store.ports import AccountStore, CertStore, OrderJournal, StoredCert
 from solvers.base import SolverContext
-from solvers.registry import default_registry
+from solvers.registry import SolverRegistry
 
 log = logging.getLogger(__name__)
 
@@ -174,8 +174,11 @@ class Standalone:
         clock: Clock,
         backoff: Backoff | None = None,
         rand: Callable[[], float] = random.random,
+        solvers: SolverRegistry | None = None,
     ) -> None:
         self.settings = settings
+        self.solvers = solvers or SolverRegistry()
+        """The solvers an issuer's blocks may name (the installed entry points by default)."""
         self.proxy = proxy
         self.certs = certs
         self.accounts_store = accounts
@@ -368,7 +371,7 @@ class Standalone:
             stored = await loop.run_in_executor(self._executor, self.certs.load,
                                                 spec.namespace, spec.secret_name)
             assert self.config is not None
-            solvers = default_registry().bind(self.solver_context)
+            solvers = self.solvers.bind(self.solver_context)
             session = OrderSession(spec, account, solvers, self.journal, stored=stored,
                                    solver_specs=self.config.issuers[spec.issuer].solvers,
                                    validation_timeout=self.settings.validation_timeout,
