@@ -360,6 +360,8 @@ class CertificateController:
                 await self._pause(uid, stopped, wait)
                 continue
             if hold > 0:
+                log.info("Certificate %s/%s: attempt %d failed before this run; next attempt "
+                         "in %.0fs", spec.namespace, name, failures, hold)
                 await self._pause(uid, stopped, hold)
                 hold = 0.0
                 continue
