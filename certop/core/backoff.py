@@ -33,5 +33,5 @@ class Backoff:
         where it was instead of restarting from zero."""
         if failures <= 0 or last_failure is None:
             return 0.0
-        passed = (now - last_failure).total_seconds()
+        passed = max((now - last_failure).total_seconds(), 0.0)  # a time ahead: no longer
         return max(self.delay(failures, draw) - passed, 0.0)

@@ -61,6 +61,7 @@ def test_the_guard_takes_the_decision_for_a_fresh_certificate_the_ca_wants_repla
     (3, T0, T0 + dt.timedelta(seconds=15), 1.0, 25.0),  # the part still to wait
     (3, T0, T0 + dt.timedelta(hours=2), 1.0, 0.0),  # long over
     (20, T0, T0 + dt.timedelta(minutes=10), 1.0, 3000.0),  # capped at an hour
+    (20, T0 + dt.timedelta(days=900), T0, 1.0, 3600.0),  # a failure "ahead": never longer
 ])
 def test_the_backoff_a_restarted_process_continues(
         failures: int, last: dt.datetime | None, now: dt.datetime, draw: float,
