@@ -141,15 +141,15 @@ class Account:
         net.account = self._regr
         return client.ClientV2(self._directory, net)
 
-    def renewal_info(self, cert_pem: bytes
-                     ) -> tuple[datetime.datetime | None, datetime.datetime]:
-        """ARI (RFC 9773): (when to renew, when to ask again), both UTC-aware. The first is
-        None when the CA offers no `renewalInfo` (then the lifetime policy applies)."""
+    def renewal_info(self, cert_pem: bytes) -> tuple[datetime.datetime | None, float]:
+        """ARI (RFC 9773): (when to renew, UTC-aware; seconds until asking again). The first
+        is None when the CA offers no `renewalInfo` (then the lifetime policy applies). The
+        second is relative (the CA's Retry-After), so that callers schedule it on their own
+        clock, never comparing the CA's wall time with an injected one."""
         self.ensure_registered()
         assert self._directory is not None
         if not ari.offered(self._directory):  # no network session just to learn that
-            now = datetime.datetime.now(datetime.UTC)
-            return None, now + datetime.timedelta(hours=6)
+            return None, 6 * 3600.0
         acme = self.client()
         try:
             when, again = acme.renewal_time(cert_pem)
@@ -161,7 +161,9 @@ class Account:
         except Exception as exc:  # a malformed answer, a certificate it cannot name, ...
             raise TemporaryError("the CA's renewal information could not be used: "
                                  f"{type(exc).__name__}: {exc}") from exc
-        return _utc(when) if when else None, _utc(again)
+        # The library adds the Retry-After to the real wall time: take it off the same clock.
+        wait = (_utc(again) - datetime.datetime.now(datetime.UTC)).total_seconds()
+        return _utc(when) if when else None, wait
 
     @property
     def jwk(self) -> JWKEC:

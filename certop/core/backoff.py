@@ -7,6 +7,7 @@ draw so tests are exact.
 
 from __future__ import annotations
 
+import datetime
 from dataclasses import dataclass
 
 
@@ -24,3 +25,13 @@ class Backoff:
         raw = min(self.cap, self.base * 2.0 ** min(failures - 1, 30))
         jittered = raw * (0.5 + draw / 2)
         return max(jittered, retry_after or 0.0)
+
+    def remaining(self, failures: int, last_failure: datetime.datetime | None,
+                  now: datetime.datetime, draw: float) -> float:
+        """Seconds still to wait after `failures` failures, the last at `last_failure` (as a
+        restarted process reads them back from where it wrote them): the backoff continues
+        where it was instead of restarting from zero."""
+        if failures <= 0 or last_failure is None:
+            return 0.0
+        passed = max((now - last_failure).total_seconds(), 0.0)  # a time ahead: no longer
+        return max(self.delay(failures, draw) - passed, 0.0)

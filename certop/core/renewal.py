@@ -11,6 +11,7 @@ import datetime
 import enum
 from dataclasses import dataclass
 
+from certop.core.errors import AlreadyDue
 from certop.core.models import CertificateSpec, KeyAlgorithm
 
 SHORT_LIVED = datetime.timedelta(days=10)
@@ -87,3 +88,18 @@ def decide(
     if now >= at:
         return Decision(True, Reason.RENEWAL_DUE, at)
     return Decision(False, Reason.UP_TO_DATE, at)
+
+
+def already_due(decision: Decision, ari_renew_at: datetime.datetime | None,
+                now: datetime.datetime) -> AlreadyDue | None:
+    """The guard against a hot loop, for a certificate this process has just issued: when
+    `decision` (taken for it) says issue again, the error to back off with; else None.
+    A CA whose renewal information asks to replace it at once is told apart from a clock
+    ahead of the CA's (or a lifetime too short for the policy)."""
+    if not decision.issue:
+        return None
+    if decision.reason is Reason.RENEWAL_DUE and ari_renew_at is not None \
+            and ari_renew_at <= now:
+        return AlreadyDue("the CA asks to replace the certificate it just issued")
+    return AlreadyDue(f"the new certificate is already due ({decision.reason}): is this "
+                      "machine's clock ahead of the CA's?")

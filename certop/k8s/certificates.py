@@ -24,14 +24,10 @@ import base64
 import contextlib
 import dataclasses
 import datetime
-import hashlib
 import logging
 import random
-import shutil
-import tempfile
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import kopf
@@ -39,12 +35,12 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from certop import crypto
-from certop.acme.accounts import Account, account_id, issuer_key
+from certop.acme.accounts import Account, account_id
 from certop.acme.orders import OrderSession, Stage
 from certop.core.backoff import Backoff
 from certop.core.clock import Clock, SystemClock
 from certop.core.duration import parse_duration
-from certop.core.errors import AlreadyDue, CertopError, ConfigError
+from certop.core.errors import CertopError, ConfigError
 from certop.core.issuers import parse_issuer
 from certop.core.models import (
     AcmeIssuer,
@@ -54,8 +50,10 @@ from certop.core.models import (
     ObjectRef,
     SecretName,
 )
-from certop.core.renewal import decide, renewal_time
+from certop.core.renewal import already_due, decide, renewal_time
 from certop.core.shim import CLASS_ANNOTATION
+from certop.issuance.accounts import AccountRegistry
+from certop.issuance.ari import RenewalInfoCache
 from certop.proxy.metrics import Metrics
 from certop.store.ports import StoredCert
 from certop.store.secrets import (
@@ -186,15 +184,11 @@ class CertificateController:
         self.backoff = backoff or Backoff()
         self.certs = SecretCertStore(self.core)
         self.journal = SecretOrderJournal(self.core)
-        self._accounts: dict[tuple[str, str, str], tuple[str, Account]] = {}
-        """(kind, namespace, name) of an issuer -> (fingerprint of its settings, Account)."""
-        self._ca_dir: Path | None = None
-        """CA bundles of issuers, for `requests` (made when first needed, removed at stop)."""
+        self.accounts = AccountRegistry(self._account_store)
+        """Issuers' accounts; their CA bundles in a temporary directory removed at stop."""
         self._changed: dict[str, asyncio.Event] = {}
-        self._ari: dict[str, tuple[bytes, datetime.datetime | None, datetime.datetime]] = {}
-        """uid -> (certificate, ARI renewal time, when to ask again)."""
-        self._ari_failures: dict[str, int] = {}
-        """uid -> consecutive failed questions about renewal information."""
+        self.ari = RenewalInfoCache(self.clock, self.backoff, random.random, asyncio.to_thread)
+        """The CA's renewal information, by the Certificate's (namespace, name)."""
 
     def register(self, registry: kopf.OperatorRegistry) -> None:
         # Stopping: the daemon is asked first (it stops between two stages, removing its
@@ -209,9 +203,7 @@ class CertificateController:
 
     def close(self, **_: Any) -> None:
         """Remove the CA bundle files (the operator stops)."""
-        if self._ca_dir is not None:
-            shutil.rmtree(self._ca_dir, ignore_errors=True)
-            self._ca_dir = None
+        self.accounts.close()
 
     def remove_leftover_ingresses(self, **_: Any) -> None:
         """Temporary Ingresses of a previous run are removed at start; an order that is still
@@ -274,29 +266,21 @@ class CertificateController:
                         else "", spec.issuer)
         return dataclasses.replace(issuer, ref=ref)
 
+    def _account_store(self, issuer: AcmeIssuer, namespace: str) -> SecretAccountStore:
+        key_id = account_id(issuer.server, issuer.email)
+        names = {key_id: issuer.account_key_secret} if issuer.account_key_secret else {}
+        return SecretAccountStore(self.core, namespace, names)
+
     def _account(self, issuer: AcmeIssuer, namespace: str) -> Account:
         """The issuer's own Account (its key Secret in `namespace`, its CA trust): never one
         of another issuer with the same server and email; made anew when its settings
         change."""
-        ident, fingerprint = issuer_key(issuer, namespace)
-        cached = self._accounts.get(ident)
-        if cached is not None and cached[0] == fingerprint:
-            return cached[1]
-        verify: bool | str = not issuer.skip_tls_verify
-        if issuer.ca_bundle_pem:
-            if self._ca_dir is None:
-                self._ca_dir = Path(tempfile.mkdtemp(prefix="certop-ca-"))
-            name = hashlib.sha256(repr((ident, fingerprint)).encode()).hexdigest()[:32]
-            path = self._ca_dir / f"{name}.pem"
-            path.write_bytes(issuer.ca_bundle_pem)
-            verify = str(path)
-        if cached is not None and isinstance(cached[1].verify, str):
-            Path(cached[1].verify).unlink(missing_ok=True)  # the issuer's old bundle
-        key_id = account_id(issuer.server, issuer.email)
-        names = {key_id: issuer.account_key_secret} if issuer.account_key_secret else {}
-        account = Account(issuer, SecretAccountStore(self.core, namespace, names), verify)
-        self._accounts[ident] = (fingerprint, account)
-        return account
+        return self.accounts.get(issuer, namespace)
+
+    def _key_namespace(self, spec: CertificateSpec) -> str:
+        """Where the account key of `spec`'s issuer lives."""
+        return spec.namespace if spec.issuer_kind == "Issuer" else \
+            self.settings.resource_namespace
 
     # -- status ----------------------------------------------------------------------------
 
@@ -319,8 +303,7 @@ class CertificateController:
             await self._run(body, name, uid, stopped)
         finally:
             self._changed.pop(uid, None)
-            self._ari.pop(uid, None)
-            self._ari_failures.pop(uid, None)
+            self.ari.forget((body["metadata"]["namespace"], name))
 
     async def _stage(self, stage: str, spec: CertificateSpec, stopped: kopf.DaemonStopped
                      ) -> bool:
@@ -333,7 +316,9 @@ class CertificateController:
 
     async def _run(self, body: kopf.Body, name: str, uid: str,
                    stopped: kopf.DaemonStopped) -> None:
-        failures = 0
+        # The backoff continues where the last run left it (its status): a restart is no
+        # reason to hammer the CA again from the first, shortest delay.
+        failures, hold = self._restored_backoff(body)
         # An order journal may be left over when the status still shows an order (a run that
         # stopped after storing the certificate): cleared at the first look that finds the
         # Secret current. No status order, no journal to look for.
@@ -355,7 +340,8 @@ class CertificateController:
                     facts = crypto.load_pair(stored.fullchain_pem, stored.key_pem).facts
                 except crypto.CertificateUnreadable:
                     facts = None
-            ari_at = await self._ari_time(uid, spec, stored, now) if facts is not None else None
+            ari_at = await self._ari_time((spec.namespace, name), spec, stored) \
+                if facts is not None else None
             decision = decide(spec, facts, now, ari_renew_at=ari_at)
             if not decision.issue and facts is not None:
                 fresh = False
@@ -375,12 +361,19 @@ class CertificateController:
                 wait = min(max((renew_at - now).total_seconds(), 0.0), self.settings.recheck)
                 await self._pause(uid, stopped, wait)
                 continue
+            if hold > 0:
+                log.info("Certificate %s/%s: attempt %d failed before this run; next attempt "
+                         "in %.0fs", spec.namespace, name, failures, hold)
+                await self._pause(uid, stopped, hold)
+                hold = 0.0
+                continue
             try:
-                if fresh and facts is not None:
+                guard = already_due(decision, ari_at, now) \
+                    if fresh and facts is not None else None
+                if guard is not None:
                     # Never a hot loop: a certificate due right after its issuance means the
                     # clock is off or the CA asks for renewal at once; back off.
-                    raise AlreadyDue(f"the new certificate is already due ({decision.reason}): "
-                                     "is this machine's clock ahead of the CA's?")
+                    raise guard
                 if await self._stage("trigger", spec, stopped):
                     return
                 journalled = True
@@ -415,35 +408,36 @@ class CertificateController:
             return False
         return True
 
-    async def _ari_time(self, uid: str, spec: CertificateSpec, stored: StoredCert | None,
-                        now: datetime.datetime) -> datetime.datetime | None:
+    def _restored_backoff(self, body: kopf.Body) -> tuple[int, float]:
+        """(failed attempts so far, seconds still to wait) as the status last said."""
+        status = body.get("status") or {}
+        failures = status.get("failedIssuanceAttempts")
+        if not isinstance(failures, int) or isinstance(failures, bool) or failures < 0:
+            return 0, 0.0
+        last = None
+        with contextlib.suppress(TypeError, ValueError):
+            last = datetime.datetime.fromisoformat(
+                str(status.get("lastFailureTime")).replace("Z", "+00:00"))
+            if last.tzinfo is None:
+                last = last.replace(tzinfo=datetime.UTC)
+        return failures, self.backoff.remaining(failures, last, self.clock.now(),
+                                                random.random())
+
+    async def _ari_time(self, key: tuple[str, str], spec: CertificateSpec,
+                        stored: StoredCert | None) -> datetime.datetime | None:
         """The CA's suggested renewal time (RFC 9773), asked again at most as often as the
         CA's Retry-After says; None when the CA offers no renewal info."""
         if stored is None:
             return None
-        cached = self._ari.get(uid)
-        if cached is not None and cached[0] == stored.fullchain_pem and now < cached[2]:
-            return cached[1]
-        try:
+        if self.ari.wait(key, stored.fullchain_pem) > 0:
+            return self.ari.known(key, stored.fullchain_pem)
+
+        async def account() -> Account:
             issuer = await asyncio.to_thread(self._issuer, spec)
-            account = self._account(issuer, spec.namespace if spec.issuer_kind == "Issuer"
-                                    else self.settings.resource_namespace)
-            when, again = await asyncio.to_thread(account.renewal_info, stored.fullchain_pem)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # whatever the CA answered: logged, asked again after a backoff
-            failures = self._ari_failures[uid] = self._ari_failures.get(uid, 0) + 1
-            delay = self.backoff.delay(failures, random.random(),
-                                       getattr(exc, "retry_after", None))
-            log.warning("Certificate %s/%s: no renewal information (%s); asking again in "
-                        "%.0fs", spec.namespace, spec.secret_name, exc, delay)
-            when = cached[1] if cached else None
-            self._ari[uid] = (stored.fullchain_pem, when,
-                              now + datetime.timedelta(seconds=delay))
-            return when
-        self._ari_failures.pop(uid, None)
-        self._ari[uid] = (stored.fullchain_pem, when, again)
-        return when
+            return self._account(issuer, self._key_namespace(spec))
+
+        return await self.ari.ask(key, stored.fullchain_pem,
+                                  f"Certificate {spec.namespace}/{spec.secret_name}", account)
 
     def _status_failed(self, name: str, body: kopf.Body, reason: str, message: str,
                        failures: int) -> None:
@@ -456,9 +450,7 @@ class CertificateController:
         """Order, answer, store; False when stopped between two stages (nothing is lost: the
         next run re-enters the stage)."""
         issuer = await asyncio.to_thread(self._issuer, spec)
-        namespace = spec.namespace if spec.issuer_kind == "Issuer" else \
-            self.settings.resource_namespace
-        account = self._account(issuer, namespace)
+        account = self._account(issuer, self._key_namespace(spec))
         if await asyncio.to_thread(self.certs.owned, spec.namespace, spec.secret_name) is False:
             raise SecretNotOwned(spec.namespace, spec.secret_name)
         asked = (body["metadata"].get("annotations") or {}).get(CLASS_ANNOTATION)

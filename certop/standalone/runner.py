@@ -19,6 +19,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from certop import crypto
 from certop.acme.accounts import Account
@@ -28,9 +29,11 @@ from certop.core import routing
 from certop.core.backoff import Backoff
 from certop.core.clock import Clock
 from certop.core.desired import certificate_specs
-from certop.core.errors import AlreadyDue, CertopError, ConfigError
+from certop.core.errors import CertopError, ConfigError
 from certop.core.models import AcmeIssuer, CertificateSpec
-from certop.core.renewal import CertFacts, decide, renewal_time
+from certop.core.renewal import CertFacts, already_due, decide, renewal_time
+from certop.issuance.accounts import AccountRegistry, CaBundles
+from certop.issuance.ari import RenewalInfoCache
 from certop.proxy.server import Proxy
 from certop.standalone import loader, supplied
 from certop.standalone.services import StaticBackends
@@ -40,6 +43,7 @@ from solvers.base import SolverContext
 from solvers.registry import SolverRegistry
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -141,13 +145,9 @@ class _CertState:
     forced: bool = False
     version: str | None = None
     """The stored version last handed to the proxy (serve-only processes)."""
-    ari_at: datetime.datetime | None = None
-    """The CA's suggested renewal time for the current certificate (RFC 9773), if offered."""
-    ari_next: float = 0.0
-    """Monotonic time of the next question about it (the CA's Retry-After)."""
+    cert_pem: bytes | None = None
+    """The current certificate (the one `facts` describe), for renewal information."""
     ari_task: asyncio.Task[None] | None = None
-    ari_failures: int = 0
-    """Consecutive failed questions about renewal information (backoff, never a tight loop)."""
     fresh: bool = False
     """The current certificate came from this process's last order (and ARI not asked yet)."""
 
@@ -189,7 +189,10 @@ class Standalone:
         self.config: Config | None = None
         self.stats = Stats()
         self._states: dict[tuple[str, str], _CertState] = {}
-        self._accounts: dict[str, Account] = {}
+        self.accounts = AccountRegistry(
+            lambda _issuer, _namespace: accounts, CaBundles(StateDir(settings.state_dir)),
+            trust=self._trust)
+        self.ari = RenewalInfoCache(clock, self.backoff, rand, self._in_pool)
         self._wake = asyncio.Event()
         self._issued = asyncio.Condition()
         self._executor = concurrent.futures.ThreadPoolExecutor(
@@ -219,6 +222,7 @@ class Standalone:
         for key in list(self._states):
             if key not in wanted:
                 gone = self._states.pop(key)
+                self.ari.forget(key)
                 for task in (gone.task, gone.ari_task):
                     if task is not None:
                         task.cancel()
@@ -252,8 +256,7 @@ class Standalone:
         except crypto.CertificateUnreadable as exc:
             log.warning("%s: stored certificate unusable (%s): issuing a new one", spec, exc)
             return
-        state.facts = loaded.facts
-        state.ari_at, state.ari_next = None, 0.0
+        state.facts, state.cert_pem = loaded.facts, stored.fullchain_pem
         state.version = self.certs.version(spec.namespace, spec.secret_name)
         if not self.settings.serve_only and \
                 not decide(spec, loaded.facts, self.clock.now()).issue:
@@ -265,21 +268,27 @@ class Standalone:
 
     # -- accounts ----------------------------------------------------------------------
 
+    def _trust(self, issuer: AcmeIssuer) -> str | None:
+        """--acme-ca-bundle: the trust of the issuer named 'default' without its own bundle."""
+        if self.settings.ca_bundle is not None and issuer.ref.name == "default":
+            return str(self.settings.ca_bundle)
+        return None
+
     def _account(self, issuer_name: str) -> Account:
-        account = self._accounts.get(issuer_name)
-        if account is None:
-            assert self.config is not None
-            issuer = self.config.issuers[issuer_name]
-            verify: bool | str = not issuer.skip_tls_verify
-            if issuer.ca_bundle_pem:
-                path = StateDir(self.settings.state_dir).write(
-                    ("ca", f"{issuer_name}.pem"), issuer.ca_bundle_pem, 0o644)
-                verify = str(path)
-            elif self.settings.ca_bundle is not None and issuer_name == "default":
-                verify = str(self.settings.ca_bundle)
-            account = Account(issuer, self.accounts_store, verify)
-            self._accounts[issuer_name] = account
-        return account
+        assert self.config is not None
+        issuer = self.config.issuers[issuer_name]
+        return self.accounts.get(issuer, issuer.ref.namespace)
+
+    async def _in_pool(self, call: Callable[[], _T]) -> _T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
+
+    def ari_at(self, key: tuple[str, str]) -> datetime.datetime | None:
+        """The CA's suggested renewal time for `key`'s current certificate (RFC 9773), if
+        it offered one."""
+        state = self._states.get(key)
+        if state is None or state.cert_pem is None:
+            return None
+        return self.ari.known(key, state.cert_pem)
 
     # -- scheduling --------------------------------------------------------------------
 
@@ -301,16 +310,20 @@ class Standalone:
         for state in self._states.values():
             if state.task is not None or self.settings.serve_only:
                 continue
-            if state.facts is not None and state.ari_task is None:
-                if state.ari_next <= mono:
-                    state.ari_task = asyncio.create_task(self._ask_renewal_info(state))
-                else:
-                    next_look = min(next_look, state.ari_next - mono)
+            ari_at = None
+            if state.cert_pem is not None:
+                ari_at = self.ari.known(state.spec.key, state.cert_pem)
+                if state.ari_task is None:
+                    wait = self.ari.wait(state.spec.key, state.cert_pem)
+                    if wait <= 0:
+                        state.ari_task = asyncio.create_task(self._ask_renewal_info(state))
+                    else:
+                        next_look = min(next_look, wait)
             if state.not_before_attempt > mono:
                 next_look = min(next_look, state.not_before_attempt - mono)
                 continue
             decision = decide(state.spec, state.facts, now, forced=state.forced,
-                              ari_renew_at=state.ari_at)
+                              ari_renew_at=ari_at)
             if decision.issue:
                 log.info("%s: issuing (%s)", state.spec, decision.reason)
                 state.task = asyncio.create_task(self._issue(state))
@@ -329,37 +342,20 @@ class Standalone:
         await self._notify()
 
     async def _renewal_info(self, state: _CertState) -> None:
-        spec = state.spec
-        loop = asyncio.get_running_loop()
-        try:
-            stored = await loop.run_in_executor(self._executor, self.certs.load,
-                                                spec.namespace, spec.secret_name)
-            if stored is None:
-                state.ari_next = self.clock.monotonic() + self.settings.check_interval
-                return
-            account = self._account(spec.issuer)
-            when, again = await loop.run_in_executor(self._executor, account.renewal_info,
-                                                     stored.fullchain_pem)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # whatever the CA answered: logged, asked again after a backoff
-            state.ari_failures += 1
-            delay = self.backoff.delay(state.ari_failures, self.rand(),
-                                       getattr(exc, "retry_after", None))
-            log.warning("%s: no renewal information (%s); asking again in %.0fs", spec, exc,
-                        delay)
-            state.ari_next = self.clock.monotonic() + delay
+        spec, cert_pem = state.spec, state.cert_pem
+        if cert_pem is None:
             return
-        state.ari_failures = 0
+
+        async def account() -> Account:
+            return self._account(spec.issuer)
+
+        when = await self.ari.ask(spec.key, cert_pem, str(spec), account)
         now = self.clock.now()
-        state.ari_next = self.clock.monotonic() + max((again - now).total_seconds(), 60.0)
-        state.ari_at = when
-        if when is not None:
-            log.info("%s: the CA suggests renewal at %s", spec, when.isoformat())
-            if state.fresh and when <= now:
-                # Never a hot loop: a CA asking to replace what it just issued waits a backoff.
-                self._failed(state, AlreadyDue("the CA asks to replace the certificate it just "
-                                                "issued"), None)
+        if state.fresh and state.facts is not None and when is not None and when <= now:
+            # Never a hot loop: a CA asking to replace what it just issued waits a backoff.
+            guard = already_due(decide(spec, state.facts, now, ari_renew_at=when), when, now)
+            if guard is not None:
+                self._failed(state, guard, None)
         state.fresh = False
 
     async def _issue(self, state: _CertState) -> None:
@@ -389,8 +385,7 @@ class Standalone:
                                        spec.secret_name, pair)
             await loop.run_in_executor(self._executor, session.finish)
             self.proxy.certs.put(spec.key, pair)
-            state.facts = loaded.facts
-            state.ari_at, state.ari_next, state.fresh = None, 0.0, True
+            state.facts, state.cert_pem, state.fresh = loaded.facts, pair.fullchain_pem, True
             state.failures = 0
             state.forced = False
             self.stats.issued += 1
@@ -398,13 +393,12 @@ class Standalone:
                                     spec.renew_before)
             log.info("%s: certificate issued, valid until %s, renewal at %s", spec,
                      loaded.facts.not_after.isoformat(), renew_at.isoformat())
-            again = decide(spec, loaded.facts, self.clock.now())
-            if again.issue:
+            now = self.clock.now()
+            guard = already_due(decide(spec, loaded.facts, now), None, now)
+            if guard is not None:
                 # Never a hot loop: a fresh certificate that is already due means the clock
                 # is ahead of the CA's or the lifetime is too short for the policy.
-                self._failed(state, RuntimeError(
-                    f"the new certificate is already due ({again.reason}): is this machine's "
-                    "clock ahead of the CA's?"), None)
+                self._failed(state, guard, None)
         except asyncio.CancelledError:
             raise
         except (CertopError, crypto.CertificateUnreadable, OSError) as exc:

@@ -408,9 +408,10 @@ async def test_the_cas_renewal_info_schedules_renewal_and_the_order_names_what_i
             stored = FileCertStore(tmp_path / "state").load("default", "web-tls")
             assert stored is not None
             assert ari.cert_id(stored.fullchain_pem) == proxy.ari_asked[1]
-            state = run.runner._states[("default", "web-tls")]
-            await run.runner.wait_until(lambda: state.ari_at is not None, timeout=30)
-            assert state.ari_at is not None and window[0] <= state.ari_at <= window[1]
+            key = ("default", "web-tls")
+            await run.runner.wait_until(lambda: run.runner.ari_at(key) is not None, timeout=30)
+            suggested = run.runner.ari_at(key)
+            assert suggested is not None and window[0] <= suggested <= window[1]
         if refused:
             first, refused_order, renewal = proxy.orders
             assert refused_order["replaces"] == proxy.ari_asked[0]

@@ -131,7 +131,8 @@ async def test_malformed_renewal_information_is_asked_again_after_a_backoff_not_
                               [f"web=127.0.0.1:{backend.port}"], clock=clock,
                               directory_url=proxy.directory_url) as run:
             state = run.runner._states[("default", "web-tls")]
-            await run.runner.wait_until(lambda: state.ari_failures == 1, timeout=30)
+            ari = run.runner.ari
+            await run.runner.wait_until(lambda: ari.failures(state.spec.key) == 1, timeout=30)
             asked = sum(n for p, n in proxy.counts.items() if p.startswith("/renewal-info/"))
             assert asked == 1
             # The next question waits for the backoff (the fake clock has not moved) ...
@@ -140,7 +141,7 @@ async def test_malformed_renewal_information_is_asked_again_after_a_backoff_not_
             # ... and is asked once the backoff has passed.
             clock.advance(dt.timedelta(minutes=5))
             run.runner.wake()
-            await run.runner.wait_until(lambda: state.ari_failures == 2, timeout=30)
+            await run.runner.wait_until(lambda: ari.failures(state.spec.key) == 2, timeout=30)
             asked = sum(n for p, n in proxy.counts.items() if p.startswith("/renewal-info/"))
             assert asked == 2
             assert run.runner.stats.issued == 1  # the lifetime policy still holds
