@@ -58,7 +58,7 @@ from certop.core.models import (
 )
 from certop.core.renewal import decide, renewal_time
 from certop.core.shim import CLASS_ANNOTATION
-from certop.proxy.metrics import Metrics
+from certop.metrics import Metrics
 from certop.store.ports import StoredCert
 from certop.store.secrets import (
     SecretAccountStore,

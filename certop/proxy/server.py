@@ -27,18 +27,19 @@ import re
 import socket
 import time
 import weakref
-from dataclasses import dataclass
 from email.utils import formatdate
 from typing import cast
 from urllib.parse import unquote
 
 from certop.core.models import ServiceBackend
-from certop.core.routing import ACME_CHALLENGE_PREFIX, UNKNOWN_LABEL, RouteTable, normalize_host
-from certop.proxy.engine import ClientConn, Exchange, UpstreamConn
+from certop.core.routing import ACME_CHALLENGE_PREFIX, RouteTable, normalize_host
+from certop.core.serving import Address
+from certop.metrics import Metrics
+from certop.proxy.engine import ClientConn, Decision, Exchange, UpstreamConn
 from certop.proxy.http1 import HOP_BY_HOP, FastRequest, Framing, Head, HttpError, origin_form
-from certop.proxy.metrics import Metrics
+from certop.proxy.settings import ProxySettings as ProxySettings
 from certop.proxy.tls import CertBook
-from certop.proxy.upstream import Address, Backends, Balancer, Pool
+from certop.proxy.upstream import Backends, Balancer, Pool
 from solvers.http01.tokens import TokenStore
 
 log = logging.getLogger(__name__)
@@ -57,61 +58,8 @@ REASONS = {
 }
 
 
-@dataclass(frozen=True)
-class ProxySettings:
-    header_limit: int = 32 * 1024
-    """Largest request or response head, bytes (431 / 502 above)."""
-    body_limit: int | None = None
-    """Largest request body, bytes (413 above); None for no limit."""
-    header_timeout: float = 30.0
-    """Seconds for a complete request head, also the keep-alive idle timeout."""
-    connect_timeout: float = 5.0
-    """Seconds to connect to an upstream endpoint (502 after)."""
-    read_timeout: float = 60.0
-    """Seconds to wait for an upstream response head once the request is sent (504 after)."""
-    body_timeout: float = 60.0
-    """Seconds a request body may make no progress (408 and the connection closed after)."""
-    response_timeout: float = 60.0
-    """Seconds a response body may make no progress, the backend sending or the client
-    reading (the connection closed after)."""
-    tunnel_timeout: float = 3600.0
-    """Seconds an upgraded connection (WebSocket) may carry no byte either way (closed after)."""
-    drain_limit: int = 64 * 1024
-    """Largest body, bytes, read and discarded for a request certop answers itself (404, 308,
-    token); a larger one is answered with `Connection: close` and the connection closed."""
-    drain_timeout: float = 5.0
-    """Seconds to receive such a body (else answered with `Connection: close` and closed)."""
-    max_connections: int = 16384
-    """Client connections open at once per worker process, TLS handshakes included; more are
-    closed at once (0: no limit)."""
-    access_log: bool = False
-    """Log one line per request to the `certop.access` logger."""
-    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
-    """Peers whose X-Forwarded-For/-Proto/-Host/-Port certop believes (extends, keeps)."""
-    allowed_upgrades: frozenset[bytes] = frozenset({b"websocket"})
-    """Upgrade protocols relayed (lower-case names); other Upgrade offers are dropped."""
-
-
 _UPSTREAM_DROP = HOP_BY_HOP | {b"content-length", b"forwarded", b"x-real-ip"}
 """Request headers never copied upstream (certop writes its own framing and X-Real-IP)."""
-
-
-class Decision:
-    """What to do with one request: reply locally, or forward to a backend.
-    (A plain class with slots: one is made per request.)"""
-
-    __slots__ = ("backend", "body_limit", "hsts", "label", "local", "upgrade")
-
-    def __init__(self, local: bytes | None = None, backend: ServiceBackend | None = None,
-                 upgrade: bytes | None = None, body_limit: int | None = None,
-                 hsts: bytes | None = None, label: str = UNKNOWN_LABEL) -> None:
-        self.local = local
-        self.backend = backend
-        self.upgrade = upgrade
-        self.body_limit = body_limit
-        self.hsts = hsts
-        self.label = label
-        """The host as a metrics label (as a rule names it, or "_unknown")."""
 
 
 class _Date:
@@ -169,7 +117,7 @@ class Proxy:
         self.settings = settings or ProxySettings()
         self.routes = RouteTable.empty()
         self.balancer = Balancer(backends)
-        self.pool = Pool()
+        self.pool: Pool[UpstreamConn] = Pool()
         self.https_port = 443
         self.http_port = 80
         self._https_port_bytes = b"443"

@@ -7,17 +7,15 @@ request and skips endpoints that failed recently. `Pool` keeps idle connections 
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Protocol
+from typing import Generic, Protocol, TypeVar
 
 from certop.core.models import ServiceBackend
+from certop.core.serving import Address
 
-if TYPE_CHECKING:
-    from certop.proxy.engine import UpstreamConn
-
-Address = tuple[str, int]
 FAIL_HOLD = 5.0
 """Seconds a failed endpoint is skipped before it is tried again."""
 
@@ -100,14 +98,30 @@ class Balancer:
             self._failed.pop(addr, None)
 
 
-class Pool:
+class Pooled(Protocol):
+    """What the pool needs of an upstream connection."""
+
+    @property
+    def addr(self) -> Address: ...
+
+    @property
+    def connected(self) -> bool: ...
+
+    @property
+    def transport(self) -> asyncio.Transport | None: ...
+
+
+C = TypeVar("C", bound=Pooled)
+
+
+class Pool(Generic[C]):
     """Idle keep-alive upstream connections per endpoint (most recently used first)."""
 
     def __init__(self, max_idle_per_endpoint: int = 256) -> None:
         self.max_idle = max_idle_per_endpoint
-        self._idle: dict[Address, list[UpstreamConn]] = {}
+        self._idle: dict[Address, list[C]] = {}
 
-    def take(self, addr: Address) -> UpstreamConn | None:
+    def take(self, addr: Address) -> C | None:
         idle = self._idle.get(addr)
         while idle:
             conn = idle.pop()
@@ -115,7 +129,7 @@ class Pool:
                 return conn
         return None
 
-    def release(self, conn: UpstreamConn) -> None:
+    def release(self, conn: C) -> None:
         idle = self._idle.setdefault(conn.addr, [])
         if len(idle) >= self.max_idle:
             if conn.transport is not None:
@@ -123,7 +137,7 @@ class Pool:
             return
         idle.append(conn)
 
-    def forget(self, conn: UpstreamConn) -> None:
+    def forget(self, conn: C) -> None:
         idle = self._idle.get(conn.addr)
         if idle and conn in idle:
             idle.remove(conn)
