@@ -13,7 +13,8 @@ address alone; header names with an underscore are dropped from every client (ng
 `underscores_in_headers off`: `X_Forwarded_For` must not become `X-Forwarded-For` in a CGI-style
 backend). `Content-Length` goes upstream once, written by certop. The data path itself is in
 `engine.py`.
-Routes and certificates are swapped by assigning new immutable values; nothing here blocks.
+What is served comes in one immutable `core.serving.Snapshot` (`Proxy.swap`); nothing here
+blocks.
 """
 
 from __future__ import annotations
@@ -32,14 +33,15 @@ from typing import cast
 from urllib.parse import unquote
 
 from certop.core.models import ServiceBackend
-from certop.core.routing import ACME_CHALLENGE_PREFIX, RouteTable, normalize_host
-from certop.core.serving import Address
+from certop.core.routing import ACME_CHALLENGE_PREFIX, normalize_host
+from certop.core.serving import Address, Snapshot
 from certop.metrics import Metrics
 from certop.proxy.engine import ClientConn, Decision, Exchange, UpstreamConn
 from certop.proxy.http1 import HOP_BY_HOP, FastRequest, Framing, Head, HttpError, origin_form
 from certop.proxy.settings import ProxySettings as ProxySettings
 from certop.proxy.tls import CertBook
-from certop.proxy.upstream import Backends, Balancer, Pool
+from certop.proxy.upstream import Balancer, Pool
+from certop.store.ports import StoredCert
 from solvers.http01.tokens import TokenStore
 
 log = logging.getLogger(__name__)
@@ -110,13 +112,16 @@ def clean_path(target: bytes) -> str | None:
 
 
 class Proxy:
-    def __init__(self, certs: CertBook, tokens: TokenStore, backends: Backends,
+    def __init__(self, certs: CertBook, tokens: TokenStore,
                  settings: ProxySettings | None = None) -> None:
+        """Serves nothing but challenge tokens until a snapshot is swapped in (`swap`)."""
         self.certs = certs
         self.tokens = tokens
         self.settings = settings or ProxySettings()
-        self.routes = RouteTable.empty()
-        self.balancer = Balancer(backends)
+        self.serving = Snapshot.empty()
+        self.routes = self.serving.routes
+        """`serving.routes`, read per request (one attribute lookup less)."""
+        self.balancer = Balancer()
         self.pool: Pool[UpstreamConn] = Pool()
         self.https_port = 443
         self.http_port = 80
@@ -138,6 +143,17 @@ class Proxy:
         self.metrics = Metrics()
         self.loop: asyncio.AbstractEventLoop | None = None
         self._sweeper: asyncio.TimerHandle | None = None
+
+    def swap(self, snapshot: Snapshot) -> None:
+        """Serve `snapshot` from now on: endpoints, SNI map, the certificates it brings, routes.
+        The one way a source feeds the proxy; never blocks, open connections keep going.
+        A certificate that fails to load keeps its previous one (`CertBook.put`)."""
+        self.serving = snapshot
+        self.balancer.endpoints = snapshot.endpoints
+        self.certs.set_hosts(dict(snapshot.sni))
+        for key, pair in snapshot.certificates.items():
+            self.certs.put(key, StoredCert(pair.fullchain_pem, pair.key_pem))
+        self.routes = snapshot.routes
 
     # -- lifecycle ---------------------------------------------------------------------
 

@@ -1,8 +1,9 @@
 """Upstream side of the proxy: endpoint choice per request and a keep-alive connection pool.
 
-`Backends` (a port) turns an Ingress backend into endpoint addresses; standalone mode maps them
-from `--service`, cluster mode from EndpointSlices. `Balancer` picks endpoints round robin per
-request and skips endpoints that failed recently. `Pool` keeps idle connections per endpoint.
+The endpoints of each backend come with the serving snapshot (`core.serving`): standalone mode
+maps them from `--service`, cluster mode from EndpointSlices. `Balancer` picks endpoints round
+robin per request and skips endpoints that failed recently. `Pool` keeps idle connections per
+endpoint.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Generic, Protocol, TypeVar
 
 from certop.core.models import ServiceBackend
@@ -20,42 +21,32 @@ FAIL_HOLD = 5.0
 """Seconds a failed endpoint is skipped before it is tried again."""
 
 
-class Backends(Protocol):
-    def addresses(self, backend: ServiceBackend) -> Sequence[Address]:
-        """The endpoints of a backend, empty when it has none."""
-        ...
-
-
 class Balancer:
     """Round robin per request over the healthy endpoints of a backend."""
 
-    def __init__(self, backends: Backends) -> None:
-        self._backends = backends
+    def __init__(self) -> None:
         self._counters: dict[ServiceBackend, itertools.count[int]] = {}
         self._failed: dict[Address, float] = {}
-        self._addresses: dict[ServiceBackend, Sequence[Address]] = {}
+        self._addresses: dict[ServiceBackend, tuple[Address, ...]] = {}
 
     @property
-    def backends(self) -> Backends:
-        return self._backends
+    def endpoints(self) -> Mapping[ServiceBackend, tuple[Address, ...]]:
+        return self._addresses
 
-    @backends.setter
-    def backends(self, backends: Backends) -> None:
-        self._backends = backends
-        self._addresses = {}
+    @endpoints.setter
+    def endpoints(self, endpoints: Mapping[ServiceBackend, tuple[Address, ...]]) -> None:
+        """The endpoints of every backend (a snapshot's); round robin and failures stay."""
+        self._addresses = dict(endpoints)
 
     def _addrs(self, backend: ServiceBackend) -> Sequence[Address]:
-        addrs = self._addresses.get(backend)
-        if addrs is None:
-            addrs = self._addresses[backend] = tuple(self._backends.addresses(backend))
-        return addrs
+        return self._addresses.get(backend, ())
 
     def pick(self, backend: ServiceBackend) -> Address | None:
         """The endpoint for this request (the common case: nothing failed lately)."""
         if self._failed:
             found = self.candidates(backend)
             return found[0] if found else None
-        addrs = self._addrs(backend)
+        addrs = self._addresses.get(backend, ())
         if not addrs:
             return None
         counter = self._counters.get(backend)
