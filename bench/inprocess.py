@@ -39,7 +39,7 @@ async def main(directory: str, ca: str, http_port: int, work: Path, names: list[
         ca_bundle=Path(ca), self_check_addr=("127.0.0.1", http_port),
     )
     config = load_config(settings)
-    proxy = Proxy(CertBook(), TokenStore(), config.backends)
+    proxy = Proxy(CertBook(), TokenStore())
     await proxy.start("127.0.0.1", http_port, None)
     state = work / "state"
     runner = Standalone(settings, proxy, FileCertStore(state), FileAccountStore(state),

@@ -304,8 +304,7 @@ async def run_standalone(settings: StandaloneSettings, args: argparse.Namespace,
     except OSError as exc:
         raise ConfigError(str(settings.state_dir), "", "--state-dir",
                           f"a directory certop can write ({exc.strerror or exc})") from None
-    proxy = Proxy(CertBook(_default_certificate(args), tickets), tokens, config.backends,
-                  _proxy_settings(args))
+    proxy = Proxy(CertBook(_default_certificate(args), tickets), tokens, _proxy_settings(args))
     try:
         await proxy.start(listen, http_port, https_port, reuse_port=args.workers > 1)
     except OSError as exc:

@@ -154,7 +154,7 @@ async def standalone(
         self_check_addr=("127.0.0.1", http_port), validation_timeout=validation_timeout,
     )
     config = load_config(settings)
-    proxy = Proxy(CertBook(), TokenStore(), config.backends)
+    proxy = Proxy(CertBook(), TokenStore())
     await proxy.start("127.0.0.1", http_port, https_port)
     runner = Standalone(settings, proxy, FileCertStore(state_dir), FileAccountStore(state_dir),
                         FileOrderJournal(state_dir), clock or SystemClock(), backoff)

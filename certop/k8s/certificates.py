@@ -54,7 +54,7 @@ from certop.core.renewal import already_due, decide, renewal_time
 from certop.core.shim import CLASS_ANNOTATION
 from certop.issuance.accounts import AccountRegistry
 from certop.issuance.ari import RenewalInfoCache
-from certop.proxy.metrics import Metrics
+from certop.metrics import Metrics
 from certop.store.ports import StoredCert
 from certop.store.secrets import (
     SecretAccountStore,

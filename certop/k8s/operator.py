@@ -26,7 +26,6 @@ from certop.k8s.shim import Shim
 from certop.proxy.admin import Admin
 from certop.proxy.server import Proxy
 from certop.proxy.tls import CertBook
-from certop.standalone.services import StaticBackends
 from solvers.http01 import TokenStore
 
 log = logging.getLogger(__name__)
@@ -100,7 +99,7 @@ def _load_kubernetes_config() -> kubernetes.client.ApiClient:
 async def run_operator(run: OperatorRun) -> int:
     api = await asyncio.to_thread(_load_kubernetes_config)
     tokens = TokenStore()
-    responder = Proxy(CertBook(), tokens, StaticBackends({}))
+    responder = Proxy(CertBook(), tokens)
     await responder.start(run.listen, run.solver_port, None)
     identity = f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
     lease = Lease(api, run.resource_namespace, run.lease_name, identity,

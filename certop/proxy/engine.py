@@ -20,9 +20,13 @@ Rules:
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, cast
+import weakref
+from typing import Protocol, cast
 
-from certop.core.routing import UNKNOWN_LABEL
+from certop.core.models import ServiceBackend
+from certop.core.routing import UNKNOWN_LABEL, RouteTable
+from certop.core.serving import Address
+from certop.metrics import Metrics
 from certop.proxy.http1 import (
     ChunkScanner,
     FastRequest,
@@ -36,10 +40,8 @@ from certop.proxy.http1 import (
     request_framing,
     response_framing,
 )
-
-if TYPE_CHECKING:
-    from certop.proxy.server import Decision, Proxy
-    from certop.proxy.upstream import Address
+from certop.proxy.settings import ProxySettings
+from certop.proxy.upstream import Balancer, Pool
 
 IDLE, BODY, DRAIN, WAIT, TUNNEL, CLOSED = range(6)
 LINGER = 6
@@ -57,6 +59,71 @@ _FAST_HEAD = Head((b"", b"", b""), [])
 INF = float("inf")
 UNROUTED = b""
 """`ClientConn._fail`'s HSTS argument when no route is known yet."""
+
+
+class Decision:
+    """What to do with one request: reply locally, or forward to a backend.
+    (A plain class with slots: one is made per request.)"""
+
+    __slots__ = ("backend", "body_limit", "hsts", "label", "local", "upgrade")
+
+    def __init__(self, local: bytes | None = None, backend: ServiceBackend | None = None,
+                 upgrade: bytes | None = None, body_limit: int | None = None,
+                 hsts: bytes | None = None, label: str = UNKNOWN_LABEL) -> None:
+        self.local = local
+        self.backend = backend
+        self.upgrade = upgrade
+        self.body_limit = body_limit
+        self.hsts = hsts
+        self.label = label
+        """The host as a metrics label (as a rule names it, or "_unknown")."""
+
+
+class Front(Protocol):
+    """What a client connection needs of the proxy (the proxy's decisions and counters)."""
+
+    settings: ProxySettings
+    metrics: Metrics
+    routes: RouteTable
+    closing: bool
+    connections: set[ClientConn]
+    handshaking: weakref.WeakSet[ClientConn]
+
+    def drained(self) -> None: ...
+
+    def count(self, host: str, status: int) -> None: ...
+
+    def simple(self, status: int, body: bytes = b"", extra: list[tuple[bytes, bytes]] | None
+               = None, close: bool = False) -> bytes: ...
+
+    def decide(self, head: Head, tls: bool) -> Decision: ...
+
+    def route_request(self, target: bytes, host_raw: bytes, tls: bool, close: bool,
+                      upgrade: bytes | None = None) -> Decision: ...
+
+    def upstream_head_fast(self, req: FastRequest, tls: bool, client_ip: bytes) -> bytes: ...
+
+    def upstream_head(self, head: Head, framing: Framing, tls: bool, client_ip: bytes,
+                      upgrade: bytes | None) -> bytes: ...
+
+    def dispatch(self, client: ClientConn, backend: ServiceBackend) -> None: ...
+
+
+class Back(Protocol):
+    """What an upstream connection needs of the proxy (pool, balancer, response heads)."""
+
+    settings: ProxySettings
+    closing: bool
+    upstreams: set[UpstreamConn]
+    pool: Pool[UpstreamConn]
+    balancer: Balancer
+
+    def retry(self, client: ClientConn) -> None: ...
+
+    def downstream_head(self, resp: Head, framing: Framing, keep: bool, upgrade: bool,
+                        hsts: bytes | None = None) -> bytes: ...
+
+    def observe(self, exchange: Exchange, status: int) -> None: ...
 
 
 class Exchange:
@@ -84,7 +151,7 @@ class Exchange:
 class ClientConn(asyncio.Protocol):
     """The downstream side of one client connection (plain or TLS)."""
 
-    def __init__(self, proxy: Proxy, tls: bool) -> None:
+    def __init__(self, proxy: Front, tls: bool) -> None:
         self.proxy = proxy
         self.tls = tls
         self.loop = asyncio.get_running_loop()
@@ -523,7 +590,7 @@ class ClientConn(asyncio.Protocol):
 class UpstreamConn(asyncio.Protocol):
     """One keep-alive connection to a backend endpoint; serves one exchange at a time."""
 
-    def __init__(self, proxy: Proxy, addr: Address) -> None:
+    def __init__(self, proxy: Back, addr: Address) -> None:
         self.proxy = proxy
         self.addr = addr
         self.transport: asyncio.Transport | None = None

@@ -13,7 +13,8 @@ address alone; header names with an underscore are dropped from every client (ng
 `underscores_in_headers off`: `X_Forwarded_For` must not become `X-Forwarded-For` in a CGI-style
 backend). `Content-Length` goes upstream once, written by certop. The data path itself is in
 `engine.py`.
-Routes and certificates are swapped by assigning new immutable values; nothing here blocks.
+What is served comes in one immutable `core.serving.Snapshot` (`Proxy.swap`); nothing here
+blocks.
 """
 
 from __future__ import annotations
@@ -27,18 +28,20 @@ import re
 import socket
 import time
 import weakref
-from dataclasses import dataclass
 from email.utils import formatdate
 from typing import cast
 from urllib.parse import unquote
 
 from certop.core.models import ServiceBackend
-from certop.core.routing import ACME_CHALLENGE_PREFIX, UNKNOWN_LABEL, RouteTable, normalize_host
-from certop.proxy.engine import ClientConn, Exchange, UpstreamConn
+from certop.core.routing import ACME_CHALLENGE_PREFIX, normalize_host
+from certop.core.serving import Address, Snapshot
+from certop.metrics import Metrics
+from certop.proxy.engine import ClientConn, Decision, Exchange, UpstreamConn
 from certop.proxy.http1 import HOP_BY_HOP, FastRequest, Framing, Head, HttpError, origin_form
-from certop.proxy.metrics import Metrics
+from certop.proxy.settings import ProxySettings as ProxySettings
 from certop.proxy.tls import CertBook
-from certop.proxy.upstream import Address, Backends, Balancer, Pool
+from certop.proxy.upstream import Balancer, Pool
+from certop.store.ports import StoredCert
 from solvers.http01.tokens import TokenStore
 
 log = logging.getLogger(__name__)
@@ -57,61 +60,8 @@ REASONS = {
 }
 
 
-@dataclass(frozen=True)
-class ProxySettings:
-    header_limit: int = 32 * 1024
-    """Largest request or response head, bytes (431 / 502 above)."""
-    body_limit: int | None = None
-    """Largest request body, bytes (413 above); None for no limit."""
-    header_timeout: float = 30.0
-    """Seconds for a complete request head, also the keep-alive idle timeout."""
-    connect_timeout: float = 5.0
-    """Seconds to connect to an upstream endpoint (502 after)."""
-    read_timeout: float = 60.0
-    """Seconds to wait for an upstream response head once the request is sent (504 after)."""
-    body_timeout: float = 60.0
-    """Seconds a request body may make no progress (408 and the connection closed after)."""
-    response_timeout: float = 60.0
-    """Seconds a response body may make no progress, the backend sending or the client
-    reading (the connection closed after)."""
-    tunnel_timeout: float = 3600.0
-    """Seconds an upgraded connection (WebSocket) may carry no byte either way (closed after)."""
-    drain_limit: int = 64 * 1024
-    """Largest body, bytes, read and discarded for a request certop answers itself (404, 308,
-    token); a larger one is answered with `Connection: close` and the connection closed."""
-    drain_timeout: float = 5.0
-    """Seconds to receive such a body (else answered with `Connection: close` and closed)."""
-    max_connections: int = 16384
-    """Client connections open at once per worker process, TLS handshakes included; more are
-    closed at once (0: no limit)."""
-    access_log: bool = False
-    """Log one line per request to the `certop.access` logger."""
-    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
-    """Peers whose X-Forwarded-For/-Proto/-Host/-Port certop believes (extends, keeps)."""
-    allowed_upgrades: frozenset[bytes] = frozenset({b"websocket"})
-    """Upgrade protocols relayed (lower-case names); other Upgrade offers are dropped."""
-
-
 _UPSTREAM_DROP = HOP_BY_HOP | {b"content-length", b"forwarded", b"x-real-ip"}
 """Request headers never copied upstream (certop writes its own framing and X-Real-IP)."""
-
-
-class Decision:
-    """What to do with one request: reply locally, or forward to a backend.
-    (A plain class with slots: one is made per request.)"""
-
-    __slots__ = ("backend", "body_limit", "hsts", "label", "local", "upgrade")
-
-    def __init__(self, local: bytes | None = None, backend: ServiceBackend | None = None,
-                 upgrade: bytes | None = None, body_limit: int | None = None,
-                 hsts: bytes | None = None, label: str = UNKNOWN_LABEL) -> None:
-        self.local = local
-        self.backend = backend
-        self.upgrade = upgrade
-        self.body_limit = body_limit
-        self.hsts = hsts
-        self.label = label
-        """The host as a metrics label (as a rule names it, or "_unknown")."""
 
 
 class _Date:
@@ -162,14 +112,17 @@ def clean_path(target: bytes) -> str | None:
 
 
 class Proxy:
-    def __init__(self, certs: CertBook, tokens: TokenStore, backends: Backends,
+    def __init__(self, certs: CertBook, tokens: TokenStore,
                  settings: ProxySettings | None = None) -> None:
+        """Serves nothing but challenge tokens until a snapshot is swapped in (`swap`)."""
         self.certs = certs
         self.tokens = tokens
         self.settings = settings or ProxySettings()
-        self.routes = RouteTable.empty()
-        self.balancer = Balancer(backends)
-        self.pool = Pool()
+        self.serving = Snapshot.empty()
+        self.routes = self.serving.routes
+        """`serving.routes`, read per request (one attribute lookup less)."""
+        self.balancer = Balancer()
+        self.pool: Pool[UpstreamConn] = Pool()
         self.https_port = 443
         self.http_port = 80
         self._https_port_bytes = b"443"
@@ -190,6 +143,17 @@ class Proxy:
         self.metrics = Metrics()
         self.loop: asyncio.AbstractEventLoop | None = None
         self._sweeper: asyncio.TimerHandle | None = None
+
+    def swap(self, snapshot: Snapshot) -> None:
+        """Serve `snapshot` from now on: endpoints, SNI map, the certificates it brings, routes.
+        The one way a source feeds the proxy; never blocks, open connections keep going.
+        A certificate that fails to load keeps its previous one (`CertBook.put`)."""
+        self.serving = snapshot
+        self.balancer.endpoints = snapshot.endpoints
+        self.certs.set_hosts(dict(snapshot.sni))
+        for key, pair in snapshot.certificates.items():
+            self.certs.put(key, StoredCert(pair.fullchain_pem, pair.key_pem))
+        self.routes = snapshot.routes
 
     # -- lifecycle ---------------------------------------------------------------------
 

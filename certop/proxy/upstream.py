@@ -1,63 +1,52 @@
 """Upstream side of the proxy: endpoint choice per request and a keep-alive connection pool.
 
-`Backends` (a port) turns an Ingress backend into endpoint addresses; standalone mode maps them
-from `--service`, cluster mode from EndpointSlices. `Balancer` picks endpoints round robin per
-request and skips endpoints that failed recently. `Pool` keeps idle connections per endpoint.
+The endpoints of each backend come with the serving snapshot (`core.serving`): standalone mode
+maps them from `--service`, cluster mode from EndpointSlices. `Balancer` picks endpoints round
+robin per request and skips endpoints that failed recently. `Pool` keeps idle connections per
+endpoint.
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import time
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Mapping, Sequence
+from typing import Generic, Protocol, TypeVar
 
 from certop.core.models import ServiceBackend
+from certop.core.serving import Address
 
-if TYPE_CHECKING:
-    from certop.proxy.engine import UpstreamConn
-
-Address = tuple[str, int]
 FAIL_HOLD = 5.0
 """Seconds a failed endpoint is skipped before it is tried again."""
-
-
-class Backends(Protocol):
-    def addresses(self, backend: ServiceBackend) -> Sequence[Address]:
-        """The endpoints of a backend, empty when it has none."""
-        ...
 
 
 class Balancer:
     """Round robin per request over the healthy endpoints of a backend."""
 
-    def __init__(self, backends: Backends) -> None:
-        self._backends = backends
+    def __init__(self) -> None:
         self._counters: dict[ServiceBackend, itertools.count[int]] = {}
         self._failed: dict[Address, float] = {}
-        self._addresses: dict[ServiceBackend, Sequence[Address]] = {}
+        self._addresses: dict[ServiceBackend, tuple[Address, ...]] = {}
 
     @property
-    def backends(self) -> Backends:
-        return self._backends
+    def endpoints(self) -> Mapping[ServiceBackend, tuple[Address, ...]]:
+        return self._addresses
 
-    @backends.setter
-    def backends(self, backends: Backends) -> None:
-        self._backends = backends
-        self._addresses = {}
+    @endpoints.setter
+    def endpoints(self, endpoints: Mapping[ServiceBackend, tuple[Address, ...]]) -> None:
+        """The endpoints of every backend (a snapshot's); round robin and failures stay."""
+        self._addresses = dict(endpoints)
 
     def _addrs(self, backend: ServiceBackend) -> Sequence[Address]:
-        addrs = self._addresses.get(backend)
-        if addrs is None:
-            addrs = self._addresses[backend] = tuple(self._backends.addresses(backend))
-        return addrs
+        return self._addresses.get(backend, ())
 
     def pick(self, backend: ServiceBackend) -> Address | None:
         """The endpoint for this request (the common case: nothing failed lately)."""
         if self._failed:
             found = self.candidates(backend)
             return found[0] if found else None
-        addrs = self._addrs(backend)
+        addrs = self._addresses.get(backend, ())
         if not addrs:
             return None
         counter = self._counters.get(backend)
@@ -100,14 +89,30 @@ class Balancer:
             self._failed.pop(addr, None)
 
 
-class Pool:
+class Pooled(Protocol):
+    """What the pool needs of an upstream connection."""
+
+    @property
+    def addr(self) -> Address: ...
+
+    @property
+    def connected(self) -> bool: ...
+
+    @property
+    def transport(self) -> asyncio.Transport | None: ...
+
+
+C = TypeVar("C", bound=Pooled)
+
+
+class Pool(Generic[C]):
     """Idle keep-alive upstream connections per endpoint (most recently used first)."""
 
     def __init__(self, max_idle_per_endpoint: int = 256) -> None:
         self.max_idle = max_idle_per_endpoint
-        self._idle: dict[Address, list[UpstreamConn]] = {}
+        self._idle: dict[Address, list[C]] = {}
 
-    def take(self, addr: Address) -> UpstreamConn | None:
+    def take(self, addr: Address) -> C | None:
         idle = self._idle.get(addr)
         while idle:
             conn = idle.pop()
@@ -115,7 +120,7 @@ class Pool:
                 return conn
         return None
 
-    def release(self, conn: UpstreamConn) -> None:
+    def release(self, conn: C) -> None:
         idle = self._idle.setdefault(conn.addr, [])
         if len(idle) >= self.max_idle:
             if conn.transport is not None:
@@ -123,7 +128,7 @@ class Pool:
             return
         idle.append(conn)
 
-    def forget(self, conn: UpstreamConn) -> None:
+    def forget(self, conn: C) -> None:
         idle = self._idle.get(conn.addr)
         if idle and conn in idle:
             idle.remove(conn)

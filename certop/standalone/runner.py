@@ -25,7 +25,7 @@ from certop import crypto
 from certop.acme.accounts import Account
 from certop.acme.orders import OrderSession
 from certop.core import annotations as ann
-from certop.core import routing
+from certop.core import serving
 from certop.core.backoff import Backoff
 from certop.core.clock import Clock
 from certop.core.desired import certificate_specs
@@ -84,8 +84,8 @@ class Config:
     issuers: dict[str, AcmeIssuer]
     default_issuer: str | None
     specs: tuple[CertificateSpec, ...]
-    table: routing.RouteTable
-    backends: StaticBackends
+    serving: serving.Snapshot
+    """What the proxy serves: routes, SNI map, --service endpoints, brought certificates."""
     warnings: tuple[str, ...]
     supplied: dict[tuple[str, str], StoredCert]
     """Certificates the user brings, by (namespace, Secret name)."""
@@ -126,12 +126,13 @@ def _load_config(settings: StandaloneSettings, strict: bool) -> Config:
     brought.from_flags(settings.certificates)
     desired = certificate_specs(manifests.ingresses, issuers, default,
                                 supplied=frozenset(brought.pairs) | frozenset(brought.broken))
-    table = routing.build(manifests.ingresses, ann.DEFAULT_HSTS if settings.hsts else None)
-    warnings = (desired.warnings + table.conflicts
+    snapshot = serving.build(
+        manifests.ingresses, backends.addresses, ann.DEFAULT_HSTS if settings.hsts else None,
+        {key: serving.KeyPair(p.fullchain_pem, p.key_pem) for key, p in brought.pairs.items()})
+    warnings = (desired.warnings + snapshot.routes.conflicts
                 + tuple(f"{why}; keeping the last good certificate"
                         for why in brought.broken.values()))
-    return Config(manifests, issuers, default, desired.specs, table, backends, warnings,
-                  brought.pairs)
+    return Config(manifests, issuers, default, desired.specs, snapshot, warnings, brought.pairs)
 
 
 @dataclass
@@ -208,16 +209,7 @@ class Standalone:
         for warning in config.warnings:
             log.warning("%s", warning)
         self.config = config
-        self.proxy.balancer.backends = config.backends
-        sni: dict[str, tuple[str, str]] = {}
-        for ing in config.manifests.ingresses:
-            for tls in ing.tls:
-                if tls.secret_name:
-                    for host in tls.hosts:
-                        sni.setdefault(host, (ing.ref.namespace, tls.secret_name))
-        self.proxy.certs.set_hosts(sni)
-        for key, pair in config.supplied.items():
-            self.proxy.certs.put(key, pair)
+        self.proxy.swap(config.serving)
         wanted = {spec.key: spec for spec in config.specs}
         for key in list(self._states):
             if key not in wanted:
@@ -239,7 +231,6 @@ class Standalone:
                 state.spec = spec
                 state.failures = 0
                 state.not_before_attempt = 0.0
-        self.proxy.routes = config.table
         self._wake.set()
 
     def _load_stored(self, state: _CertState) -> None:

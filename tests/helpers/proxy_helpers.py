@@ -72,7 +72,7 @@ async def serving(tmp: Path, manifests: str, services: list[str],
                                   certificates=tuple(certificates or ()), hsts=hsts,
                                   watch_interval=0.05)
     config = load_config(settings)
-    proxy = Proxy(CertBook(default), TokenStore(), config.backends, proxy_settings)
+    proxy = Proxy(CertBook(default), TokenStore(), proxy_settings)
     await proxy.start("127.0.0.1", 0, 0)
     state = tmp / "state"
     runner = Standalone(settings, proxy, FileCertStore(state), FileAccountStore(state),

@@ -24,7 +24,6 @@ from certop.core import issuers
 from certop.core.models import CertificateSpec, Fqdn, SecretName
 from certop.proxy.server import Proxy
 from certop.proxy.tls import CertBook
-from certop.standalone.services import StaticBackends
 from certop.store.memory import MemoryAccountStore, MemoryOrderJournal
 from solvers.base import Challenge, SolverContext
 from solvers.http01 import TokenStore
@@ -114,7 +113,7 @@ async def test_one_order_is_solved_by_the_solver_selected_for_each_identifier(
     registry = SolverRegistry()  # the installed entry points (http-01)
     registry.register("dns-01.challtestsrv", ChallTestSrvDns)
     tokens = TokenStore()
-    proxy = Proxy(CertBook(), tokens, StaticBackends({}))
+    proxy = Proxy(CertBook(), tokens)
     await proxy.start("127.0.0.1", pebble.http_port, None)
     try:
         account = Account(issuer(pebble), MemoryAccountStore(), verify=pebble.api_ca)

@@ -26,7 +26,6 @@ from certop.k8s.certificates import CertificateController, OperatorSettings, Sta
 from certop.k8s.shim import Shim
 from certop.proxy.server import Proxy
 from certop.proxy.tls import CertBook
-from certop.standalone.services import StaticBackends
 from solvers.http01 import TokenStore
 
 NS = "shop"
@@ -41,7 +40,7 @@ class Responder(LoopThread):
         self.port = port
 
     async def serve(self) -> None:
-        proxy = Proxy(CertBook(), self.tokens, StaticBackends({}))
+        proxy = Proxy(CertBook(), self.tokens)
         await proxy.start("127.0.0.1", self.port, None)
         self.started()
         await self.stopping.wait()

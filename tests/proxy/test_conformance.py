@@ -14,7 +14,7 @@ import pytest
 from echo import Echo
 from spec_table import SPEC_TABLE
 
-from certop.core import routing
+from certop.core import serving
 from certop.core.models import PathType
 from certop.proxy.server import Proxy
 from certop.proxy.tls import CertBook
@@ -108,8 +108,8 @@ async def serve(tmp: Path, manifests: str, echoes: dict[str, Echo]) -> tuple[Pro
     flags = [f"{name}=127.0.0.1:{echo.port}" for name, echo in echoes.items()]
     backends = StaticBackends.from_flags(flags)
     backends.check(found.ingresses)
-    proxy = Proxy(CertBook(), TokenStore(), backends)
-    proxy.routes = routing.build(found.ingresses)
+    proxy = Proxy(CertBook(), TokenStore())
+    proxy.swap(serving.build(found.ingresses, backends.addresses))
     await proxy.start("127.0.0.1", 0, None)
     return proxy, proxy.ports()[0]
 

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from loopthread import LoopThread
 from recorder import Recorder
 
-from certop.core import routing
+from certop.core import serving
 from certop.proxy.server import Proxy, ProxySettings
 from certop.proxy.tls import CertBook
 from certop.standalone import loader
@@ -57,10 +57,10 @@ class ProxyThread(LoopThread):
             self.error = context.get("exception") or RuntimeError(str(context))  # type: ignore[assignment]
 
         self.loop.set_exception_handler(on_error)
-        proxy = Proxy(CertBook(), TokenStore(), self.backends,
+        proxy = Proxy(CertBook(), TokenStore(),
                       ProxySettings(header_limit=8192, body_limit=1 << 16,
                                     header_timeout=2.0, read_timeout=2.0))
-        proxy.routes = routing.build(self.ingresses)
+        proxy.swap(serving.build(self.ingresses, self.backends.addresses))
         await proxy.start("127.0.0.1", 0, None)
         self.port = proxy.ports()[0]
         self.started()

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from echo import Echo
 
-from certop.core import routing
+from certop.core import serving
 from certop.proxy.server import Proxy, ProxySettings
 from certop.proxy.tls import CertBook
 from certop.standalone import loader
@@ -100,10 +100,10 @@ async def proxy(tmp_path: Path, echo: Echo, raw: RawBackend) -> AsyncIterator[Pr
     backends = StaticBackends.from_flags([f"web=127.0.0.1:{echo.port}",
                                           f"raw=127.0.0.1:{raw.port}",
                                           f"admin=127.0.0.1:{echo.port}"])
-    p = Proxy(CertBook(), TokenStore(), backends,
+    p = Proxy(CertBook(), TokenStore(),
               ProxySettings(header_limit=4096, body_limit=1 << 20, header_timeout=2.0,
                             read_timeout=2.0))
-    p.routes = routing.build(found.ingresses)
+    p.swap(serving.build(found.ingresses, backends.addresses))
     await p.start("127.0.0.1", 0, None)
     yield p
     await p.close(grace=1.0)
@@ -302,8 +302,8 @@ async def test_a_backend_that_never_answers_gives_504(tmp_path: Path) -> None:
     path.write_text(INGRESS)
     backends = StaticBackends.from_flags([f"web=127.0.0.1:{port}", f"raw=127.0.0.1:{port}",
                                           f"admin=127.0.0.1:{port}"])
-    p = Proxy(CertBook(), TokenStore(), backends, ProxySettings(read_timeout=0.5))
-    p.routes = routing.build(loader.load([path]).ingresses)
+    p = Proxy(CertBook(), TokenStore(), ProxySettings(read_timeout=0.5))
+    p.swap(serving.build(loader.load([path]).ingresses, backends.addresses))
     await p.start("127.0.0.1", 0, None)
     try:
         out = await send(p, b"GET / HTTP/1.1\r\nHost: web.test\r\n\r\n")
@@ -347,8 +347,8 @@ async def test_graceful_shutdown_finishes_requests_in_flight(tmp_path: Path) -> 
     path.write_text(INGRESS)
     backends = StaticBackends.from_flags([f"{n}=127.0.0.1:{port}" for n in ("web", "raw",
                                                                            "admin")])
-    p = Proxy(CertBook(), TokenStore(), backends)
-    p.routes = routing.build(loader.load([path]).ingresses)
+    p = Proxy(CertBook(), TokenStore())
+    p.swap(serving.build(loader.load([path]).ingresses, backends.addresses))
     await p.start("127.0.0.1", 0, None)
     proxy_port = p.ports()[0]
     in_flight = asyncio.create_task(send(p, b"GET / HTTP/1.1\r\nHost: web.test\r\n\r\n"))

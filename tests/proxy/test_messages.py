@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from recorder import Recorder
 
-from certop.core import routing
+from certop.core import serving
 from certop.proxy.admin import Admin
 from certop.proxy.server import Proxy, ProxySettings
 from certop.proxy.tls import CertBook
@@ -71,10 +71,10 @@ async def proxy_for(tmp_path: Path, web: int, raw: int | None = None,
     path.write_text(INGRESS)
     backends = StaticBackends.from_flags([f"web=127.0.0.1:{web}",
                                           f"raw=127.0.0.1:{raw or web}"])
-    p = Proxy(CertBook(), TokenStore(), backends,
+    p = Proxy(CertBook(), TokenStore(),
               ProxySettings(header_limit=8192, header_timeout=5.0, read_timeout=5.0,
                             **settings))
-    p.routes = routing.build(loader.load([path]).ingresses)
+    p.swap(serving.build(loader.load([path]).ingresses, backends.addresses))
     await p.start("127.0.0.1", 0, None)
     try:
         yield p

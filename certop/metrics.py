@@ -1,4 +1,5 @@
-"""Counters the proxy keeps, rendered in the Prometheus text format.
+"""Counters certop keeps (the proxy's requests and connections, the operator's ACME work),
+rendered in the Prometheus text format.
 
 Host labels are bounded: the host as a rule names it (`*.example.com` for a wildcard rule), and
 "_unknown" for a Host no Ingress names, so a client cannot grow the label set by inventing hosts.

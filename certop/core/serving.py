@@ -1,0 +1,85 @@
+"""What the proxy serves, as one immutable value: the serving snapshot.
+
+A source (the manifest files today, the Kubernetes API next) builds a `Snapshot` from Ingress
+values and hands it to the proxy in one call (`Proxy.swap`): the route table, which Secret
+serves which SNI host, the endpoints of every backend the routes name, and the certificates
+the user brings. Certificates certop issues reach the proxy on their own, by Secret key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from certop.core import routing
+from certop.core.models import Ingress, ServiceBackend
+from certop.core.routing import RouteTable
+
+Address = tuple[str, int]
+"""An endpoint: (IP address or `localhost`, port)."""
+SecretKey = tuple[str, str]
+"""A certificate's key: (namespace, Secret name)."""
+
+
+@dataclass(frozen=True)
+class KeyPair:
+    """A certificate chain and its private key, PEM (the key is never shown in a repr)."""
+
+    fullchain_pem: bytes
+    key_pem: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything the proxy serves, swapped in whole."""
+
+    routes: RouteTable
+    sni: Mapping[str, SecretKey]
+    """SNI host (or `*.domain`) -> the Secret whose certificate serves it."""
+    endpoints: Mapping[ServiceBackend, tuple[Address, ...]]
+    """Every backend the routes name -> its endpoints (empty: none, a 503)."""
+    certificates: Mapping[SecretKey, KeyPair] = field(
+        default_factory=lambda: MappingProxyType({}), repr=False)
+    """Certificates the source brings (not issued by certop), by Secret."""
+
+    @classmethod
+    def empty(cls) -> Snapshot:
+        return cls(RouteTable.empty(), MappingProxyType({}), MappingProxyType({}))
+
+
+def sni_map(ingresses: Iterable[Ingress]) -> dict[str, SecretKey]:
+    """Which Secret serves which host, from `spec.tls`: the first Ingress naming a host wins."""
+    sni: dict[str, SecretKey] = {}
+    for ing in ingresses:
+        for tls in ing.tls:
+            if tls.secret_name:
+                for host in tls.hosts:
+                    sni.setdefault(host, (ing.ref.namespace, tls.secret_name))
+    return sni
+
+
+def backends(ingresses: Iterable[Ingress]) -> list[ServiceBackend]:
+    """Every backend the Ingresses name (default backends and paths), first seen first."""
+    found: dict[ServiceBackend, None] = {}
+    for ing in ingresses:
+        if ing.default_backend is not None:
+            found.setdefault(ing.default_backend)
+        for rule in ing.rules:
+            for path in rule.paths:
+                found.setdefault(path.backend)
+    return list(found)
+
+
+def build(ingresses: Sequence[Ingress],
+          resolve: Callable[[ServiceBackend], Sequence[Address]],
+          hsts_default: str | None = None,
+          certificates: Mapping[SecretKey, KeyPair] | None = None) -> Snapshot:
+    """The snapshot of these Ingresses; `resolve` gives a backend's endpoints (the source's
+    knowledge: `--service` flags, EndpointSlices)."""
+    return Snapshot(
+        routing.build(ingresses, hsts_default),
+        MappingProxyType(sni_map(ingresses)),
+        MappingProxyType({b: tuple(resolve(b)) for b in backends(ingresses)}),
+        MappingProxyType(dict(certificates or {})),
+    )
