@@ -37,6 +37,7 @@ from kubernetes.client.exceptions import ApiException
 from certop import crypto
 from certop.acme.accounts import Account, account_id
 from certop.acme.orders import OrderSession, Stage
+from certop.core import issuing
 from certop.core.backoff import Backoff
 from certop.core.clock import Clock, SystemClock
 from certop.core.duration import parse_duration
@@ -50,12 +51,13 @@ from certop.core.models import (
     ObjectRef,
     SecretName,
 )
-from certop.core.renewal import already_due, decide, renewal_time
+from certop.core.renewal import CertFacts
 from certop.core.shim import CLASS_ANNOTATION
+from certop.issuance import pipeline
 from certop.issuance.accounts import AccountRegistry
 from certop.issuance.ari import RenewalInfoCache
 from certop.metrics import Metrics
-from certop.store.ports import StoredCert
+from certop.store.ports import CertStore, OrderJournal, StoredCert
 from certop.store.secrets import (
     SecretAccountStore,
     SecretCertStore,
@@ -323,90 +325,9 @@ class CertificateController:
         # stopped after storing the certificate): cleared at the first look that finds the
         # Secret current. No status order, no journal to look for.
         journalled = bool((body.get("status") or {}).get("order"))
-        reported = False  # the Ready stage is reported once per issuance (and at start)
-        fresh = False  # the stored certificate was issued by this loop's last attempt
-        while not stopped:
-            now = self.clock.now()
-            try:
-                spec = _spec_of(body)
-            except ConfigError as exc:
-                self._status_failed(name, body, "InvalidSpec", str(exc), failures)
-                await self._pause(uid, stopped, self.settings.recheck)
-                continue
-            stored = await asyncio.to_thread(self.certs.load, spec.namespace, spec.secret_name)
-            facts = None
-            if stored is not None:
-                try:
-                    facts = crypto.load_pair(stored.fullchain_pem, stored.key_pem).facts
-                except crypto.CertificateUnreadable:
-                    facts = None
-            ari_at = await self._ari_time((spec.namespace, name), spec, stored) \
-                if facts is not None else None
-            decision = decide(spec, facts, now, ari_renew_at=ari_at)
-            if not decision.issue and facts is not None:
-                fresh = False
-                if journalled:
-                    journalled = not await self._clear_journal(spec)
-                renew_at = ari_at or renewal_time(facts.not_before, facts.not_after,
-                                                  spec.renew_before)
-                await asyncio.to_thread(self._status, spec.namespace, name, {
-                    "conditions": _condition(True, "Ready", "certificate is up to date", now),
-                    "notBefore": _ts(facts.not_before), "notAfter": _ts(facts.not_after),
-                    "renewalTime": _ts(renew_at), "failedIssuanceAttempts": failures,
-                    "order": None})
-                if not reported:
-                    reported = True
-                    if await self._stage("ready", spec, stopped):
-                        return
-                wait = min(max((renew_at - now).total_seconds(), 0.0), self.settings.recheck)
-                await self._pause(uid, stopped, wait)
-                continue
-            if hold > 0:
-                log.info("Certificate %s/%s: attempt %d failed before this run; next attempt "
-                         "in %.0fs", spec.namespace, name, failures, hold)
-                await self._pause(uid, stopped, hold)
-                hold = 0.0
-                continue
-            try:
-                guard = already_due(decision, ari_at, now) \
-                    if fresh and facts is not None else None
-                if guard is not None:
-                    # Never a hot loop: a certificate due right after its issuance means the
-                    # clock is off or the CA asks for renewal at once; back off.
-                    raise guard
-                if await self._stage("trigger", spec, stopped):
-                    return
-                journalled = True
-                if not await self._issue(spec, body, stopped, stored):
-                    return  # stopped between two stages
-                journalled = False  # cleared by the session once stored
-                failures = 0
-                reported = False
-                fresh = True
-                _tell(body, "Normal", "Issued", f"certificate for {', '.join(spec.hosts)} "
-                      f"stored in Secret {spec.secret_name}")
-            except asyncio.CancelledError:
-                raise
-            except (CertopError, crypto.CertificateUnreadable, ApiException) as exc:
-                fresh = False
-                failures += 1
-                reason = "SecretNotOwned" if isinstance(exc, SecretNotOwned) else \
-                    type(exc).__name__
-                delay = self.backoff.delay(failures, random.random(),
-                                           getattr(exc, "retry_after", None))
-                message = f"{exc}; attempt {failures} failed, next in {delay:.0f}s"
-                self._status_failed(name, body, reason, message, failures)
-                _tell(body, "Warning", reason, f"Certificate {name}: {message}")
-                await self._pause(uid, stopped, delay)
-
-    async def _clear_journal(self, spec: CertificateSpec) -> bool:
-        try:
-            await asyncio.to_thread(self.journal.clear, spec.namespace, spec.secret_name)
-        except CertopError as exc:
-            log.warning("Certificate %s/%s: %s (tried again at the next look)", spec.namespace,
-                        spec.secret_name, exc)
-            return False
-        return True
+        await pipeline.run(_Ports(self, body, name, uid, stopped),
+                           issuing.Restored(failures, hold, journalled),
+                           issuing.Policy(self.backoff, self.settings.recheck))
 
     def _restored_backoff(self, body: kopf.Body) -> tuple[int, float]:
         """(failed attempts so far, seconds still to wait) as the status last said."""
@@ -423,72 +344,110 @@ class CertificateController:
         return failures, self.backoff.remaining(failures, last, self.clock.now(),
                                                 random.random())
 
-    async def _ari_time(self, key: tuple[str, str], spec: CertificateSpec,
-                        stored: StoredCert | None) -> datetime.datetime | None:
-        """The CA's suggested renewal time (RFC 9773), asked again at most as often as the
-        CA's Retry-After says; None when the CA offers no renewal info."""
-        if stored is None:
-            return None
-        if self.ari.wait(key, stored.fullchain_pem) > 0:
-            return self.ari.known(key, stored.fullchain_pem)
-
-        async def account() -> Account:
-            issuer = await asyncio.to_thread(self._issuer, spec)
-            return self._account(issuer, self._key_namespace(spec))
-
-        return await self.ari.ask(key, stored.fullchain_pem,
-                                  f"Certificate {spec.namespace}/{spec.secret_name}", account)
-
     def _status_failed(self, name: str, body: kopf.Body, reason: str, message: str,
                        failures: int) -> None:
         self._status(body["metadata"]["namespace"], name, {
             "conditions": _condition(False, reason, message, self.clock.now()),
             "failedIssuanceAttempts": failures, "lastFailureTime": _ts(self.clock.now())})
 
-    async def _issue(self, spec: CertificateSpec, body: kopf.Body, stopped: kopf.DaemonStopped,
-                     stored: StoredCert | None) -> bool:
-        """Order, answer, store; False when stopped between two stages (nothing is lost: the
-        next run re-enters the stage)."""
-        issuer = await asyncio.to_thread(self._issuer, spec)
-        account = self._account(issuer, self._key_namespace(spec))
-        if await asyncio.to_thread(self.certs.owned, spec.namespace, spec.secret_name) is False:
+
+class _Ports:
+    """One Certificate's ports for the issuance driver: its live body, Secrets, the status
+    and events, the kopf daemon's stop flag."""
+
+    errors: tuple[type[BaseException], ...] = (CertopError, crypto.CertificateUnreadable,
+                                               ApiException)
+
+    def __init__(self, controller: CertificateController, body: kopf.Body, name: str,
+                 uid: str, stopped: kopf.DaemonStopped) -> None:
+        self.controller = controller
+        self.body = body
+        self.name = name
+        self.uid = uid
+        self._stopped = stopped
+        self.clock = controller.clock
+        self.certs: CertStore = controller.certs
+        self.journal: OrderJournal = controller.journal
+        self.ari = controller.ari
+        self.key = (body["metadata"]["namespace"], name)
+        self.validation_timeout = controller.settings.validation_timeout
+
+    def stopped(self) -> bool:
+        return bool(self._stopped)
+
+    async def blocking(self, call: Callable[[], _T]) -> _T:
+        return await _in_thread(call)
+
+    def spec(self) -> CertificateSpec:
+        return _spec_of(self.body)
+
+    async def account(self, spec: CertificateSpec) -> Account:
+        issuer = await asyncio.to_thread(self.controller._issuer, spec)
+        return self.controller._account(issuer, self.controller._key_namespace(spec))
+
+    async def order_inputs(self, spec: CertificateSpec) -> pipeline.OrderInputs:
+        c = self.controller
+        issuer = await asyncio.to_thread(c._issuer, spec)
+        account = c._account(issuer, c._key_namespace(spec))
+        if await asyncio.to_thread(c.certs.owned, spec.namespace, spec.secret_name) is False:
             raise SecretNotOwned(spec.namespace, spec.secret_name)
-        asked = (body["metadata"].get("annotations") or {}).get(CLASS_ANNOTATION)
-        labels = dict(body["metadata"].get("labels") or {})
-        cluster = ClusterContext(self.api, spec.namespace, self.settings.solver_service,
-                                 self.settings.solver_port, asked)
-        bound = self.solvers.bind(SolverContext(
-            self.tokens, self.settings.self_check_addr, cluster, labels))
-        session = OrderSession(spec, account, bound, self.journal, stored=stored,
-                               labels=labels, solver_specs=issuer.solvers,
-                               validation_timeout=self.settings.validation_timeout,
-                               monotonic=self.clock.monotonic)
-        name = body["metadata"]["name"]
-        self.metrics.add("acme_orders_total")
-        try:
-            while True:
-                step = await _in_thread(session.step)
-                if step.stage in _ORDER_STATES:
-                    await asyncio.to_thread(self._status, spec.namespace, name, {"order": {
-                        "url": session.order_url, "state": _ORDER_STATES[step.stage]}})
-                if step.stage is not None and await self._stage(step.stage.value, spec, stopped):
-                    return False
-                if step.done:
-                    break
-                await stopped.wait(step.after)  # the order's next check, scheduled
-                if stopped:
-                    return False
-        finally:
-            await _in_thread(session.cleanup)
-            self.metrics.add("acme_requests_total", session.requests_sent)
-            if session.order_url is None and session.placed:
-                # Abandoned (the CA made it invalid): the next attempt orders afresh.
-                await asyncio.to_thread(self._status, spec.namespace, name, {"order": None})
-        assert step.fullchain_pem is not None and step.key_pem is not None
-        await asyncio.to_thread(self.certs.save, spec.namespace, spec.secret_name,
-                                StoredCert(step.fullchain_pem, step.key_pem))
-        self.metrics.add("certificates_issued_total")
-        if await self._stage("store", spec, stopped):
-            return False
-        await _in_thread(session.finish)
-        return True
+        meta = self.body["metadata"]
+        asked = (meta.get("annotations") or {}).get(CLASS_ANNOTATION)
+        labels = dict(meta.get("labels") or {})
+        cluster = ClusterContext(c.api, spec.namespace, c.settings.solver_service,
+                                 c.settings.solver_port, asked)
+        bound = c.solvers.bind(SolverContext(c.tokens, c.settings.self_check_addr, cluster,
+                                             labels))
+        return pipeline.OrderInputs(account, issuer.solvers, bound, labels)
+
+    async def pause(self, seconds: float) -> None:
+        await self.controller._pause(self.uid, self._stopped, seconds)
+
+    async def step_wait(self, seconds: float) -> None:
+        await self._stopped.wait(seconds)
+
+    async def stage(self, stage: str, spec: CertificateSpec,
+                    session: OrderSession | None) -> None:
+        if session is not None and stage in {s.value for s in _ORDER_STATES}:
+            await asyncio.to_thread(self.controller._status, spec.namespace, self.name, {
+                "order": {"url": session.order_url, "state": _ORDER_STATES[Stage(stage)]}})
+        await self.controller._stage(stage, spec, self._stopped)
+
+    async def ready(self, spec: CertificateSpec, facts: CertFacts,
+                    renew_at: datetime.datetime, failures: int) -> None:
+        now = self.clock.now()
+        await asyncio.to_thread(self.controller._status, spec.namespace, self.name, {
+            "conditions": _condition(True, "Ready", "certificate is up to date", now),
+            "notBefore": _ts(facts.not_before), "notAfter": _ts(facts.not_after),
+            "renewalTime": _ts(renew_at), "failedIssuanceAttempts": failures,
+            "order": None})
+
+    async def failed(self, spec: CertificateSpec | None, reason: str, message: str,
+                     failures: int, delay: float | None) -> None:
+        if delay is None:
+            self.controller._status_failed(self.name, self.body, reason, message, failures)
+            return
+        message = f"{message}; attempt {failures} failed, next in {delay:.0f}s"
+        self.controller._status_failed(self.name, self.body, reason, message, failures)
+        _tell(self.body, "Warning", reason, f"Certificate {self.name}: {message}")
+
+    async def held(self, spec: CertificateSpec, failures: int, seconds: float) -> None:
+        log.info("Certificate %s/%s: attempt %d failed before this run; next attempt "
+                 "in %.0fs", spec.namespace, self.name, failures, seconds)
+
+    async def issued(self, spec: CertificateSpec) -> None:
+        _tell(self.body, "Normal", "Issued", f"certificate for {', '.join(spec.hosts)} "
+              f"stored in Secret {spec.secret_name}")
+
+    async def ordering(self, spec: CertificateSpec) -> None:
+        self.controller.metrics.add("acme_orders_total")
+
+    async def ordered(self, spec: CertificateSpec, session: OrderSession) -> None:
+        self.controller.metrics.add("acme_requests_total", session.requests_sent)
+        if session.order_url is None and session.placed:
+            # Abandoned (the CA made it invalid): the next attempt orders afresh.
+            await asyncio.to_thread(self.controller._status, spec.namespace, self.name,
+                                    {"order": None})
+
+    async def stored(self, spec: CertificateSpec, pair: StoredCert) -> None:
+        self.controller.metrics.add("certificates_issued_total")
