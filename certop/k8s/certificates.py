@@ -1,10 +1,11 @@
 """Certificate objects -> ACME orders -> `kubernetes.io/tls` Secrets, one kopf daemon each.
 
-The daemon is the cluster counterpart of the standalone runner's loop, over the same driver
-(`acme.orders.OrderSession`) and policy (`core.renewal.decide`): look at the Secret, decide,
-order in bounded steps run in a thread (the next step is scheduled, never slept for in a
-thread), store, report on the status, then wait until the renewal time (re-checked at least
-every `recheck` seconds, and at once when the object changes).
+The daemon runs the Certificate through the issuance driver (`issuance.pipeline`, over the
+pure `core.issuing.transition`) with this module's ports: the live body for the spec, Secrets
+for certificates, accounts and the journal, the status and events for reports. The driver looks
+at the Secret, decides, orders in bounded steps run in a thread (the next step is scheduled,
+never slept for in a thread), stores, reports on the status, then waits until the renewal time
+(re-checked at least every `recheck` seconds, and at once when the object changes).
 
 Issuance goes through named stages: `trigger` (decided to issue), the order's own `key`,
 `order`, `challenges`, `finalize`, `certificate` (see `acme.orders`), then `store` (the Secret
