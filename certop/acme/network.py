@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import requests
 from acme import client, errors, messages
 
+from certop.core.clock import Clock, SystemClock
 from certop.core.errors import (
     AcmeRejected,
     AcmeUnavailable,
@@ -35,6 +36,8 @@ TRANSIENT_TRIES = 4
 TRANSIENT_BASE_DELAY = 0.1
 T = TypeVar("T")
 
+SYSTEM_CLOCK: Clock = SystemClock()
+
 # Problem types (RFC 8555 section 6.7) that a retry of the same request will not fix.
 _PERMANENT = {
     "unauthorized", "rejectedIdentifier", "unsupportedIdentifier", "caa", "badCSR",
@@ -43,8 +46,12 @@ _PERMANENT = {
 }
 
 
-def parse_retry_after(value: str | None, now: datetime.datetime | None = None) -> float | None:
-    """Seconds from a Retry-After header (delta-seconds or HTTP-date), None if absent/bad."""
+def parse_retry_after(value: str | None, clock: Clock = SYSTEM_CLOCK) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or HTTP-date), None if absent/bad.
+
+    An HTTP-date is the CA's wall time, so it is measured against `clock.now()`: the system
+    clock unless a caller (a test) passes another. The result is relative seconds, for the
+    caller to schedule on its own (injected) monotonic clock."""
     if not value:
         return None
     value = value.strip()
@@ -56,15 +63,16 @@ def parse_retry_after(value: str | None, now: datetime.datetime | None = None) -
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=datetime.UTC)
-    now = now or datetime.datetime.now(datetime.UTC)
-    return max(0.0, (when - now).total_seconds())
+    return max(0.0, (when - clock.now()).total_seconds())
 
 
 class RetryingNetwork(client.ClientNetwork):
     """One per concurrent issuance (it holds a nonce pool and a `requests.Session`)."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, clock: Clock = SYSTEM_CLOCK, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.clock = clock
+        """The wall clock a Retry-After HTTP-date is measured against."""
         self.last_response: requests.Response | None = None
         self.requests_sent = 0
 
@@ -77,7 +85,7 @@ class RetryingNetwork(client.ClientNetwork):
     def _retry_after(self) -> float | None:
         if self.last_response is None:
             return None
-        return parse_retry_after(self.last_response.headers.get("Retry-After"))
+        return parse_retry_after(self.last_response.headers.get("Retry-After"), self.clock)
 
     def _transient(self, fn: Callable[[], T], what: str) -> T:
         delay = TRANSIENT_BASE_DELAY

@@ -44,7 +44,8 @@ def _micro(when: datetime.datetime) -> str:
 
 class Lease:
     def __init__(self, api: client.ApiClient, namespace: str, name: str, identity: str,
-                 duration: float = 15.0, clock: Callable[[], float] = time.monotonic) -> None:
+                 duration: float = 15.0, clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], datetime.datetime] = _now) -> None:
         self.api = client.CoordinationV1Api(api)
         self.namespace = namespace
         self.name = name
@@ -59,6 +60,9 @@ class Lease:
         """Seconds one API request may take."""
         self.clock = clock
         """Local monotonic seconds: all timing here is by this replica's own clock."""
+        self.wall = wall
+        """UTC wall time, only written (renewTime, acquireTime) for others to read, never
+        compared."""
         self._renewed_at: float | None = None
         """When our last successful write of the Lease started."""
         self._observed: tuple[Any, ...] | None = None
@@ -100,7 +104,7 @@ class Lease:
         return won
 
     def _attempt(self, started: float) -> bool:
-        now = _now()
+        now = self.wall()
         spec: dict[str, Any] = {"holderIdentity": self.identity,
                                 "leaseDurationSeconds": max(1, round(self.duration)),
                                 "renewTime": _micro(now)}

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Generic, Protocol, TypeVar
 
 from certop.core.models import ServiceBackend
@@ -24,7 +24,9 @@ FAIL_HOLD = 5.0
 class Balancer:
     """Round robin per request over the healthy endpoints of a backend."""
 
-    def __init__(self) -> None:
+    def __init__(self, monotonic: Callable[[], float] = time.monotonic) -> None:
+        self._monotonic = monotonic
+        """Seconds that never go back; read only while some endpoint has failed lately."""
         self._counters: dict[ServiceBackend, itertools.count[int]] = {}
         self._failed: dict[Address, float] = {}
         self._addresses: dict[ServiceBackend, tuple[Address, ...]] = {}
@@ -70,7 +72,7 @@ class Balancer:
             rotated = [*addrs[i:], *addrs[:i]]
         if not self._failed:
             return rotated
-        now = time.monotonic()
+        now = self._monotonic()
         healthy = [a for a in rotated if self._failed.get(a, 0.0) <= now]
         failed = [a for a in rotated if self._failed.get(a, 0.0) > now]
         if not healthy:
@@ -82,7 +84,7 @@ class Balancer:
         return [*healthy, *failed]
 
     def failed(self, addr: Address) -> None:
-        self._failed[addr] = time.monotonic() + FAIL_HOLD
+        self._failed[addr] = self._monotonic() + FAIL_HOLD
 
     def succeeded(self, addr: Address) -> None:
         if self._failed:

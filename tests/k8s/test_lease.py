@@ -137,3 +137,14 @@ async def test_the_holder_reports_the_lease_lost_when_the_api_goes_away() -> Non
         stop.set()
         if not holder.done():
             holder.cancel()
+
+
+def test_the_times_written_to_the_lease_come_from_the_clock_it_is_given(
+        kube: EmulatorThread) -> None:
+    wall = datetime.datetime(2031, 5, 6, 7, 8, 9, 123456, tzinfo=datetime.UTC)
+    lease = Lease(kube.operator_client(), "certop", "leader-wall", "replica-a", 15, Clock(),
+                  wall=lambda: wall)
+    assert lease.try_acquire()
+    spec = client.CoordinationV1Api(kube.api_client()).read_namespaced_lease(
+        "leader-wall", "certop").spec
+    assert spec.acquire_time == wall and spec.renew_time == wall
