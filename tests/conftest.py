@@ -20,13 +20,11 @@ import pytest
 from fakeclock import FakeClock
 
 from certop.core.backoff import Backoff
-from certop.core.clock import Clock, SystemClock
+from certop.core.clock import Clock
 from certop.core.models import AcmeIssuer, ObjectRef
 from certop.proxy.server import Proxy
-from certop.proxy.tls import CertBook
-from certop.standalone.runner import Standalone, StandaloneSettings, load_config
-from certop.store.files import FileAccountStore, FileCertStore, FileOrderJournal
-from solvers.http01 import TokenStore
+from certop.standalone import wiring
+from certop.standalone.runner import Standalone, StandaloneSettings
 
 
 @pytest.fixture(autouse=True)
@@ -153,20 +151,16 @@ async def standalone(
         ca_bundle=Path(pebble.api_ca), watch_interval=watch_interval,
         self_check_addr=("127.0.0.1", http_port), validation_timeout=validation_timeout,
     )
-    config = load_config(settings)
-    proxy = Proxy(CertBook(), TokenStore())
-    await proxy.start("127.0.0.1", http_port, https_port)
-    runner = Standalone(settings, proxy, FileCertStore(state_dir), FileAccountStore(state_dir),
-                        FileOrderJournal(state_dir), clock or SystemClock(), backoff)
-    runner.apply(config)
-    stop = asyncio.Event()
-    task = asyncio.create_task(runner.run(stop))
-    try:
-        yield Running(runner, proxy, http_port, https_port, state_dir, task, stop)
-    finally:
-        stop.set()
-        await task
-        await proxy.close()
+    async with wiring.standalone(settings, "127.0.0.1", http_port, https_port,
+                                 clock=clock, backoff=backoff) as wired:
+        stop = asyncio.Event()
+        task = asyncio.create_task(wired.runner.run(stop))
+        try:
+            yield Running(wired.runner, wired.proxy, http_port, https_port, state_dir, task,
+                          stop)
+        finally:
+            stop.set()
+            await task
 
 
 @pytest.fixture

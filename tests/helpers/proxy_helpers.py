@@ -10,13 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from certop import crypto
-from certop.core.clock import SystemClock
 from certop.proxy.server import Proxy, ProxySettings
-from certop.proxy.tls import CertBook
-from certop.standalone.runner import Standalone, StandaloneSettings, load_config
-from certop.store.files import FileAccountStore, FileCertStore, FileOrderJournal
+from certop.standalone import wiring
+from certop.standalone.runner import Standalone, StandaloneSettings
 from certop.store.ports import StoredCert
-from solvers.http01 import TokenStore
 
 
 @dataclass
@@ -71,21 +68,16 @@ async def serving(tmp: Path, manifests: str, services: list[str],
                                   services=tuple(services),
                                   certificates=tuple(certificates or ()), hsts=hsts,
                                   watch_interval=0.05)
-    config = load_config(settings)
-    proxy = Proxy(CertBook(default), TokenStore(), proxy_settings)
-    await proxy.start("127.0.0.1", 0, 0)
-    state = tmp / "state"
-    runner = Standalone(settings, proxy, FileCertStore(state), FileAccountStore(state),
-                        FileOrderJournal(state), SystemClock())
-    runner.apply(config)
-    stop = asyncio.Event()
-    task = asyncio.create_task(runner.run(stop))
-    try:
-        yield Served(runner, proxy, proxy.http_port, proxy.https_port, manifest)
-    finally:
-        stop.set()
-        await task
-        await proxy.close(grace=1.0)
+    async with wiring.standalone(settings, "127.0.0.1", 0, 0, proxy_settings=proxy_settings,
+                                 default_certificate=default, grace=1.0) as wired:
+        stop = asyncio.Event()
+        task = asyncio.create_task(wired.runner.run(stop))
+        try:
+            yield Served(wired.runner, wired.proxy, wired.proxy.http_port,
+                         wired.proxy.https_port, manifest)
+        finally:
+            stop.set()
+            await task
 
 
 def client_context(cafile: Path | None = None) -> ssl.SSLContext:
