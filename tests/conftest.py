@@ -51,37 +51,6 @@ def pebble_root(pebble: pebblectl.PebbleInfo) -> str:
     return pebble.root_pem()
 
 
-def write_ingress(path: Path, name: str, hosts: list[str], secret: str,
-                  service: str = "web", extra_annotations: dict[str, str] | None = None) -> Path:
-    annotations = "".join(f"\n    {k}: \"{v}\"" for k, v in (extra_annotations or {}).items())
-    rules = "".join(
-        f"""
-    - host: {h}
-      http:
-        paths:
-          - path: /
-            pathType: Prefix
-            backend:
-              service:
-                name: {service}
-                port:
-                  number: 80""" for h in hosts)
-    path.write_text(f"""apiVersion: networking.k8s.io/v1
-kind: Ingress
-metadata:
-  name: {name}
-  namespace: default
-  annotations:
-    certop.dev/cluster-issuer: default{annotations}
-spec:
-  tls:
-    - hosts: [{", ".join(hosts)}]
-      secretName: {secret}
-  rules:{rules}
-""")
-    return path
-
-
 @dataclass
 class Running:
     runner: Standalone

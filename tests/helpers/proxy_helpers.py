@@ -25,30 +25,6 @@ class Served:
     manifest: Path
 
 
-def ingress_yaml(name: str, host: str, annotations: dict[str, str] | None = None,
-                 tls: bool = True, service: str = "web", secret: str | None = None) -> str:
-    """One Ingress in the default namespace routing `host` / to `service`:80; with `tls`, a
-    tls entry for the host with Secret `secret` (default NAME-tls)."""
-    ann = "".join(f'\n    {k}: "{v}"' for k, v in (annotations or {}).items()) or " {}"
-    tls_block = f"\n  tls: [{{hosts: [{host}], secretName: {secret or name + '-tls'}}}]" \
-        if tls else ""
-    return f"""apiVersion: networking.k8s.io/v1
-kind: Ingress
-metadata:
-  name: {name}
-  namespace: default
-  annotations:{ann}
-spec:{tls_block}
-  rules:
-    - host: {host}
-      http:
-        paths:
-          - path: /
-            pathType: Prefix
-            backend: {{service: {{name: {service}, port: {{number: 80}}}}}}
-"""
-
-
 def self_signed_files(directory: Path, name: str, hosts: tuple[str, ...]) -> tuple[Path, Path]:
     cert, key = crypto.self_signed(hosts)
     cert_path, key_path = directory / f"{name}.crt", directory / f"{name}.key"

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pebblectl
 import pytest
-from conftest import https_request, standalone, write_ingress
+from conftest import https_request, standalone
 from echo import Echo
+from manifest_yaml import write_ingress
 
 HOST = "eab.certop.test"
 HMAC = base64.urlsafe_b64encode(b"0123456789abcdef0123456789abcdef").decode().rstrip("=")
