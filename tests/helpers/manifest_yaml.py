@@ -34,9 +34,11 @@ spec:{tls_block}
 
 
 def write_ingress(path: Path, name: str, hosts: list[str], secret: str,
-                  service: str = "web", extra_annotations: dict[str, str] | None = None) -> Path:
+                  service: str = "web", extra_annotations: dict[str, str] | None = None,
+                  issuer: str | None = "default") -> Path:
     """`path` holding an Ingress for `hosts` with one tls entry (Secret `secret`), issued by
-    the ClusterIssuer `default`."""
-    annotations = {"certop.dev/cluster-issuer": "default", **(extra_annotations or {})}
+    the ClusterIssuer `issuer` (certop.dev/cluster-issuer; None: no such annotation)."""
+    annotations = {"certop.dev/cluster-issuer": issuer} if issuer is not None else {}
+    annotations.update(extra_annotations or {})
     path.write_text(ingress_yaml(name, hosts, annotations, service=service, secret=secret))
     return path
