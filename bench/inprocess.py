@@ -13,13 +13,9 @@ import sys
 import time
 from pathlib import Path
 
-from certop.core.clock import SystemClock
 from certop.core.models import AcmeIssuer, ObjectRef
-from certop.proxy.server import Proxy
-from certop.proxy.tls import CertBook
-from certop.standalone.runner import Standalone, StandaloneSettings, load_config
-from certop.store.files import FileAccountStore, FileCertStore, FileOrderJournal
-from solvers.http01 import TokenStore
+from certop.standalone import wiring
+from certop.standalone.runner import StandaloneSettings
 
 
 async def main(directory: str, ca: str, http_port: int, work: Path, names: list[str]) -> None:
@@ -38,21 +34,15 @@ async def main(directory: str, ca: str, http_port: int, work: Path, names: list[
         cli_issuer=AcmeIssuer(ObjectRef("ClusterIssuer", "", "default"), directory, None),
         ca_bundle=Path(ca), self_check_addr=("127.0.0.1", http_port),
     )
-    config = load_config(settings)
-    proxy = Proxy(CertBook(), TokenStore())
-    await proxy.start("127.0.0.1", http_port, None)
-    state = work / "state"
-    runner = Standalone(settings, proxy, FileCertStore(state), FileAccountStore(state),
-                        FileOrderJournal(state), SystemClock())
-    runner.apply(config)
-    stop = asyncio.Event()
-    start = time.monotonic()
-    task = asyncio.create_task(runner.run(stop))
-    await runner.wait_ready(timeout=600)
-    took = time.monotonic() - start
-    stop.set()
-    await task
-    await proxy.close()
+    async with wiring.standalone(settings, "127.0.0.1", http_port, None) as wired:
+        runner = wired.runner
+        stop = asyncio.Event()
+        start = time.monotonic()
+        task = asyncio.create_task(runner.run(stop))
+        await runner.wait_ready(timeout=600)
+        took = time.monotonic() - start
+        stop.set()
+        await task
     stats = runner.stats
     print(json.dumps({"seconds": took, "issued": stats.issued, "failures": stats.failures,
                       "acme_requests": stats.acme_requests}))

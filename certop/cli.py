@@ -23,23 +23,15 @@ from pathlib import Path
 
 from certop import __version__
 from certop.core import annotations as ann
-from certop.core.clock import SystemClock
 from certop.core.errors import ConfigError
 from certop.core.models import AcmeIssuer, ObjectRef
 from certop.proxy.admin import Admin
 from certop.proxy.libssl import TicketKeys
-from certop.proxy.server import Proxy, ProxySettings
-from certop.proxy.tls import CertBook
-from certop.standalone import supplied
+from certop.proxy.server import ProxySettings
+from certop.standalone import supplied, wiring
 from certop.standalone.loader import one_line
-from certop.standalone.runner import Standalone, StandaloneSettings, load_config
-from certop.store.files import (
-    FileAccountStore,
-    FileCertStore,
-    FileOrderJournal,
-    StateDir,
-    ensure_dir,
-)
+from certop.standalone.runner import StandaloneSettings, load_config
+from certop.store.files import StateDir, ensure_dir
 from certop.store.ports import StoredCert
 from solvers.http01 import TokenStore
 
@@ -304,45 +296,44 @@ async def run_standalone(settings: StandaloneSettings, args: argparse.Namespace,
     except OSError as exc:
         raise ConfigError(str(settings.state_dir), "", "--state-dir",
                           f"a directory certop can write ({exc.strerror or exc})") from None
-    proxy = Proxy(CertBook(_default_certificate(args), tickets), tokens, _proxy_settings(args))
-    try:
-        await proxy.start(listen, http_port, https_port, reuse_port=args.workers > 1)
-    except OSError as exc:
-        print(f"certop: error: cannot listen on {listen} ports {http_port}/{https_port}: "
-              f"{exc.strerror or exc}", file=sys.stderr)
-        return 1
-    runner = Standalone(
-        settings, proxy, FileCertStore(settings.state_dir),
-        FileAccountStore(settings.state_dir), FileOrderJournal(settings.state_dir),
-        SystemClock(),
-    )
-    runner.apply(config)
-    admin = Admin(proxy, lambda: runner.config is not None)
-    if args.admin_port is not None and not settings.serve_only:
-        port = await admin.start(listen if listen not in ("0.0.0.0", "::") else "127.0.0.1",
-                                 args.admin_port)
-        log.info("admin endpoints on port %d: /healthz /readyz /metrics", port)
-    log.info("serving %d Ingresses on %s: HTTP %d, HTTPS %d; %d certificates",
-             len(config.manifests.ingresses), listen, http_port, https_port, len(config.specs))
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    if parent is not None:
-        def orphaned() -> None:
-            if os.getppid() != parent:
-                log.warning("the issuing worker is gone: stopping")
-                stop.set()
-            else:
-                loop.call_later(1.0, orphaned)
+    async with contextlib.AsyncExitStack() as stack:
+        try:
+            wired = await stack.enter_async_context(wiring.standalone(
+                settings, listen, http_port, https_port, config=config,
+                proxy_settings=_proxy_settings(args),
+                default_certificate=_default_certificate(args), tickets=tickets,
+                tokens=tokens, reuse_port=args.workers > 1))
+        except OSError as exc:
+            print(f"certop: error: cannot listen on {listen} ports {http_port}/{https_port}: "
+                  f"{exc.strerror or exc}", file=sys.stderr)
+            return 1
+        proxy, runner = wired.proxy, wired.runner
+        admin = Admin(proxy, lambda: runner.config is not None)
+        if args.admin_port is not None and not settings.serve_only:
+            port = await admin.start(listen if listen not in ("0.0.0.0", "::") else "127.0.0.1",
+                                     args.admin_port)
+            log.info("admin endpoints on port %d: /healthz /readyz /metrics", port)
+        log.info("serving %d Ingresses on %s: HTTP %d, HTTPS %d; %d certificates",
+                 len(config.manifests.ingresses), listen, http_port, https_port,
+                 len(config.specs))
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        if parent is not None:
+            def orphaned() -> None:
+                if os.getppid() != parent:
+                    log.warning("the issuing worker is gone: stopping")
+                    stop.set()
+                else:
+                    loop.call_later(1.0, orphaned)
 
-        orphaned()
-    try:
-        await runner.run(stop)
-    finally:
-        log.info("stopping: draining connections")
-        await admin.close()
-        await proxy.close()
+            orphaned()
+        try:
+            await runner.run(stop)
+        finally:
+            log.info("stopping: draining connections")
+            await admin.close()
     return 0
 
 

@@ -20,13 +20,11 @@ import pytest
 from fakeclock import FakeClock
 
 from certop.core.backoff import Backoff
-from certop.core.clock import Clock, SystemClock
+from certop.core.clock import Clock
 from certop.core.models import AcmeIssuer, ObjectRef
 from certop.proxy.server import Proxy
-from certop.proxy.tls import CertBook
-from certop.standalone.runner import Standalone, StandaloneSettings, load_config
-from certop.store.files import FileAccountStore, FileCertStore, FileOrderJournal
-from solvers.http01 import TokenStore
+from certop.standalone import wiring
+from certop.standalone.runner import Standalone, StandaloneSettings
 
 
 @pytest.fixture(autouse=True)
@@ -51,37 +49,6 @@ def pebble(tmp_path_factory: pytest.TempPathFactory) -> Iterator[pebblectl.Pebbl
 @pytest.fixture(scope="session")
 def pebble_root(pebble: pebblectl.PebbleInfo) -> str:
     return pebble.root_pem()
-
-
-def write_ingress(path: Path, name: str, hosts: list[str], secret: str,
-                  service: str = "web", extra_annotations: dict[str, str] | None = None) -> Path:
-    annotations = "".join(f"\n    {k}: \"{v}\"" for k, v in (extra_annotations or {}).items())
-    rules = "".join(
-        f"""
-    - host: {h}
-      http:
-        paths:
-          - path: /
-            pathType: Prefix
-            backend:
-              service:
-                name: {service}
-                port:
-                  number: 80""" for h in hosts)
-    path.write_text(f"""apiVersion: networking.k8s.io/v1
-kind: Ingress
-metadata:
-  name: {name}
-  namespace: default
-  annotations:
-    certop.dev/cluster-issuer: default{annotations}
-spec:
-  tls:
-    - hosts: [{", ".join(hosts)}]
-      secretName: {secret}
-  rules:{rules}
-""")
-    return path
 
 
 @dataclass
@@ -153,20 +120,16 @@ async def standalone(
         ca_bundle=Path(pebble.api_ca), watch_interval=watch_interval,
         self_check_addr=("127.0.0.1", http_port), validation_timeout=validation_timeout,
     )
-    config = load_config(settings)
-    proxy = Proxy(CertBook(), TokenStore())
-    await proxy.start("127.0.0.1", http_port, https_port)
-    runner = Standalone(settings, proxy, FileCertStore(state_dir), FileAccountStore(state_dir),
-                        FileOrderJournal(state_dir), clock or SystemClock(), backoff)
-    runner.apply(config)
-    stop = asyncio.Event()
-    task = asyncio.create_task(runner.run(stop))
-    try:
-        yield Running(runner, proxy, http_port, https_port, state_dir, task, stop)
-    finally:
-        stop.set()
-        await task
-        await proxy.close()
+    async with wiring.standalone(settings, "127.0.0.1", http_port, https_port,
+                                 clock=clock, backoff=backoff) as wired:
+        stop = asyncio.Event()
+        task = asyncio.create_task(wired.runner.run(stop))
+        try:
+            yield Running(wired.runner, wired.proxy, http_port, https_port, state_dir, task,
+                          stop)
+        finally:
+            stop.set()
+            await task
 
 
 @pytest.fixture

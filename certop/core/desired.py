@@ -18,6 +18,7 @@ from certop.core.models import (
     CertificateSpec,
     Fqdn,
     Ingress,
+    ObjectRef,
 )
 from certop.core.solvers import select as select_solver
 
@@ -134,3 +135,50 @@ def certificate_specs(
                 )
             by_key[spec.key] = (replace(old, owners=(*old.owners, ing.ref)), old_where)
     return Desired(tuple(s for s, _ in by_key.values()), tuple(warnings))
+
+
+def with_certificates(
+    desired: Desired,
+    certificates: Iterable[tuple[ObjectRef, CertificateSpec]],
+    issuers: Mapping[str, AcmeIssuer],
+    *,
+    supplied: frozenset[tuple[str, str]] = frozenset(),
+) -> Desired:
+    """`desired` (from Ingresses) with the certificates Certificate objects ask for
+    (standalone mode's Certificate manifests); raises ConfigError naming the Certificate.
+
+    A Certificate naming the Secret of a `tls[]` entry must agree on its hosts and issuer
+    (one Secret holds one certificate); it then says how the certificate is made (key,
+    renewBefore). A Certificate whose Secret the user brings is served with that: no order.
+    """
+    by_key: dict[tuple[str, str], tuple[CertificateSpec, str]] = {
+        s.key: (s, ", ".join(str(o) for o in s.owners) or "an Ingress") for s in desired.specs}
+    for ref, spec in certificates:
+        if spec.key in supplied:
+            continue
+        issuer = issuers.get(spec.issuer)
+        if issuer is None:
+            raise ConfigError(ref.source, str(ref), "spec.issuerRef.name",
+                              f"the name of a known ClusterIssuer, not {spec.issuer!r} "
+                              f"(known: {', '.join(sorted(issuers)) or 'none'})")
+        for j, host in enumerate(spec.hosts):
+            chosen = select_solver(issuer.solvers, host)
+            if chosen is None:
+                raise ConfigError(ref.source, str(ref), f"spec.dnsNames[{j}]",
+                                  f"a host one of issuer {spec.issuer!r}'s solvers is for; "
+                                  f"no selector matches {host}")
+            if host.startswith("*.") and chosen.challenge_type != "dns-01":
+                raise ConfigError(ref.source, str(ref), f"spec.dnsNames[{j}]",
+                                  f"a wildcard host ({host}) needs a DNS-01 solver; issuer "
+                                  f"{spec.issuer!r} selects HTTP-01 for it")
+        prior = by_key.get(spec.key)
+        if prior is not None:
+            old, old_where = prior
+            if old.hosts != spec.hosts or old.issuer != spec.issuer:
+                raise ConfigError(
+                    ref.source, str(ref), "spec.secretName",
+                    f"Secret {spec.secret_name!r} is already used with other hosts or issuer "
+                    f"by {old_where}; one Secret holds one certificate")
+            spec = replace(spec, owners=tuple(dict.fromkeys((*old.owners, *spec.owners))))
+        by_key[spec.key] = (spec, str(ref))
+    return Desired(tuple(s for s, _ in by_key.values()), desired.warnings)

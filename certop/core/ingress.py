@@ -87,15 +87,21 @@ class Fields:
         return value
 
 
+def host_problem(value: object) -> str | None:
+    """What is wrong with `value` as a host name (Ingress hosts, Certificate dnsNames)."""
+    if isinstance(value, str) and _HOST_RE.fullmatch(value) and len(value) <= 253:
+        return None
+    shown = repr(value) if isinstance(value, str) else names.quoted(value)
+    return (f"a DNS name like 'www.example.com' or '*.example.com' (lower case, no port), "
+            f"not {shown}")
+
+
 def _host(f: Fields, value: Any, field: str) -> str:
     host = f.string(value, field)
     assert host is not None
-    if not _HOST_RE.fullmatch(host) or len(host) > 253:
-        raise f.error(
-            field,
-            f"a DNS name like 'www.example.com' or '*.example.com' (lower case, no port), "
-            f"not {host!r}",
-        )
+    problem = host_problem(host)
+    if problem is not None:
+        raise f.error(field, problem)
     return host
 
 

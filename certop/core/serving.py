@@ -48,14 +48,18 @@ class Snapshot:
         return cls(RouteTable.empty(), MappingProxyType({}), MappingProxyType({}))
 
 
-def sni_map(ingresses: Iterable[Ingress]) -> dict[str, SecretKey]:
-    """Which Secret serves which host, from `spec.tls`: the first Ingress naming a host wins."""
+def sni_map(ingresses: Iterable[Ingress],
+            more: Iterable[tuple[str, SecretKey]] = ()) -> dict[str, SecretKey]:
+    """Which Secret serves which host, from `spec.tls`: the first Ingress naming a host wins;
+    then `more` (a Certificate's dnsNames -> its Secret) for the hosts no Ingress names."""
     sni: dict[str, SecretKey] = {}
     for ing in ingresses:
         for tls in ing.tls:
             if tls.secret_name:
                 for host in tls.hosts:
                     sni.setdefault(host, (ing.ref.namespace, tls.secret_name))
+    for host, key in more:
+        sni.setdefault(host, key)
     return sni
 
 
@@ -74,12 +78,14 @@ def backends(ingresses: Iterable[Ingress]) -> list[ServiceBackend]:
 def build(ingresses: Sequence[Ingress],
           resolve: Callable[[ServiceBackend], Sequence[Address]],
           hsts_default: str | None = None,
-          certificates: Mapping[SecretKey, KeyPair] | None = None) -> Snapshot:
+          certificates: Mapping[SecretKey, KeyPair] | None = None,
+          sni: Iterable[tuple[str, SecretKey]] = ()) -> Snapshot:
     """The snapshot of these Ingresses; `resolve` gives a backend's endpoints (the source's
-    knowledge: `--service` flags, EndpointSlices)."""
+    knowledge: `--service` flags, EndpointSlices); `sni`: more SNI hosts and their Secrets
+    (Certificate objects' dnsNames), for hosts no Ingress's `tls` names."""
     return Snapshot(
         routing.build(ingresses, hsts_default),
-        MappingProxyType(sni_map(ingresses)),
+        MappingProxyType(sni_map(ingresses, sni)),
         MappingProxyType({b: tuple(resolve(b)) for b in backends(ingresses)}),
         MappingProxyType(dict(certificates or {})),
     )

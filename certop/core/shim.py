@@ -20,8 +20,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from certop.core.duration import format_duration
-from certop.core.models import CertificateSpec, KeyAlgorithm
+from certop.core.certificates import certificate_spec
+from certop.core.models import CertificateSpec
 
 API_VERSION = "certop.dev/v1"
 SHIM_LABEL = "certop.dev/ingress-shim"
@@ -59,21 +59,6 @@ class Action:
     message: str = ""
     others: tuple[str, ...] = ()
     """For a conflict: the other Ingresses that own the Certificate."""
-
-
-def certificate_spec(spec: CertificateSpec) -> dict[str, Any]:
-    algorithm, size = ("ECDSA", 256) if spec.key_algorithm is KeyAlgorithm.ECDSA_P256 else (
-        "RSA", int(spec.key_algorithm.value.split("-")[1]))
-    wanted: dict[str, Any] = {
-        "secretName": spec.secret_name,
-        "dnsNames": list(spec.hosts),
-        "issuerRef": {"name": spec.issuer, "kind": spec.issuer_kind, "group": "certop.dev"},
-        "privateKey": {"algorithm": algorithm, "size": size,
-                       "rotationPolicy": "Never" if spec.reuse_key else "Always"},
-    }
-    if spec.renew_before is not None:
-        wanted["renewBefore"] = format_duration(spec.renew_before)
-    return wanted
 
 
 def _same(existing: Mapping[str, Any], wanted: Mapping[str, Any]) -> bool:

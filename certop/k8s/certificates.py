@@ -40,17 +40,14 @@ from certop.acme.accounts import Account, account_id
 from certop.acme.orders import OrderSession, Stage
 from certop.core import issuing
 from certop.core.backoff import Backoff
+from certop.core.certificates import spec_of as _spec_of
 from certop.core.clock import Clock, SystemClock
-from certop.core.duration import parse_duration
 from certop.core.errors import CertopError, ConfigError
 from certop.core.issuers import parse_issuer
 from certop.core.models import (
     AcmeIssuer,
     CertificateSpec,
-    Fqdn,
-    KeyAlgorithm,
     ObjectRef,
-    SecretName,
 )
 from certop.core.renewal import CertFacts
 from certop.core.shim import CLASS_ANNOTATION
@@ -93,44 +90,6 @@ class OperatorSettings:
     """Seconds between looks at a certificate that is not due yet."""
     validation_timeout: float = 600.0
     """Seconds an order may stay pending at the CA once its challenges are answered."""
-
-
-def _spec_of(body: Mapping[str, Any]) -> CertificateSpec:
-    spec = body.get("spec") or {}
-    meta = body["metadata"]
-    where = f"Certificate {meta.get('namespace')}/{meta.get('name')}"
-    names = spec.get("dnsNames") or []
-    if not names or not all(isinstance(n, str) for n in names):
-        raise ConfigError("", where, "spec.dnsNames", "at least one DNS name")
-    ref = spec.get("issuerRef") or {}
-    if not ref.get("name"):
-        raise ConfigError("", where, "spec.issuerRef.name", "the name of an issuer")
-    key = spec.get("privateKey") or {}
-    algo = KeyAlgorithm.ECDSA_P256
-    try:
-        if key.get("algorithm") == "RSA":
-            algo = KeyAlgorithm(f"RSA-{key.get('size') or 2048}")
-        elif key.get("size") not in (None, 256):
-            raise ValueError(key.get("size"))
-    except ValueError:
-        raise ConfigError("", where, "spec.privateKey.size",
-                          "256 for ECDSA; 2048, 3072 or 4096 for RSA") from None
-    if key.get("rotationPolicy") not in (None, "Always", "Never"):
-        raise ConfigError("", where, "spec.privateKey.rotationPolicy", "Always or Never")
-    renew_before = None
-    if spec.get("renewBefore"):
-        try:
-            renew_before = parse_duration(str(spec["renewBefore"]))
-        except ValueError:
-            raise ConfigError("", where, "spec.renewBefore",
-                              "a duration such as 720h or 360h30m") from None
-    return CertificateSpec(
-        namespace=meta["namespace"], secret_name=SecretName(spec.get("secretName", "")),
-        hosts=tuple(sorted({Fqdn(n.lower()) for n in names})), issuer=ref["name"],
-        issuer_kind=ref.get("kind") or "ClusterIssuer", key_algorithm=algo,
-        renew_before=renew_before, reuse_key=key.get("rotationPolicy") == "Never",
-        owners=tuple(ObjectRef("Ingress", meta["namespace"], str(o.get("name")))
-                     for o in meta.get("ownerReferences") or [] if o.get("kind") == "Ingress"))
 
 
 def _condition(ready: bool, reason: str, message: str, now: datetime.datetime

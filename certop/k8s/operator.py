@@ -20,9 +20,10 @@ from typing import Any
 import kopf
 import kubernetes
 
-from certop.k8s.certificates import CertificateController, OperatorSettings
+from certop.k8s.certificates import CertificateController, OperatorSettings, StageHook
 from certop.k8s.lease import Lease
 from certop.k8s.shim import Shim
+from certop.metrics import Metrics
 from certop.proxy.admin import Admin
 from certop.proxy.server import Proxy
 from certop.proxy.tls import CertBook
@@ -96,6 +97,22 @@ def _load_kubernetes_config() -> kubernetes.client.ApiClient:
     return TimedApiClient()
 
 
+def build_registry(api: kubernetes.client.ApiClient, tokens: TokenStore,
+                   settings: OperatorSettings, *, default_issuer: str | None = None,
+                   metrics: Metrics | None = None,
+                   stage_hook: StageHook | None = None,
+                   registry: kopf.OperatorRegistry | None = None) -> kopf.OperatorRegistry:
+    """`registry` (a new one by default) with the Ingress shim and the Certificate controller:
+    what `certop operator` runs once it leads (the in-process tests run it too). Login and
+    kopf's settings are the caller's (`run_operator` registers kubectl's login and
+    `configure_kopf` first)."""
+    registry = registry if registry is not None else kopf.OperatorRegistry()
+    Shim(api, default_issuer).register(registry)
+    CertificateController(api, tokens, settings, metrics=metrics,
+                          stage_hook=stage_hook).register(registry)
+    return registry
+
+
 async def run_operator(run: OperatorRun) -> int:
     api = await asyncio.to_thread(_load_kubernetes_config)
     tokens = TokenStore()
@@ -121,18 +138,17 @@ async def run_operator(run: OperatorRun) -> int:
             task.cancel()
         if not stop.is_set():
             log.info("leading: starting the Ingress shim and the Certificate controller")
-            registry = kopf.OperatorRegistry()
-            # The same login as our own client: in-cluster service account or KUBECONFIG.
-            kopf.on.login(registry=registry)(kopf.login_via_client)
-            kopf.on.startup(registry=registry, id="settings")(_configure_kopf_handler)
-            Shim(api, run.default_issuer).register(registry)
             settings = OperatorSettings(
                 resource_namespace=run.resource_namespace, solver_service=run.solver_service,
                 solver_port=80,
                 self_check_addr=("127.0.0.1" if run.listen in ("0.0.0.0", "") else run.listen,
                                  run.solver_port))
-            CertificateController(api, tokens, settings,
-                                  metrics=responder.metrics).register(registry)
+            registry = kopf.OperatorRegistry()
+            # The same login as our own client: in-cluster service account or KUBECONFIG.
+            kopf.on.login(registry=registry)(kopf.login_via_client)
+            kopf.on.startup(registry=registry, id="settings")(_configure_kopf_handler)
+            build_registry(api, tokens, settings, default_issuer=run.default_issuer,
+                           metrics=responder.metrics, registry=registry)
             flag: asyncio.Future[None] = loop.create_future()
             operator = asyncio.create_task(kopf.operator(
                 registry=registry, clusterwide=not run.namespaces,

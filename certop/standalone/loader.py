@@ -1,9 +1,10 @@
 """Read the manifests of standalone mode: files or directories of multi-document YAML.
 
 Owns: finding the files, parsing YAML, sorting documents by kind (Ingress, ClusterIssuer/Issuer,
-Secret) and turning each into checked core values. Every problem is a `ConfigError` naming the
-file, the object and the field; so is any other exception raised while reading a document (a
-bug must not kill the file watcher or print a traceback). Never writes anything.
+Certificate, Secret) and turning each into checked core values. Every problem is a
+`ConfigError` naming the file, the object and the field; so is any other exception raised
+while reading a document (a bug must not kill the file watcher or print a traceback). Never
+writes anything.
 
 YAML is parsed with bounds (a document is untrusted input): nesting at most `MAX_DEPTH` levels
 (aliases included), and aliases may add at most `MAX_ALIAS_NODES` nodes to a document, so a
@@ -22,13 +23,14 @@ from typing import Any
 import yaml
 
 from certop.core import names
+from certop.core.certificates import CERTIFICATE_API_VERSIONS, parse_certificate
 from certop.core.errors import ConfigError
 from certop.core.ingress import parse_ingress
 from certop.core.issuers import ISSUER_API_VERSIONS, parse_issuer
-from certop.core.models import AcmeIssuer, Ingress
+from certop.core.models import AcmeIssuer, CertificateSpec, Ingress, ObjectRef
 
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
-KNOWN = "a networking.k8s.io/v1 Ingress, a ClusterIssuer or a v1 Secret"
+KNOWN = "a networking.k8s.io/v1 Ingress, a ClusterIssuer, a Certificate or a v1 Secret"
 MAX_DEPTH = 100
 """Deepest nesting of a document (an Ingress needs about 10 levels)."""
 MAX_ALIAS_NODES = 10_000
@@ -111,6 +113,8 @@ class Manifests:
     secrets: Mapping[tuple[str, str], Mapping[str, bytes]] = field(default_factory=dict)
     files: tuple[Path, ...] = ()
     secret_sources: Mapping[tuple[str, str], str] = field(default_factory=dict)
+    certificates: tuple[tuple[ObjectRef, CertificateSpec], ...] = ()
+    """Certificate manifests: each object (with the file it was read from) and its spec."""
 
 
 def manifest_files(paths: Sequence[Path]) -> list[Path]:
@@ -181,12 +185,14 @@ def load(paths: Sequence[Path], resource_namespace: str = "default") -> Manifest
     ingresses: list[Ingress] = []
     secrets: dict[tuple[str, str], dict[str, bytes]] = {}
     secret_sources: dict[tuple[str, str], str] = {}
+    certificates: list[tuple[ObjectRef, CertificateSpec]] = []
     seen: dict[tuple[str, str, str], str] = {}
     for path in files:
         for index, doc in _documents(path):
             source = str(path) if index == 0 else f"{path} (document {index + 1})"
             try:
-                ident = _sort(doc, source, ingresses, raw_issuers, secrets, secret_sources)
+                ident = _sort(doc, source, ingresses, raw_issuers, secrets, secret_sources,
+                              certificates)
             except ConfigError:
                 raise
             except Exception as exc:  # a bug must read as a configuration error, not kill
@@ -207,13 +213,15 @@ def load(paths: Sequence[Path], resource_namespace: str = "default") -> Manifest
             raise ConfigError(source, "", "", "a manifest certop can read (reading it "
                               f"failed: {one_line(exc)})") from exc
         issuers[issuer.ref.name] = issuer
-    return Manifests(tuple(ingresses), issuers, secrets, tuple(files), secret_sources)
+    return Manifests(tuple(ingresses), issuers, secrets, tuple(files), secret_sources,
+                     tuple(certificates))
 
 
 def _sort(doc: Any, source: str, ingresses: list[Ingress],
           raw_issuers: list[tuple[Mapping[str, Any], str]],
           secrets: dict[tuple[str, str], dict[str, bytes]],
-          secret_sources: dict[tuple[str, str], str]) -> tuple[str, str, str]:
+          secret_sources: dict[tuple[str, str], str],
+          certificates: list[tuple[ObjectRef, CertificateSpec]]) -> tuple[str, str, str]:
     """Parse one document into the list it belongs to; its identity for duplicate checks."""
     if not isinstance(doc, Mapping):
         raise ConfigError(source, "", "", f"{KNOWN}, as a YAML mapping")
@@ -229,6 +237,10 @@ def _sort(doc: Any, source: str, ingresses: list[Ingress],
         meta = doc.get("metadata")
         name = meta.get("name", "") if isinstance(meta, Mapping) else ""
         return ("ClusterIssuer", "", name if isinstance(name, str) else "")
+    if kind == "Certificate" and api in CERTIFICATE_API_VERSIONS:
+        ref, spec = parse_certificate(doc, source)
+        certificates.append((ref, spec))
+        return ("Certificate", ref.namespace, ref.name)
     if kind == "Secret" and api == "v1":
         key, data = _secret(doc, source)
         secrets[key] = data

@@ -28,7 +28,7 @@ from certop.core import annotations as ann
 from certop.core import serving
 from certop.core.backoff import Backoff
 from certop.core.clock import Clock
-from certop.core.desired import certificate_specs
+from certop.core.desired import certificate_specs, with_certificates
 from certop.core.errors import CertopError, ConfigError
 from certop.core.models import AcmeIssuer, CertificateSpec
 from certop.core.renewal import CertFacts, already_due, decide, renewal_time
@@ -124,11 +124,14 @@ def _load_config(settings: StandaloneSettings, strict: bool) -> Config:
     brought = supplied.Supplied(strict).from_secrets(manifests.secrets,
                                                      manifests.secret_sources)
     brought.from_flags(settings.certificates)
-    desired = certificate_specs(manifests.ingresses, issuers, default,
-                                supplied=frozenset(brought.pairs) | frozenset(brought.broken))
+    supplied_keys = frozenset(brought.pairs) | frozenset(brought.broken)
+    desired = with_certificates(
+        certificate_specs(manifests.ingresses, issuers, default, supplied=supplied_keys),
+        manifests.certificates, issuers, supplied=supplied_keys)
     snapshot = serving.build(
         manifests.ingresses, backends.addresses, ann.DEFAULT_HSTS if settings.hsts else None,
-        {key: serving.KeyPair(p.fullchain_pem, p.key_pem) for key, p in brought.pairs.items()})
+        {key: serving.KeyPair(p.fullchain_pem, p.key_pem) for key, p in brought.pairs.items()},
+        sni=[(host, spec.key) for _, spec in manifests.certificates for host in spec.hosts])
     warnings = (desired.warnings + snapshot.routes.conflicts
                 + tuple(f"{why}; keeping the last good certificate"
                         for why in brought.broken.values()))

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pebblectl
-from proxy_helpers import ingress_yaml, self_signed_files
+from manifest_yaml import ingress_yaml
+from proxy_helpers import self_signed_files
 
 HOST = "web.test"
 

@@ -10,13 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from certop import crypto
-from certop.core.clock import SystemClock
 from certop.proxy.server import Proxy, ProxySettings
-from certop.proxy.tls import CertBook
-from certop.standalone.runner import Standalone, StandaloneSettings, load_config
-from certop.store.files import FileAccountStore, FileCertStore, FileOrderJournal
+from certop.standalone import wiring
+from certop.standalone.runner import Standalone, StandaloneSettings
 from certop.store.ports import StoredCert
-from solvers.http01 import TokenStore
 
 
 @dataclass
@@ -26,30 +23,6 @@ class Served:
     http_port: int
     https_port: int
     manifest: Path
-
-
-def ingress_yaml(name: str, host: str, annotations: dict[str, str] | None = None,
-                 tls: bool = True, service: str = "web", secret: str | None = None) -> str:
-    """One Ingress in the default namespace routing `host` / to `service`:80; with `tls`, a
-    tls entry for the host with Secret `secret` (default NAME-tls)."""
-    ann = "".join(f'\n    {k}: "{v}"' for k, v in (annotations or {}).items()) or " {}"
-    tls_block = f"\n  tls: [{{hosts: [{host}], secretName: {secret or name + '-tls'}}}]" \
-        if tls else ""
-    return f"""apiVersion: networking.k8s.io/v1
-kind: Ingress
-metadata:
-  name: {name}
-  namespace: default
-  annotations:{ann}
-spec:{tls_block}
-  rules:
-    - host: {host}
-      http:
-        paths:
-          - path: /
-            pathType: Prefix
-            backend: {{service: {{name: {service}, port: {{number: 80}}}}}}
-"""
 
 
 def self_signed_files(directory: Path, name: str, hosts: tuple[str, ...]) -> tuple[Path, Path]:
@@ -71,21 +44,16 @@ async def serving(tmp: Path, manifests: str, services: list[str],
                                   services=tuple(services),
                                   certificates=tuple(certificates or ()), hsts=hsts,
                                   watch_interval=0.05)
-    config = load_config(settings)
-    proxy = Proxy(CertBook(default), TokenStore(), proxy_settings)
-    await proxy.start("127.0.0.1", 0, 0)
-    state = tmp / "state"
-    runner = Standalone(settings, proxy, FileCertStore(state), FileAccountStore(state),
-                        FileOrderJournal(state), SystemClock())
-    runner.apply(config)
-    stop = asyncio.Event()
-    task = asyncio.create_task(runner.run(stop))
-    try:
-        yield Served(runner, proxy, proxy.http_port, proxy.https_port, manifest)
-    finally:
-        stop.set()
-        await task
-        await proxy.close(grace=1.0)
+    async with wiring.standalone(settings, "127.0.0.1", 0, 0, proxy_settings=proxy_settings,
+                                 default_certificate=default, grace=1.0) as wired:
+        stop = asyncio.Event()
+        task = asyncio.create_task(wired.runner.run(stop))
+        try:
+            yield Served(wired.runner, wired.proxy, wired.proxy.http_port,
+                         wired.proxy.https_port, manifest)
+        finally:
+            stop.set()
+            await task
 
 
 def client_context(cafile: Path | None = None) -> ssl.SSLContext:

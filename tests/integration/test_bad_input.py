@@ -59,6 +59,17 @@ def issuer(name: str = "le", key_secret: str = "le-account") -> str:
             f"    privateKeySecretRef: {{name: {json.dumps(key_secret)}}}\n")
 
 
+def certificate(name: str = "site", hosts: str = "[a.example.test]",
+                secret: str = "site-tls", issuer: str = "default", extra: str = "",
+                api: str = "certop.dev/v1", namespace: str | None = None) -> str:
+    """A Certificate manifest; `extra`: more lines of its spec (indented two spaces)."""
+    meta = f"{{name: {json.dumps(name)}" + (f", namespace: {json.dumps(namespace)}}}"
+                                           if namespace is not None else "}")
+    return (f"apiVersion: {api}\nkind: Certificate\nmetadata: {meta}\nspec:\n"
+            f"  secretName: {json.dumps(secret)}\n  dnsNames: {hosts}\n"
+            f"  issuerRef: {{name: {json.dumps(issuer)}}}\n{extra}")
+
+
 def laughs(levels: int = 9) -> str:
     """The "billion laughs": each level nine aliases of the one before (9**9 strings)."""
     lines = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
@@ -117,6 +128,44 @@ CASES = [
     pytest.param(ingress() + "---\napiVersion: v1\nkind: Secret\n"
                  "metadata: {name: /web-tls}\nstringData: {a: b}\n",
                  "Secret: metadata.name", SUBDOMAIN, id="secret-name-absolute"),
+    # Certificate manifests: the same fields and checks as cluster mode's Certificates.
+    pytest.param(certificate(hosts="[]"), "Certificate default/site: spec.dnsNames",
+                 "at least one DNS name", id="certificate-no-dnsNames"),
+    pytest.param(certificate(hosts="[Bad_Host.test]"),
+                 "Certificate default/site: spec.dnsNames[0]", "a DNS name like",
+                 id="certificate-bad-dnsName"),
+    pytest.param(certificate(hosts="[a.example.test, 7]"),
+                 "Certificate default/site: spec.dnsNames[1]", "a DNS name like",
+                 id="certificate-dnsName-not-a-string"),
+    pytest.param(certificate(secret="../../outside"),
+                 "Certificate default/site: spec.secretName", SUBDOMAIN,
+                 id="certificate-secret-climbs-out"),
+    pytest.param(certificate(namespace="../x"), "Certificate site: metadata.namespace", LABEL,
+                 id="certificate-namespace-climbs-out"),
+    pytest.param(certificate(issuer="nope"), "Certificate default/site: spec.issuerRef.name",
+                 "a known ClusterIssuer, not 'nope'", id="certificate-unknown-issuer"),
+    pytest.param(certificate(extra="  issuerRef: {name: default, kind: Vault}\n"),
+                 "Certificate default/site: spec.issuerRef.kind", "ClusterIssuer or Issuer",
+                 id="certificate-issuer-kind"),
+    pytest.param(certificate(extra="  privateKey: {algorithm: RSA, size: 1024}\n"),
+                 "Certificate default/site: spec.privateKey.size", "2048, 3072 or 4096",
+                 id="certificate-rsa-1024"),
+    pytest.param(certificate(extra="  privateKey: {rotationPolicy: Sometimes}\n"),
+                 "Certificate default/site: spec.privateKey.rotationPolicy", "Always or Never",
+                 id="certificate-rotation-policy"),
+    pytest.param(certificate(extra="  renewBefore: soon\n"),
+                 "Certificate default/site: spec.renewBefore", "a duration such as 720h",
+                 id="certificate-renewBefore"),
+    pytest.param(certificate(hosts="['*.example.test']"),
+                 "Certificate default/site: spec.dnsNames[0]", "needs a DNS-01 solver",
+                 id="certificate-wildcard-with-http01"),
+    pytest.param(ingress() + "---\n" + certificate(secret="web-tls", hosts="[b.example.test]"),
+                 "Certificate default/site: spec.secretName", "already used",
+                 id="certificate-same-secret-as-an-ingress-other-hosts"),
+    pytest.param(certificate(api="cert-manager.io/v1", extra="  bogus: [\n"), "line",
+                 "valid YAML", id="certificate-yaml"),
+    pytest.param(certificate(api="cert-manager.io/v2"), "Certificate: apiVersion/kind",
+                 "not cert-manager.io/v2/Certificate", id="certificate-unknown-version"),
     # Anything that goes wrong while reading manifests is a configuration error.
     pytest.param(ingress(annotations={BODY_SIZE: "\u00b2"}),
                  f"Ingress default/web: metadata.annotations[{BODY_SIZE}]", "a size like 8m",

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pebblectl
 import pytest
-from conftest import https_request, standalone, write_ingress
+from conftest import https_request, standalone
 from echo import Echo
+from manifest_yaml import write_ingress
 
 HOST = "eab.certop.test"
 HMAC = base64.urlsafe_b64encode(b"0123456789abcdef0123456789abcdef").decode().rstrip("=")
@@ -63,9 +64,8 @@ async def test_a_cluster_issuer_with_eab_and_ca_bundle_issues(
     issuer.write_text(issuer_yaml(eab_pebble.directory_url,
                                   Path(eab_pebble.api_ca).read_text(), eab=True))
     ingress = write_ingress(tmp_path / "web.yaml", "web", [HOST], "eab-tls",
-                            extra_annotations={"cert-manager.io/cluster-issuer": "pebble"})
-    text = ingress.read_text().replace("certop.dev/cluster-issuer: default\n", "")
-    ingress.write_text(text)
+                            extra_annotations={"cert-manager.io/cluster-issuer": "pebble"},
+                            issuer=None)
     with Echo("web") as echo:
         async with standalone(eab_pebble, tmp_path / "state", [issuer, ingress],
                               [f"web=127.0.0.1:{echo.port}"], cli_issuer=False) as run:
@@ -80,9 +80,7 @@ async def test_without_the_binding_the_ca_refusal_is_reported_not_retried_hot(
     issuer = tmp_path / "issuer.yaml"
     issuer.write_text(issuer_yaml(eab_pebble.directory_url,
                                   Path(eab_pebble.api_ca).read_text(), eab=False))
-    ingress = write_ingress(tmp_path / "web.yaml", "web", [HOST], "eab-tls")
-    ingress.write_text(ingress.read_text().replace("cluster-issuer: default",
-                                                   "cluster-issuer: pebble"))
+    ingress = write_ingress(tmp_path / "web.yaml", "web", [HOST], "eab-tls", issuer="pebble")
     with Echo("web") as echo:
         async with standalone(eab_pebble, tmp_path / "state", [issuer, ingress],
                               [f"web=127.0.0.1:{echo.port}"], cli_issuer=False) as run:

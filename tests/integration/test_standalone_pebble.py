@@ -16,10 +16,11 @@ from pathlib import Path
 
 import pebblectl
 import pytest
-from conftest import LoopbackHTTPS, https_request, standalone, write_ingress
+from conftest import LoopbackHTTPS, https_request, standalone
 from echo import Echo
 from fakeclock import FakeClock
 from gate import Gate
+from manifest_yaml import write_ingress
 
 from certop import crypto
 from certop.core.backoff import Backoff

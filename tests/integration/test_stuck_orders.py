@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pebblectl
 import pytest
-from conftest import standalone, write_ingress
+from conftest import standalone
 from echo import Echo
 from fakeclock import FakeClock
 from faultproxy import FaultProxy
 from gate import Gate
+from manifest_yaml import write_ingress
 
 from certop.core.backoff import Backoff
 

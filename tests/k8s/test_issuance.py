@@ -22,8 +22,8 @@ from loopthread import LoopThread
 
 from certop import crypto
 from certop.core.models import CertificateSpec
-from certop.k8s.certificates import CertificateController, OperatorSettings, StageHook
-from certop.k8s.shim import Shim
+from certop.k8s.certificates import OperatorSettings, StageHook
+from certop.k8s.operator import build_registry
 from certop.proxy.server import Proxy
 from certop.proxy.tls import CertBook
 from solvers.http01 import TokenStore
@@ -65,12 +65,9 @@ def create_issuer(kube: EmulatorThread, info: pebblectl.PebbleInfo,
 def operator(kube: EmulatorThread, tokens: TokenStore, responder_port: int,
              posting: bool = False, stage_hook: StageHook | None = None) -> OperatorThread:
     """The shim and the Certificate daemons under kopf, as `certop operator` wires them."""
-    registry = kopf.OperatorRegistry()
-    Shim(kube.operator_client()).register(registry)
     settings = OperatorSettings(resource_namespace="certop",
                                 self_check_addr=("127.0.0.1", responder_port))
-    CertificateController(kube.operator_client(), tokens, settings,
-                          stage_hook=stage_hook).register(registry)
+    registry = build_registry(kube.operator_client(), tokens, settings, stage_hook=stage_hook)
     return OperatorThread(registry, kube.url, posting=posting)
 
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import pebblectl
 import pytest
 from echo import Echo
+from manifest_yaml import ingress_yaml as ingress
 from proxy_helpers import client_context, self_signed_files, serving
-from proxy_helpers import ingress_yaml as ingress
 
 from certop.proxy.admin import Admin
 from certop.proxy.server import ProxySettings

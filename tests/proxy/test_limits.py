@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 from certopctl import Process, process, wait_for
-from proxy_helpers import ingress_yaml, serving
+from manifest_yaml import ingress_yaml
+from proxy_helpers import serving
 
 from certop.proxy.server import ProxySettings
 

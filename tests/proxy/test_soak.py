@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 from echo import Echo
-from proxy_helpers import client_context, ingress_yaml, self_signed_files, serving
+from manifest_yaml import ingress_yaml
+from proxy_helpers import client_context, self_signed_files, serving
 
 from certop import crypto
 

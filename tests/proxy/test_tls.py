@@ -16,7 +16,8 @@ import pytest
 from conftest import LoopbackHTTPS, https_request
 from cryptography import x509
 from echo import Echo
-from proxy_helpers import client_context, ingress_yaml, self_signed_files, serving
+from manifest_yaml import ingress_yaml
+from proxy_helpers import client_context, self_signed_files, serving
 
 from certop import crypto
 from certop.store.ports import StoredCert

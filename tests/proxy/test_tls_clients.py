@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 from certopctl import Process, process, wait_for
 from echo import Echo
+from manifest_yaml import ingress_yaml
 from pki import Pki, make_pki
-from proxy_helpers import ingress_yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 SSLYZE_VENV = ROOT / ".venv-sslyze"
