@@ -42,7 +42,7 @@ from certop.core import issuing
 from certop.core.backoff import Backoff
 from certop.core.certificates import spec_of as _spec_of
 from certop.core.clock import Clock, SystemClock
-from certop.core.errors import CertopError, ConfigError
+from certop.core.errors import CertopError
 from certop.core.issuers import parse_issuer
 from certop.core.models import (
     AcmeIssuer,
