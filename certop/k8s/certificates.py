@@ -134,7 +134,7 @@ class CertificateController:
                  stage_hook: StageHook | None = None,
                  solvers: SolverRegistry | None = None) -> None:
         self.api = api
-        self.solvers = solvers or SolverRegistry()
+        self.solvers = solvers if solvers is not None else SolverRegistry()
         """The solvers an issuer's blocks may name (the installed entry points by default)."""
         self.stage_hook = stage_hook
         self.metrics = metrics or Metrics()

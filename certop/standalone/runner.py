@@ -181,7 +181,7 @@ class Standalone:
         solvers: SolverRegistry | None = None,
     ) -> None:
         self.settings = settings
-        self.solvers = solvers or SolverRegistry()
+        self.solvers = solvers if solvers is not None else SolverRegistry()
         """The solvers an issuer's blocks may name (the installed entry points by default)."""
         self.proxy = proxy
         self.certs = certs

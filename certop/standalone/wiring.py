@@ -57,8 +57,10 @@ async def standalone(
     token store (shared between workers through a directory); `tickets`: TLS session-ticket
     keys shared between workers; `grace`: seconds requests in flight get when leaving."""
     config = config if config is not None else load_config(settings)
-    proxy = Proxy(CertBook(default_certificate, tickets), tokens or TokenStore(),
-                  proxy_settings)
+    # `is not None`: an empty TokenStore is falsy (it has a length), and the shared one of
+    # --workers starts empty.
+    tokens = tokens if tokens is not None else TokenStore()
+    proxy = Proxy(CertBook(default_certificate, tickets), tokens, proxy_settings)
     await proxy.start(listen, http_port, https_port, reuse_port=reuse_port)
     try:
         state = settings.state_dir
