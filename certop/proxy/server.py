@@ -28,6 +28,7 @@ import re
 import socket
 import time
 import weakref
+from collections.abc import Callable
 from email.utils import formatdate
 from typing import cast
 from urllib.parse import unquote
@@ -113,15 +114,17 @@ def clean_path(target: bytes) -> str | None:
 
 class Proxy:
     def __init__(self, certs: CertBook, tokens: TokenStore,
-                 settings: ProxySettings | None = None) -> None:
-        """Serves nothing but challenge tokens until a snapshot is swapped in (`swap`)."""
+                 settings: ProxySettings | None = None,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        """Serves nothing but challenge tokens until a snapshot is swapped in (`swap`).
+        `monotonic`: the clock of the balancer's hold on failed endpoints."""
         self.certs = certs
         self.tokens = tokens
         self.settings = settings or ProxySettings()
         self.serving = Snapshot.empty()
         self.routes = self.serving.routes
         """`serving.routes`, read per request (one attribute lookup less)."""
-        self.balancer = Balancer()
+        self.balancer = Balancer(monotonic)
         self.pool: Pool[UpstreamConn] = Pool()
         self.https_port = 443
         self.http_port = 80

@@ -57,31 +57,33 @@ class Balancer:
         return addrs[next(counter) % len(addrs)]
 
     def candidates(self, backend: ServiceBackend, first: Address | None = None) -> list[Address]:
-        """Endpoints to try in order: healthy ones round robin, recently failed ones last."""
+        """Endpoints to try in order: healthy ones round robin (from `first` when it is
+        healthy), recently failed ones last. A failure whose hold is over is forgotten, so the
+        endpoint takes its turn again (one step of the round robin per call: two steps would
+        skip every other endpoint, and with two endpoints never return to the one that
+        failed)."""
         addrs = self._addrs(backend)
         if not addrs:
             return []
-        if first is not None and first in addrs:
+        if self._failed:
+            now = self._monotonic()
+            for addr in [a for a, until in self._failed.items() if until <= now]:
+                del self._failed[addr]
+        if first is not None and first in addrs and first not in self._failed:
             i = addrs.index(first)
-            rotated = [*addrs[i:], *addrs[:i]]
+            start = [*addrs[i:], *addrs[:i]]
         else:
             counter = self._counters.get(backend)
             if counter is None:
                 counter = self._counters[backend] = itertools.count()
-            i = next(counter) % len(addrs)
-            rotated = [*addrs[i:], *addrs[:i]]
+            healthy_now = [a for a in addrs if a not in self._failed] or list(addrs)
+            i = next(counter) % len(healthy_now)
+            start = [*healthy_now[i:], *healthy_now[:i]]
         if not self._failed:
-            return rotated
-        now = self._monotonic()
-        healthy = [a for a in rotated if self._failed.get(a, 0.0) <= now]
-        failed = [a for a in rotated if self._failed.get(a, 0.0) > now]
-        if not healthy:
-            return failed
-        if first is None or first not in healthy:
-            counter = self._counters[backend]
-            j = next(counter) % len(healthy)
-            healthy = [*healthy[j:], *healthy[:j]]
-        return [*healthy, *failed]
+            return start
+        healthy = [a for a in start if a not in self._failed]
+        failed = list(dict.fromkeys(a for a in (*start, *addrs) if a in self._failed))
+        return [*healthy, *failed] if healthy else failed
 
     def failed(self, addr: Address) -> None:
         self._failed[addr] = self._monotonic() + FAIL_HOLD

@@ -45,3 +45,31 @@ def test_when_every_endpoint_failed_they_are_all_still_candidates() -> None:
     assert sorted(balancer.candidates(WEB)) == [A, B]
     balancer.succeeded(B)
     assert picks(balancer) == [B] * 6
+
+
+def test_the_proxy_gives_its_balancer_the_clock_it_is_given() -> None:
+    from certop.proxy.server import Proxy
+    from certop.proxy.tls import CertBook
+    from solvers.http01 import TokenStore
+
+    clock = Monotonic()
+    balancer = Proxy(CertBook(), TokenStore(), monotonic=clock).balancer
+    balancer.endpoints = {WEB: (A, B)}
+    balancer.failed(A)
+    assert A not in picks(balancer)
+    clock.t += FAIL_HOLD + 1
+    assert A in picks(balancer)
+
+
+def test_with_two_endpoints_the_one_that_failed_takes_its_turn_again_after_its_hold() -> None:
+    """Two steps of the round robin per pick (once to rotate, once more among the healthy)
+    picked the same endpoint for ever when there are two: the one that failed never got a
+    request again, so never a success to clear it."""
+    clock = Monotonic()
+    balancer = Balancer(clock)
+    balancer.endpoints = {WEB: (A, B)}
+    balancer.failed(A)
+    assert set(picks(balancer)) == {B}
+    clock.t += FAIL_HOLD + 1
+    assert set(picks(balancer)) == {A, B}
+    assert picks(balancer, 4) in ([A, B, A, B], [B, A, B, A])  # round robin again
