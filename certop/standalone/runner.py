@@ -87,8 +87,6 @@ class Config:
     serving: serving.Snapshot
     """What the proxy serves: routes, SNI map, --service endpoints, brought certificates."""
     warnings: tuple[str, ...]
-    supplied: dict[tuple[str, str], StoredCert]
-    """Certificates the user brings, by (namespace, Secret name)."""
 
 
 def load_config(settings: StandaloneSettings, strict: bool = True) -> Config:
@@ -135,7 +133,7 @@ def _load_config(settings: StandaloneSettings, strict: bool) -> Config:
     warnings = (desired.warnings + snapshot.routes.conflicts
                 + tuple(f"{why}; keeping the last good certificate"
                         for why in brought.broken.values()))
-    return Config(manifests, issuers, default, desired.specs, snapshot, warnings, brought.pairs)
+    return Config(manifests, issuers, default, desired.specs, snapshot, warnings)
 
 
 @dataclass
