@@ -40,6 +40,11 @@ class State:
     """The Ready stage was reported for the current certificate."""
     fresh: bool = False
     """The stored certificate was issued by this driver's last attempt."""
+    retry_at: float = 0.0
+    """Monotonic time before which no attempt is made (the backoff after a failure): a wake
+    for another reason (a file edit, a clock change) does not cut it short."""
+    spec: CertificateSpec | None = None
+    """The spec of the last look: a change of what is asked for ends the backoff."""
 
 
 # -- observations ---------------------------------------------------------------------------
@@ -65,6 +70,10 @@ class Looked:
     draw: float
     """Uniform in [0, 1): the backoff's jitter, should this look fail."""
     forced: bool = False
+    mono: float = 0.0
+    """The monotonic clock now (backoff deadlines)."""
+    ari_wait: float | None = None
+    """Seconds until the CA's renewal information is to be asked again (None: not at all)."""
 
 
 @dataclass(frozen=True)
@@ -89,6 +98,8 @@ class Failed:
     error: str
     retry_after: float | None
     draw: float
+    mono: float = 0.0
+    """The monotonic clock now (the backoff's deadline starts here)."""
 
 
 Observation = Restored | Looked | SpecInvalid | JournalCleared | Succeeded | Failed
@@ -169,19 +180,31 @@ def transition(state: State, seen: Observation, policy: Policy = Policy()
         return dataclasses.replace(state, failures=0, journalled=False, reported=False,
                                    fresh=True), (ReportIssued(),)
     if isinstance(seen, Failed):
-        return _failed(state, seen.reason, seen.error, seen.retry_after, seen.draw, policy)
+        return _failed(state, seen.reason, seen.error, seen.retry_after, seen.draw, seen.mono,
+                       policy)
     return _looked(state, seen, policy)
 
 
 def _failed(state: State, reason: str, error: str, retry_after: float | None, draw: float,
-            policy: Policy) -> tuple[State, tuple[Action, ...]]:
+            mono: float, policy: Policy) -> tuple[State, tuple[Action, ...]]:
     failures = state.failures + 1
     delay = policy.backoff.delay(failures, draw, retry_after)
-    return dataclasses.replace(state, failures=failures, fresh=False), (
+    return dataclasses.replace(state, failures=failures, fresh=False,
+                               retry_at=mono + delay), (
         ReportFailed(reason, error, failures, delay), Wait(delay))
 
 
+def _asked(spec: CertificateSpec) -> CertificateSpec:
+    """What a certificate is asked to be (who asks for it is not part of that)."""
+    return dataclasses.replace(spec, owners=())
+
+
 def _looked(state: State, seen: Looked, policy: Policy) -> tuple[State, tuple[Action, ...]]:
+    if state.spec is not None and _asked(state.spec) != _asked(seen.spec):
+        # Something else is asked for: the backoff of the old request does not hold it up
+        # (cert-manager re-issues at once when a Certificate's spec changes).
+        state = dataclasses.replace(state, failures=0, hold=0.0, retry_at=0.0)
+    state = dataclasses.replace(state, spec=seen.spec)
     decision = decide(seen.spec, seen.facts, seen.now, ari_renew_at=seen.ari_at,
                       forced=seen.forced)
     if not decision.issue:
@@ -191,17 +214,21 @@ def _looked(state: State, seen: Looked, policy: Policy) -> tuple[State, tuple[Ac
         if not state.reported:
             actions.append(ReportStage("ready"))
         wait = min(max((decision.renew_at - seen.now).total_seconds(), 0.0), policy.recheck)
+        if seen.ari_wait is not None:
+            wait = min(wait, max(seen.ari_wait, 0.0))
         actions.append(Wait(wait))
         return dataclasses.replace(state, fresh=False, reported=True), tuple(actions)
     if state.hold > 0:
-        return dataclasses.replace(state, hold=0.0), (ReportHeld(state.failures, state.hold),
-                                                      Wait(state.hold))
+        return dataclasses.replace(state, hold=0.0, retry_at=seen.mono + state.hold), (
+            ReportHeld(state.failures, state.hold), Wait(state.hold))
+    if state.retry_at > seen.mono:
+        return state, (Wait(state.retry_at - seen.mono),)
     if state.fresh and seen.facts is not None:
         # Never a hot loop: a certificate due right after its issuance means the clock is
         # off or the CA asks for renewal at once; back off.
         guard = already_due(decision, seen.ari_at, seen.now)
         assert guard is not None
         return _failed(state, type(guard).__name__, str(guard), guard.retry_after, seen.draw,
-                       policy)
+                       seen.mono, policy)
     return dataclasses.replace(state, journalled=True), (ReportStage("trigger"),
                                                          Issue(decision.reason))

@@ -11,6 +11,10 @@ between resumes the stored order instead of placing a new one).
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import contextlib
+import contextvars
 import datetime
 import functools
 import logging
@@ -58,6 +62,10 @@ class Ports(Protocol):
 
     def stopped(self) -> bool: ...
 
+    def forced(self) -> bool:
+        """A renewal was asked for by hand (`certop renew`); cleared by `issued`."""
+        ...
+
     async def blocking(self, call: Callable[[], _T]) -> _T:
         """`call()` off the event loop."""
         ...
@@ -85,6 +93,8 @@ class Ports(Protocol):
 
     errors: tuple[type[BaseException], ...]
     """What fails an attempt (backed off and reported); anything else propagates."""
+    expected: tuple[type[BaseException], ...]
+    """Of `errors`, those that are no bug of certop's (others are logged with a traceback)."""
 
     # -- the status/event sink -------------------------------------------------------------
 
@@ -138,8 +148,12 @@ async def run(ports: Ports, restored: issuing.Restored, policy: issuing.Policy,
                 facts = crypto.load_pair(stored.fullchain_pem, stored.key_pem).facts
             except crypto.CertificateUnreadable:
                 facts = None
-        ari_at = await _ari_time(ports, spec, stored) if facts is not None else None
-        seen = issuing.Looked(spec, facts, ari_at, ports.clock.now(), rand())
+        ari_at, ari_wait = None, None
+        if facts is not None and stored is not None:
+            ari_at = await _ari_time(ports, spec, stored)
+            ari_wait = ports.ari.wait(ports.key, stored.fullchain_pem)
+        seen = issuing.Looked(spec, facts, ari_at, ports.clock.now(), rand(), ports.forced(),
+                              ports.clock.monotonic(), ari_wait)
         state = await _act(ports, state, seen, spec, stored, policy, rand)
 
 
@@ -177,14 +191,33 @@ async def _act(ports: Ports, state: issuing.State, seen: issuing.Observation,
             try:
                 done = await attempt(ports, spec, stored)
             except ports.errors as exc:
-                outcome = issuing.Failed(_reason(exc), str(exc),
-                                         getattr(exc, "retry_after", None), rand())
+                if not isinstance(exc, ports.expected):
+                    log.error("Certificate %s/%s: unexpected error", spec.namespace,
+                              spec.secret_name, exc_info=exc)
+                outcome = issuing.Failed(_reason(exc), str(exc) or _reason(exc),
+                                         getattr(exc, "retry_after", None), rand(),
+                                         ports.clock.monotonic())
             else:
                 if not done:
                     return None  # stopped between two stages
                 outcome = issuing.Succeeded()
             return await _act(ports, state, outcome, spec, stored, policy, rand)
     return state
+
+
+async def in_thread(call: Callable[[], _T],
+                    executor: concurrent.futures.Executor | None = None) -> _T:
+    """`call()` in a thread (of `executor`, or asyncio's default one). Cancelled meanwhile,
+    it still waits for the call to end, so that nothing the call does (presenting a token,
+    creating an Ingress) happens after the caller's cleanup."""
+    in_context = functools.partial(contextvars.copy_context().run, call)  # as to_thread
+    future = asyncio.get_running_loop().run_in_executor(executor, in_context)
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await future
+        raise
 
 
 def _reason(exc: BaseException) -> str:

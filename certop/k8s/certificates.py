@@ -110,19 +110,6 @@ def _tell(body: kopf.Body, kind: str, reason: str, message: str) -> None:
     kopf.event(targets, type=kind, reason=reason, message=message)
 
 
-async def _in_thread(call: Callable[[], _T]) -> _T:
-    """`call()` in a thread. Cancelled meanwhile, it still waits for the call to end, so that
-    nothing the call does (presenting a token, creating an Ingress) happens after the
-    caller's cleanup."""
-    future = asyncio.ensure_future(asyncio.to_thread(call))
-    try:
-        return await asyncio.shield(future)
-    except asyncio.CancelledError:
-        with contextlib.suppress(Exception):
-            await future
-        raise
-
-
 def _ts(when: datetime.datetime) -> str:
     return when.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -317,6 +304,7 @@ class _Ports:
 
     errors: tuple[type[BaseException], ...] = (CertopError, crypto.CertificateUnreadable,
                                                ApiException)
+    expected = errors
 
     def __init__(self, controller: CertificateController, body: kopf.Body, name: str,
                  uid: str, stopped: kopf.DaemonStopped) -> None:
@@ -335,8 +323,11 @@ class _Ports:
     def stopped(self) -> bool:
         return bool(self._stopped)
 
+    def forced(self) -> bool:
+        return False
+
     async def blocking(self, call: Callable[[], _T]) -> _T:
-        return await _in_thread(call)
+        return await pipeline.in_thread(call)
 
     def spec(self) -> CertificateSpec:
         return _spec_of(self.body)

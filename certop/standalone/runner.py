@@ -25,25 +25,35 @@ from certop import crypto
 from certop.acme.accounts import Account
 from certop.acme.orders import OrderSession
 from certop.core import annotations as ann
-from certop.core import serving
+from certop.core import issuing, serving
 from certop.core.backoff import Backoff
 from certop.core.clock import Clock
 from certop.core.desired import certificate_specs, with_certificates
 from certop.core.errors import CertopError, ConfigError
 from certop.core.models import AcmeIssuer, CertificateSpec
-from certop.core.renewal import CertFacts, already_due, decide, renewal_time
+from certop.core.renewal import CertFacts, decide, renewal_time
+from certop.issuance import pipeline
 from certop.issuance.accounts import AccountRegistry, CaBundles
 from certop.issuance.ari import RenewalInfoCache
 from certop.proxy.server import Proxy
 from certop.standalone import loader, supplied
 from certop.standalone.services import StaticBackends
 from certop.store.files import StateDir, UnsafePath
-from certop.store.ports import AccountStore, CertStore, OrderJournal, StoredCert
+from certop.store.memory import MemoryFailureRecords
+from certop.store.ports import (
+    AccountStore,
+    CertStore,
+    FailureRecords,
+    OrderJournal,
+    StoredCert,
+)
 from solvers.base import SolverContext
 from solvers.registry import SolverRegistry
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
+STOP_GRACE = 5.0
+"""Seconds a stopping runner gives each certificate to end its look or order stage."""
 
 
 @dataclass(frozen=True)
@@ -140,18 +150,19 @@ def _load_config(settings: StandaloneSettings, strict: bool) -> Config:
 class _CertState:
     spec: CertificateSpec
     facts: CertFacts | None = None
-    task: asyncio.Task[None] | None = None
-    failures: int = 0
-    not_before_attempt: float = 0.0
-    """Monotonic time before which no new attempt is made (backoff)."""
-    forced: bool = False
-    version: str | None = None
-    """The stored version last handed to the proxy (serve-only processes)."""
     cert_pem: bytes | None = None
     """The current certificate (the one `facts` describe), for renewal information."""
-    ari_task: asyncio.Task[None] | None = None
-    fresh: bool = False
-    """The current certificate came from this process's last order (and ARI not asked yet)."""
+    version: str | None = None
+    """The stored version last handed to the proxy (serve-only processes)."""
+    task: asyncio.Task[None] | None = None
+    """The certificate's issuance driver (none in serve-only processes)."""
+    busy: bool = False
+    """An order is in flight."""
+    forced: bool = False
+    looks: int = 0
+    """Looks done (each followed by a pause): a caller waits for the look after a wake."""
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    """Ends the driver's pause early: the spec changed, the files were edited, a wake."""
 
 
 @dataclass
@@ -177,6 +188,7 @@ class Standalone:
         backoff: Backoff | None = None,
         rand: Callable[[], float] = random.random,
         solvers: SolverRegistry | None = None,
+        failures: FailureRecords | None = None,
     ) -> None:
         self.settings = settings
         self.solvers = solvers if solvers is not None else SolverRegistry()
@@ -185,6 +197,9 @@ class Standalone:
         self.certs = certs
         self.accounts_store = accounts
         self.journal = journal
+        self.failure_records: FailureRecords = failures if failures is not None \
+            else MemoryFailureRecords()
+        """Failed attempts per certificate, so a restart continues the backoff."""
         self.clock = clock
         self.backoff = backoff or Backoff()
         self.rand = rand
@@ -195,7 +210,10 @@ class Standalone:
             lambda _issuer, _namespace: accounts, CaBundles(StateDir(settings.state_dir)),
             trust=self._trust)
         self.ari = RenewalInfoCache(clock, self.backoff, rand, self._in_pool)
-        self._wake = asyncio.Event()
+        self._running = False
+        self._stopping = False
+        self._stop = asyncio.Event()
+        """Set when the runner stops: drivers end at their next stage or pause."""
         self._issued = asyncio.Condition()
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=settings.workers, thread_name_prefix="certop-acme"
@@ -216,25 +234,28 @@ class Standalone:
             if key not in wanted:
                 gone = self._states.pop(key)
                 self.ari.forget(key)
-                for task in (gone.task, gone.ari_task):
-                    if task is not None:
-                        task.cancel()
+                if gone.task is not None:
+                    gone.task.cancel()
         for key, spec in wanted.items():
-            existing = self._states.get(key)
-            if existing is None:
+            state = self._states.get(key)
+            if state is None:
                 state = self._states[key] = _CertState(spec)
                 self._load_stored(state)
+                self._start(state)
                 continue
-            state = existing
             if state.spec != spec:
-                if state.task is not None and state.spec.hosts != spec.hosts:
-                    state.task.cancel()
+                drop = state.busy and state.spec.hosts != spec.hosts
                 state.spec = spec
-                state.failures = 0
-                state.not_before_attempt = 0.0
-        self._wake.set()
+                if drop and state.task is not None:
+                    # The order in flight is for other names: stop it, start over for these
+                    # (the driver's next look sees the new spec, which ends any backoff).
+                    state.task.cancel()
+                    self._start(state, after=state.task)
+            state.changed.set()
 
     def _load_stored(self, state: _CertState) -> None:
+        """Serve what is stored (even expired or for other hosts) until its replacement is
+        ready."""
         spec = state.spec
         try:
             stored = self.certs.load(spec.namespace, spec.secret_name)
@@ -250,12 +271,6 @@ class Standalone:
             return
         state.facts, state.cert_pem = loaded.facts, stored.fullchain_pem
         state.version = self.certs.version(spec.namespace, spec.secret_name)
-        if not self.settings.serve_only and \
-                not decide(spec, loaded.facts, self.clock.now()).issue:
-            # Stored and current: an order journalled before a crash between storing the
-            # certificate and clearing the journal is done with.
-            self.journal.clear(spec.namespace, spec.secret_name)
-        # Serve what exists (even expired or for other hosts) until its replacement is ready.
         self.proxy.certs.put(spec.key, stored)
 
     # -- accounts ----------------------------------------------------------------------
@@ -272,7 +287,7 @@ class Standalone:
         return self.accounts.get(issuer, issuer.ref.namespace)
 
     async def _in_pool(self, call: Callable[[], _T]) -> _T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
+        return await pipeline.in_thread(call, self._executor)
 
     def ari_at(self, key: tuple[str, str]) -> datetime.datetime | None:
         """The CA's suggested renewal time for `key`'s current certificate (RFC 9773), if
@@ -282,141 +297,56 @@ class Standalone:
             return None
         return self.ari.known(key, state.cert_pem)
 
-    # -- scheduling --------------------------------------------------------------------
+    # -- scheduling: one issuance driver per certificate -----------------------------------
 
     def force_renew(self, namespace: str, name: str) -> None:
         state = self._states.get((namespace, name))
         if state is not None:
             state.forced = True
-            self._wake.set()
+            state.changed.set()
 
     def wake(self) -> None:
-        """Look at every certificate now (after a clock change, a file edit, ...)."""
-        self._wake.set()
-
-    def _reconcile(self) -> float:
-        """Start the orders that are due; return seconds until the next look is needed."""
-        now = self.clock.now()
-        mono = self.clock.monotonic()
-        next_look = self.settings.check_interval
+        """Look at every certificate now (after a clock change, ...)."""
         for state in self._states.values():
-            if state.task is not None or self.settings.serve_only:
-                continue
-            ari_at = None
-            if state.cert_pem is not None:
-                ari_at = self.ari.known(state.spec.key, state.cert_pem)
-                if state.ari_task is None:
-                    wait = self.ari.wait(state.spec.key, state.cert_pem)
-                    if wait <= 0:
-                        state.ari_task = asyncio.create_task(self._ask_renewal_info(state))
-                    else:
-                        next_look = min(next_look, wait)
-            if state.not_before_attempt > mono:
-                next_look = min(next_look, state.not_before_attempt - mono)
-                continue
-            decision = decide(state.spec, state.facts, now, forced=state.forced,
-                              ari_renew_at=ari_at)
-            if decision.issue:
-                log.info("%s: issuing (%s)", state.spec, decision.reason)
-                state.task = asyncio.create_task(self._issue(state))
-            elif decision.renew_at is not None:
-                next_look = min(next_look, (decision.renew_at - now).total_seconds())
-        return max(next_look, 0.0)
+            state.changed.set()
 
-    async def _ask_renewal_info(self, state: _CertState) -> None:
-        """The CA's suggested renewal time for the stored certificate (RFC 9773), asked again
-        when the CA's Retry-After says; a CA without `renewalInfo` leaves the lifetime policy."""
-        try:
-            await self._renewal_info(state)
-        finally:
-            state.ari_task = None
-            self._wake.set()
-        await self._notify()
+    def _start(self, state: _CertState, after: asyncio.Task[None] | None = None) -> None:
+        """Run `state`'s driver (once `after`, a stopped one, has ended)."""
+        if self._running and not self.settings.serve_only:
+            state.task = asyncio.create_task(self._drive(state, after))
 
-    async def _renewal_info(self, state: _CertState) -> None:
-        spec, cert_pem = state.spec, state.cert_pem
-        if cert_pem is None:
-            return
+    def _restored(self, spec: CertificateSpec) -> issuing.Restored:
+        """What the failure records say (a journal may exist: cleared at the first look that
+        finds the certificate current)."""
+        failures, last = 0, None
+        entry = self.failure_records.load(spec.namespace, spec.secret_name) or {}
+        count = entry.get("failures")
+        if isinstance(count, int) and not isinstance(count, bool) and count > 0:
+            with contextlib.suppress(TypeError, ValueError):
+                last = datetime.datetime.fromisoformat(str(entry.get("last")))
+                if last.tzinfo is None:
+                    last = last.replace(tzinfo=datetime.UTC)
+            failures = count
+        hold = self.backoff.remaining(failures, last, self.clock.now(), self.rand())
+        return issuing.Restored(failures, hold, journalled=True)
 
-        async def account() -> Account:
-            return self._account(spec.issuer)
-
-        when = await self.ari.ask(spec.key, cert_pem, str(spec), account)
-        now = self.clock.now()
-        if state.fresh and state.facts is not None and when is not None and when <= now:
-            # Never a hot loop: a CA asking to replace what it just issued waits a backoff.
-            guard = already_due(decide(spec, state.facts, now, ari_renew_at=when), when, now)
-            if guard is not None:
-                self._failed(state, guard, None)
-        state.fresh = False
-
-    async def _issue(self, state: _CertState) -> None:
-        spec = state.spec
-        loop = asyncio.get_running_loop()
-        session: OrderSession | None = None
-        try:
-            account = self._account(spec.issuer)
-            stored = await loop.run_in_executor(self._executor, self.certs.load,
-                                                spec.namespace, spec.secret_name)
-            assert self.config is not None
-            solvers = self.solvers.bind(self.solver_context)
-            session = OrderSession(spec, account, solvers, self.journal, stored=stored,
-                                   solver_specs=self.config.issuers[spec.issuer].solvers,
-                                   validation_timeout=self.settings.validation_timeout,
-                                   monotonic=self.clock.monotonic)
-            self.stats.orders += 1
-            while True:
-                step = await loop.run_in_executor(self._executor, session.step)
-                if step.done:
-                    break
-                await asyncio.sleep(step.after)  # the order's next check, scheduled
-            assert step.fullchain_pem is not None and step.key_pem is not None
-            pair = StoredCert(step.fullchain_pem, step.key_pem)
-            loaded = crypto.load_pair(pair.fullchain_pem, pair.key_pem)
-            await loop.run_in_executor(self._executor, self.certs.save, spec.namespace,
-                                       spec.secret_name, pair)
-            await loop.run_in_executor(self._executor, session.finish)
-            self.proxy.certs.put(spec.key, pair)
-            state.facts, state.cert_pem, state.fresh = loaded.facts, pair.fullchain_pem, True
-            state.failures = 0
-            state.forced = False
-            self.stats.issued += 1
-            renew_at = renewal_time(loaded.facts.not_before, loaded.facts.not_after,
-                                    spec.renew_before)
-            log.info("%s: certificate issued, valid until %s, renewal at %s", spec,
-                     loaded.facts.not_after.isoformat(), renew_at.isoformat())
-            now = self.clock.now()
-            guard = already_due(decide(spec, loaded.facts, now), None, now)
-            if guard is not None:
-                # Never a hot loop: a fresh certificate that is already due means the clock
-                # is ahead of the CA's or the lifetime is too short for the policy.
-                self._failed(state, guard, None)
-        except asyncio.CancelledError:
-            raise
-        except (CertopError, crypto.CertificateUnreadable, OSError) as exc:
-            self._failed(state, exc, getattr(exc, "retry_after", None))
-        except Exception as exc:  # a bug must not stop the other certificates
-            log.exception("%s: unexpected error", spec)
-            self._failed(state, exc, None)
-        finally:
-            if session is not None:
-                session.cleanup()
-                self.stats.acme_requests += session.requests_sent
-                self.stats.resumed += int(session.resumed)
-            state.task = None
-            self._wake.set()
-            await self._notify()
-
-    def _failed(self, state: _CertState, exc: BaseException, retry_after: float | None) -> None:
-        state.failures += 1
-        self.stats.failures += 1
-        delay = self.backoff.delay(state.failures, self.rand(), retry_after)
-        state.not_before_attempt = self.clock.monotonic() + delay
-        at = self.clock.now() + datetime.timedelta(seconds=delay)
-        message = f"{state.spec}: {exc}; attempt {state.failures} failed, next attempt in " \
-                  f"{delay:.0f}s (at {at.strftime('%H:%M:%S')} UTC)"
-        self.stats.events.append(message)
-        log.warning("%s", message)
+    async def _drive(self, state: _CertState, after: asyncio.Task[None] | None) -> None:
+        if after is not None:
+            await asyncio.gather(after, return_exceptions=True)
+        policy = issuing.Policy(self.backoff, self.settings.check_interval)
+        ports = _Ports(self, state)
+        while not ports.stopped():
+            try:
+                restored = await ports.blocking(lambda: self._restored(state.spec))
+                await pipeline.run(ports, restored, policy, self.rand)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a bug must not stop this certificate for good
+                delay = self.backoff.delay(1, self.rand())
+                log.exception("%s: unexpected error; looked at again in %.0fs", state.spec,
+                              delay)
+                state.busy = False
+                await ports.pause(delay)
 
     async def wait_until(self, predicate: Callable[[], bool], timeout: float = 60.0) -> None:
         """Until `predicate()` holds; re-checked after every finished order and file reload."""
@@ -433,7 +363,7 @@ class Standalone:
     def all_ready(self) -> bool:
         now = self.clock.now()
         for state in self._states.values():
-            if state.task is not None or state.facts is None:
+            if state.busy or state.facts is None:
                 return False
             if decide(state.spec, state.facts, now, forced=state.forced).issue:
                 return False
@@ -505,21 +435,147 @@ class Standalone:
         """Reconcile until `stop` is set (or the task is cancelled)."""
         watcher = asyncio.create_task(self._watch_files())
         stop = stop or asyncio.Event()
-        stopper = asyncio.create_task(stop.wait())
+        self._running = True
+        for state in self._states.values():
+            self._start(state)
         try:
-            while not stop.is_set():
-                self._wake.clear()
-                timeout = self._reconcile()
-                waker = asyncio.create_task(self._wake.wait())
-                await asyncio.wait({waker, stopper}, timeout=timeout,
-                                   return_when=asyncio.FIRST_COMPLETED)
-                waker.cancel()
+            await stop.wait()
         finally:
-            stopper.cancel()
+            # As the operator's daemons stop: each driver ends its look or order stage (a
+            # bounded step) and stops between two; what has not after STOP_GRACE is cancelled.
+            self._running, self._stopping = False, True
+            self._stop.set()
             watcher.cancel()
-            tasks = [t for s in self._states.values() for t in (s.task, s.ari_task)
-                     if t is not None]
+            tasks = [s.task for s in self._states.values() if s.task is not None]
+            if tasks:
+                await asyncio.wait(tasks, timeout=STOP_GRACE)
             for task in tasks:
                 task.cancel()
-            await asyncio.gather(watcher, stopper, *tasks, return_exceptions=True)
+            await asyncio.gather(watcher, *tasks, return_exceptions=True)
             self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+async def _first(seconds: float, *events: asyncio.Event) -> None:
+    """Until `seconds` pass or one of `events` is set."""
+    waiters = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+
+
+class _Ports:
+    """One certificate's ports for the issuance driver: the runner's file stores, its
+    statistics and log for reports, the proxy for new certificates."""
+
+    errors: tuple[type[BaseException], ...] = (Exception,)
+    """A bug fails one attempt (with a traceback in the log), not the certificate for good."""
+    expected: tuple[type[BaseException], ...] = (CertopError, crypto.CertificateUnreadable,
+                                                 OSError)
+
+    def __init__(self, runner: Standalone, state: _CertState) -> None:
+        self.runner = runner
+        self.state = state
+        self.clock = runner.clock
+        self.certs: CertStore = runner.certs
+        self.journal: OrderJournal = runner.journal
+        self.ari = runner.ari
+        self.key = state.spec.key
+        self.validation_timeout = runner.settings.validation_timeout
+
+    def stopped(self) -> bool:
+        return self.runner._stopping or self.runner._states.get(self.key) is not self.state
+
+    def forced(self) -> bool:
+        return self.state.forced
+
+    async def blocking(self, call: Callable[[], _T]) -> _T:
+        return await pipeline.in_thread(call, self.runner._executor)
+
+    def spec(self) -> CertificateSpec:
+        return self.state.spec
+
+    async def account(self, spec: CertificateSpec) -> Account:
+        return self.runner._account(spec.issuer)
+
+    async def order_inputs(self, spec: CertificateSpec) -> pipeline.OrderInputs:
+        runner = self.runner
+        assert runner.config is not None
+        return pipeline.OrderInputs(runner._account(spec.issuer),
+                                    runner.config.issuers[spec.issuer].solvers,
+                                    runner.solvers.bind(runner.solver_context))
+
+    async def pause(self, seconds: float) -> None:
+        self.state.looks += 1
+        await self.runner._notify()
+        changed = self.state.changed
+        await _first(seconds, changed, self.runner._stop)
+        changed.clear()
+
+    async def step_wait(self, seconds: float) -> None:
+        await _first(seconds, self.runner._stop)  # the order's next check, scheduled
+
+    async def stage(self, stage: str, spec: CertificateSpec,
+                    session: OrderSession | None) -> None:
+        log.debug("%s: %s done", spec, stage)
+
+    async def ready(self, spec: CertificateSpec, facts: CertFacts,
+                    renew_at: datetime.datetime, failures: int) -> None:
+        await self.runner._notify()
+
+    async def failed(self, spec: CertificateSpec | None, reason: str, message: str,
+                     failures: int, delay: float | None) -> None:
+        runner, spec = self.runner, spec or self.state.spec
+        if delay is None:
+            log.error("%s: %s", spec, message)
+            return
+        runner.stats.failures += 1
+        now = self.clock.now()
+        at = now + datetime.timedelta(seconds=delay)
+        text = f"{spec}: {message}; attempt {failures} failed, next attempt in " \
+               f"{delay:.0f}s (at {at.strftime('%H:%M:%S')} UTC)"
+        runner.stats.events.append(text)
+        log.warning("%s", text)
+        entry = {"failures": failures, "last": now.isoformat()}
+        await self._record(lambda: runner.failure_records.save(*spec.key, entry))
+        await runner._notify()
+
+    async def _record(self, call: Callable[[], None]) -> None:
+        try:
+            await self.blocking(call)
+        except (CertopError, OSError) as exc:
+            log.warning("%s: failed attempts not recorded (%s)", self.state.spec, exc)
+
+    async def held(self, spec: CertificateSpec, failures: int, seconds: float) -> None:
+        log.info("%s: attempt %d failed before this run; next attempt in %.0fs", spec,
+                 failures, seconds)
+
+    async def issued(self, spec: CertificateSpec) -> None:
+        # No notification here: the look that follows at once reports Ready, or the
+        # already-due guard's failure, and notifies then.
+        self.runner.stats.issued += 1
+        self.state.forced = False
+        facts = self.state.facts
+        if facts is not None:
+            renew_at = renewal_time(facts.not_before, facts.not_after, spec.renew_before)
+            log.info("%s: certificate issued, valid until %s, renewal at %s", spec,
+                     facts.not_after.isoformat(), renew_at.isoformat())
+        await self._record(lambda: self.runner.failure_records.clear(*spec.key))
+
+    async def ordering(self, spec: CertificateSpec) -> None:
+        log.info("%s: issuing", spec)
+        self.runner.stats.orders += 1
+        self.state.busy = True
+
+    async def ordered(self, spec: CertificateSpec, session: OrderSession) -> None:
+        stats = self.runner.stats
+        stats.acme_requests += session.requests_sent
+        stats.resumed += int(session.resumed)
+        self.state.busy = False
+        await self.runner._notify()
+
+    async def stored(self, spec: CertificateSpec, pair: StoredCert) -> None:
+        loaded = crypto.load_pair(pair.fullchain_pem, pair.key_pem)
+        self.state.facts, self.state.cert_pem = loaded.facts, pair.fullchain_pem
+        self.runner.proxy.certs.put(spec.key, pair)

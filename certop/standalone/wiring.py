@@ -18,7 +18,12 @@ from certop.proxy.libssl import TicketKeys
 from certop.proxy.server import Proxy, ProxySettings
 from certop.proxy.tls import CertBook
 from certop.standalone.runner import Config, Standalone, StandaloneSettings, load_config
-from certop.store.files import FileAccountStore, FileCertStore, FileOrderJournal
+from certop.store.files import (
+    FileAccountStore,
+    FileCertStore,
+    FileFailureRecords,
+    FileOrderJournal,
+)
 from certop.store.ports import StoredCert
 from solvers.http01 import TokenStore
 from solvers.registry import SolverRegistry
@@ -66,7 +71,7 @@ async def standalone(
         state = settings.state_dir
         runner = Standalone(settings, proxy, FileCertStore(state), FileAccountStore(state),
                             FileOrderJournal(state), clock or SystemClock(), backoff,
-                            solvers=solvers)
+                            solvers=solvers, failures=FileFailureRecords(state))
         runner.apply(config)
         yield Wired(proxy, runner, config)
     finally:

@@ -281,14 +281,18 @@ class FileAccountStore:
                          json.dumps(info, indent=2).encode(), 0o600)
 
 
-class FileOrderJournal:
+class _JsonRecords:
+    """One small JSON document per certificate under `<root>/<directory>/<namespace>/`."""
+
+    directory = ""
+
     def __init__(self, root: Path) -> None:
         self.root = root
         self.state = StateDir(root)
 
     def _parts(self, namespace: str, name: str) -> tuple[str, str, str]:
-        self.state.path("orders", namespace, name)  # `name` itself is one plain component
-        return ("orders", namespace, f"{name}.json")
+        self.state.path(self.directory, namespace, name)  # `name` is one plain component
+        return (self.directory, namespace, f"{name}.json")
 
     def load(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
@@ -302,3 +306,14 @@ class FileOrderJournal:
 
     def clear(self, namespace: str, name: str) -> None:
         self.state.remove(*self._parts(namespace, name))
+
+
+class FileOrderJournal(_JsonRecords):
+    directory = "orders"
+
+
+class FileFailureRecords(_JsonRecords):
+    """Failed attempts since the last certificate (`failures/<namespace>/<name>.json`), so a
+    restart continues the backoff instead of starting it over."""
+
+    directory = "failures"

@@ -57,3 +57,7 @@ class MemoryOrderJournal:
 
     def clear(self, namespace: str, name: str) -> None:
         self.entries.pop((namespace, name), None)
+
+
+class MemoryFailureRecords(MemoryOrderJournal):
+    """Failed attempts per certificate, in memory."""

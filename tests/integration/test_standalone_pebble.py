@@ -271,6 +271,41 @@ async def test_an_unavailable_ca_backs_off_and_keeps_serving(
             await broken.wait_closed()
 
 
+async def test_a_restart_continues_the_backoff_where_the_last_run_left_it(
+        tmp_path: Path, pebble: pebblectl.PebbleInfo, backend: Echo) -> None:
+    clock = FakeClock()
+    unreachable = f"http://127.0.0.1:{pebblectl.free_port()}/dir"
+    files = [write_ingress(tmp_path / "web.yaml", "web", [HOST], "web-tls")]
+    record = tmp_path / "state/failures/default/web-tls.json"
+    async with standalone(pebble, tmp_path / "state", files, [f"web=127.0.0.1:{backend.port}"],
+                          clock=clock, directory_url=unreachable) as run:
+        await run.runner.wait_until(lambda: run.runner.stats.failures == 1, timeout=30)
+    assert json.loads(record.read_text())["failures"] == 1
+    assert oct(record.stat().st_mode & 0o777) == "0o600"
+    # Restarted at once: the rest of that backoff is waited out, no new attempt yet ...
+    async with standalone(pebble, tmp_path / "state", files, [f"web=127.0.0.1:{backend.port}"],
+                          clock=clock, directory_url=unreachable) as run:
+        state = run.runner._states[("default", "web-tls")]
+        await run.runner.wait_until(lambda: state.looks >= 1, timeout=30)
+        looks = state.looks
+        run.runner.wake()  # a wake (a file edit, ...) does not cut the backoff short
+        await run.runner.wait_until(lambda: state.looks > looks, timeout=30)
+        assert run.runner.stats.orders == 0 and run.runner.stats.failures == 0
+        # ... and once it has passed, the next attempt counts on from there.
+        clock.advance(dt.timedelta(hours=1))
+        run.runner.wake()
+        await run.runner.wait_until(lambda: run.runner.stats.failures == 1, timeout=30)
+        assert "attempt 2 failed" in run.runner.stats.events[0]
+    assert json.loads(record.read_text())["failures"] == 2
+    # A certificate at last: the record is gone, and Ready says no failures.
+    async with standalone(pebble, tmp_path / "state", files, [f"web=127.0.0.1:{backend.port}"],
+                          clock=clock) as run:
+        clock.advance(dt.timedelta(hours=1))
+        run.runner.wake()
+        await run.runner.wait_ready()
+    assert not record.exists()
+
+
 def _http_status(port: int, host: str, path: str) -> int:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
     try:
