@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Protocol
 
 from certop.core import routing
 from certop.core.models import Ingress, ServiceBackend
@@ -46,6 +47,19 @@ class Snapshot:
     @classmethod
     def empty(cls) -> Snapshot:
         return cls(RouteTable.empty(), MappingProxyType({}), MappingProxyType({}))
+
+
+class Server(Protocol):
+    """What serves: the proxy, as a source and the issuance pipeline see it."""
+
+    def swap(self, snapshot: Snapshot) -> None:
+        """Serve `snapshot` from now on (a source's one way in)."""
+        ...
+
+    def serve_certificate(self, key: SecretKey, pair: KeyPair) -> bool:
+        """Serve `pair` for the Secret `key` from the next handshake on (a certificate the
+        issuance pipeline stored); False when it does not load (the last good one stays)."""
+        ...
 
 
 def sni_map(ingresses: Iterable[Ingress],

@@ -35,7 +35,7 @@ from urllib.parse import unquote
 
 from certop.core.models import ServiceBackend
 from certop.core.routing import ACME_CHALLENGE_PREFIX, normalize_host
-from certop.core.serving import Address, Snapshot
+from certop.core.serving import Address, KeyPair, SecretKey, Snapshot
 from certop.metrics import Metrics
 from certop.proxy.engine import ClientConn, Decision, Exchange, UpstreamConn
 from certop.proxy.http1 import HOP_BY_HOP, FastRequest, Framing, Head, HttpError, origin_form
@@ -157,6 +157,11 @@ class Proxy:
         for key, pair in snapshot.certificates.items():
             self.certs.put(key, StoredCert(pair.fullchain_pem, pair.key_pem))
         self.routes = snapshot.routes
+
+    def serve_certificate(self, key: SecretKey, pair: KeyPair) -> bool:
+        """`pair` for Secret `key` from the next handshake on; open connections keep theirs.
+        The way the issuance pipeline hands the proxy a certificate it stored."""
+        return self.certs.put(key, StoredCert(pair.fullchain_pem, pair.key_pem))
 
     # -- lifecycle ---------------------------------------------------------------------
 

@@ -35,7 +35,6 @@ from certop.core.renewal import CertFacts, decide, renewal_time
 from certop.issuance import pipeline
 from certop.issuance.accounts import AccountRegistry, CaBundles
 from certop.issuance.ari import RenewalInfoCache
-from certop.proxy.server import Proxy
 from certop.standalone import loader, supplied
 from certop.standalone.services import StaticBackends
 from certop.store.files import StateDir, UnsafePath
@@ -48,6 +47,7 @@ from certop.store.ports import (
     StoredCert,
 )
 from solvers.base import SolverContext
+from solvers.http01.tokens import TokenStore
 from solvers.registry import SolverRegistry
 
 log = logging.getLogger(__name__)
@@ -180,7 +180,7 @@ class Standalone:
     def __init__(
         self,
         settings: StandaloneSettings,
-        proxy: Proxy,
+        proxy: serving.Server,
         certs: CertStore,
         accounts: AccountStore,
         journal: OrderJournal,
@@ -189,6 +189,7 @@ class Standalone:
         rand: Callable[[], float] = random.random,
         solvers: SolverRegistry | None = None,
         failures: FailureRecords | None = None,
+        tokens: TokenStore | None = None,
     ) -> None:
         self.settings = settings
         self.solvers = solvers if solvers is not None else SolverRegistry()
@@ -218,7 +219,8 @@ class Standalone:
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=settings.workers, thread_name_prefix="certop-acme"
         )
-        self.solver_context = SolverContext(proxy.tokens, settings.self_check_addr)
+        self.solver_context = SolverContext(tokens if tokens is not None else TokenStore(),
+                                            settings.self_check_addr)
         self._file_stamp: tuple[tuple[str, float, int], ...] = ()
 
     # -- configuration -----------------------------------------------------------------
@@ -271,7 +273,8 @@ class Standalone:
             return
         state.facts, state.cert_pem = loaded.facts, stored.fullchain_pem
         state.version = self.certs.version(spec.namespace, spec.secret_name)
-        self.proxy.certs.put(spec.key, stored)
+        self.proxy.serve_certificate(spec.key, serving.KeyPair(stored.fullchain_pem,
+                                                               stored.key_pem))
 
     # -- accounts ----------------------------------------------------------------------
 
@@ -578,4 +581,5 @@ class _Ports:
     async def stored(self, spec: CertificateSpec, pair: StoredCert) -> None:
         loaded = crypto.load_pair(pair.fullchain_pem, pair.key_pem)
         self.state.facts, self.state.cert_pem = loaded.facts, pair.fullchain_pem
-        self.runner.proxy.certs.put(spec.key, pair)
+        self.runner.proxy.serve_certificate(spec.key, serving.KeyPair(pair.fullchain_pem,
+                                                                      pair.key_pem))

@@ -71,7 +71,7 @@ async def standalone(
         state = settings.state_dir
         runner = Standalone(settings, proxy, FileCertStore(state), FileAccountStore(state),
                             FileOrderJournal(state), clock or SystemClock(), backoff,
-                            solvers=solvers, failures=FileFailureRecords(state))
+                            solvers=solvers, failures=FileFailureRecords(state), tokens=tokens)
         runner.apply(config)
         yield Wired(proxy, runner, config)
     finally:
