@@ -442,6 +442,7 @@ def test_requests_are_counted_per_verb_and_resource_for_rbac_checked_users(
     with pytest.raises(urllib.error.HTTPError) as info:
         fetch("GET", OPERATOR_TOKEN)
     assert info.value.code == 403
+    info.value.close()
     fetch("DELETE", ADMIN_TOKEN)
     assert kube.emulator.counts == Counter()
     assert fetch("GET", ADMIN_TOKEN)["counts"] == []
