@@ -27,10 +27,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import aiohttp  # noqa: E402
-import kmock  # noqa: E402
-from kmock_ext import ADMIN_TOKEN, Emulator  # noqa: E402
-from kube import RESOURCES  # noqa: E402
+import aiohttp
+import kmock
+from kmock_ext import ADMIN_TOKEN, Emulator
+from kube import RESOURCES
 
 KINDS = {"secrets": ("", "v1", "/api/v1"),
          "ingresses": ("networking.k8s.io", "v1", "/apis/networking.k8s.io/v1"),
