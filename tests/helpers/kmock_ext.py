@@ -48,7 +48,7 @@ import aiohttp.web
 import attrs
 import jsonpatch
 import kmock
-from kmock._internal import aiobus, enums, k8s, k8s_dicts, k8s_views, parsing, rendering
+from kmock._internal import aiobus, apps, enums, k8s, k8s_dicts, k8s_views, parsing, rendering
 
 log = logging.getLogger("kmock_ext")
 _GENERATE_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
@@ -340,7 +340,41 @@ class _Buses(dict[Any, _IndexingBus]):
         return bus
 
 
-class Emulator(kmock.KubernetesEmulator):  # type: ignore[misc]
+class _RoutedByAction(apps.RawHandler):  # type: ignore[misc]
+    """kmock routes each request by testing it against every reaction's filters (about three
+    quarters of the emulator's time per request). While the emulator's own fallback reactions
+    are the only ones, a resource request goes to the reaction of its action (list, watch,
+    fetch, create, update, delete), found once per action the same way; with any other
+    reaction registered, kmock routes as it always does."""
+
+    __slots__ = ()
+
+    async def _handle(self, request: Any) -> aiohttp.web.StreamResponse:
+        routes: dict[Any, Any] | None = getattr(self, "_routes", None)
+        own: tuple[int, ...] | None = getattr(self, "_own_payloads", None)
+        if routes is None or own is None or request.action is None or \
+                request.resource is None or request.resource.plural is None or \
+                tuple(map(id, self._payloads)) != own:
+            result: aiohttp.web.StreamResponse = await super()._handle(request)
+            return result
+        payload = routes.get(request.action)
+        if payload is None:
+            priorities = [tuple(-p for p in payload.priorities) for payload in self._payloads]
+            longest = max((len(p) for p in priorities), default=0)
+            padded = [p + (0,) * (longest - len(p)) for p in priorities]
+            for index in sorted(range(len(padded)), key=lambda i: padded[i]):
+                candidate = self._payloads[index]
+                if request in candidate._source and not candidate._disabled.is_set():
+                    payload = routes[request.action] = candidate
+                    break
+            else:
+                result = await super()._handle(request)
+                return result
+        served: aiohttp.web.StreamResponse = await payload(request)
+        return served
+
+
+class Emulator(kmock.KubernetesEmulator, _RoutedByAction):  # type: ignore[misc]
     """Use as `kmock_cls = kmock_ext.Emulator` or directly (see tests/helpers/kube.py)."""
 
     def __attrs_post_init__(self) -> None:
@@ -354,6 +388,8 @@ class Emulator(kmock.KubernetesEmulator):  # type: ignore[misc]
         watch counts once, when it starts. `reset_counts()` starts again; out of process:
         `GET /_emulator/counts` (see `_serve_admin`)."""
         self.counts_by_user: dict[str, collections.Counter[tuple[str, str]]] = {}
+        self._routes: dict[Any, Any] = {}
+        self._own_payloads = tuple(map(id, self._payloads))
         self._rv_counter = itertools.count(1)
         self.current_rv = 0
         self.users: dict[str, str] = {ADMIN_TOKEN: ADMIN_USER, OPERATOR_TOKEN: OPERATOR_USER}

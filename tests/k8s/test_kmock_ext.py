@@ -450,3 +450,30 @@ def test_requests_are_counted_per_verb_and_resource_for_rbac_checked_users(
     fetch("DELETE", ADMIN_TOKEN)
     assert kube.emulator.counts == Counter()
     assert fetch("GET", ADMIN_TOKEN)["counts"] == []
+
+
+def test_resource_requests_skip_kmocks_filter_matching(kube: EmulatorThread,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """kmock tests each request against every reaction's filters; the emulator routes a
+    resource request by its action once it knows the route (no filter is evaluated)."""
+    from kmock._internal import dsl
+
+    api = kube.core()
+    api.create_namespaced_secret("ns-route", secret("r"))
+    api.read_namespaced_secret("r", "ns-route")
+    api.list_namespaced_secret("ns-route")
+    api.patch_namespaced_secret("r", "ns-route", {"data": {"k": "eQ=="}})
+    matched = [0]
+    original = dsl.View.__contains__
+
+    def counting(self: Any, item: Any) -> bool:
+        matched[0] += 1
+        return bool(original(self, item))
+
+    monkeypatch.setattr(dsl.View, "__contains__", counting)
+    for _ in range(5):
+        api.read_namespaced_secret("r", "ns-route")
+        api.list_namespaced_secret("ns-route")
+        api.patch_namespaced_secret("r", "ns-route", {"data": {"k": "eA=="}})
+    assert matched[0] == 0
+    assert api.read_namespaced_secret("r", "ns-route").data == {"k": "eA=="}
