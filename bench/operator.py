@@ -1,29 +1,47 @@
 """Operator benchmark: N annotated Ingresses created at once in the Kubernetes emulator (a
 process of its own), `certop operator` (a process of its own, logged in by KUBECONFIG) and one
-Pebble: time until every Secret exists and until every Certificate says Ready=True, the
-operator's peak RSS, ACME requests per certificate (from its /metrics).
+fresh Pebble per size. For each size: time until every Secret exists and until every
+Certificate says Ready=True, the rate, the operator's peak RSS, the CPU seconds of the
+operator, the emulator and Pebble over the run (from /proc/PID/stat), the operator's API
+requests per certificate by verb and resource (the emulator's counts, `/_emulator/counts`,
+reset just before the Ingresses are created: start-up lists and watches are not in them), ACME
+requests per certificate (its /metrics), and, unless --no-standalone, `certop standalone`'s
+time for the same number of certificates from another fresh Pebble.
 
-Usage: operator.py [N]   (prints one JSON line; bench/run.py --only operator renders it)
+The emulator's CPU includes creating the Ingresses and this script's polling (a LIST of the
+Secrets and of the Certificates every `max(0.2, N / 2000)` seconds until all are there).
+
+Usage: operator.py [--sizes 1000[,5000,10000]] [--no-standalone]
+(prints one JSON line; bench/run.py --only operator renders it)
 """
 
 from __future__ import annotations
 
+import argparse
+import base64
 import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 HELPERS = ROOT / "tests" / "helpers"
-sys.path[:0] = [str(ROOT / "pebble"), str(HELPERS)]
+sys.path[:0] = [str(ROOT / "pebble"), str(HELPERS), str(ROOT / "bench")]
 
+import issuance  # noqa: E402
 import pebblectl  # noqa: E402
-from kmock_ext import ADMIN_TOKEN, OPERATOR_TOKEN  # noqa: E402
+from kmock_ext import ADMIN_PATH, ADMIN_TOKEN, OPERATOR_TOKEN  # noqa: E402
 from kubernetes import client  # noqa: E402
+
+WAIT = 1800.0
+"""Seconds a size may take until every Certificate is Ready."""
+WRITES = ("create", "patch", "update", "delete", "deletecollection")
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -33,9 +51,19 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def metric(port: int, name: str) -> float:
-    import urllib.request
+def cpu_seconds(pids: list[int]) -> float:
+    """User plus system CPU seconds of these processes so far (/proc/PID/stat fields 14, 15)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
+
+def metric(port: int, name: str) -> float:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
         for line in resp.read().decode().splitlines():
             if line.startswith(name + " "):
@@ -43,8 +71,40 @@ def metric(port: int, name: str) -> float:
     return 0.0
 
 
-def main(count: int) -> dict[str, float]:
-    work = Path(tempfile.mkdtemp(prefix="certop-bench-operator-"))
+def emulator_counts(url: str, method: str = "GET") -> dict[str, int]:
+    """The RBAC-checked users' (here: the operator's) requests, "verb resource" -> count."""
+    request = urllib.request.Request(f"{url}{ADMIN_PATH}/counts", method=method,
+                                     headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    with urllib.request.urlopen(request, timeout=30) as resp:
+        rows = json.loads(resp.read())["counts"]
+    return {f"{verb} {resource}": n for verb, resource, n in rows}
+
+
+def wait_ready(admin: int) -> None:
+    deadline = time.monotonic() + 60
+    while True:  # until the operator leads (polling its readiness)
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{admin}/readyz", timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError("the operator did not become ready")
+        time.sleep(0.05)  # polling the condition above
+
+
+def ingress(i: int) -> dict[str, Any]:
+    host = f"h{i}.bench.test"
+    return {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+            "metadata": {"name": f"i{i}", "annotations": {"certop.dev/cluster-issuer": "pebble"}},
+            "spec": {"tls": [{"hosts": [host], "secretName": f"s{i}"}],
+                     "rules": [{"host": host, "http": {"paths": [{
+                         "path": "/", "pathType": "Prefix", "backend": {"service": {
+                             "name": "web", "port": {"number": 80}}}}]}}]}}
+
+
+def run_operator(count: int, work: Path) -> dict[str, Any]:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HELPERS), str(ROOT / "pebble")]))
     with open(work / "emulator.log", "wb") as log:
         emulator = subprocess.Popen([sys.executable, str(HELPERS / "emulator_server.py")],
@@ -61,11 +121,9 @@ def main(count: int) -> dict[str, float]:
         with pebblectl.running(work / "pebble", http_port=pebblectl.free_port()) as info:
             config = client.Configuration()
             config.host = url
-            config.api_key = {"authorization": ADMIN_TOKEN}  # the operator: its ServiceAccount
+            config.api_key = {"authorization": ADMIN_TOKEN}  # the test's; the operator: its SA
             config.api_key_prefix = {"authorization": "Bearer"}
             api = client.ApiClient(config)
-            import base64
-
             client.CustomObjectsApi(api).create_cluster_custom_object(
                 "certop.dev", "v1", "clusterissuers", {
                     "apiVersion": "certop.dev/v1", "kind": "ClusterIssuer",
@@ -82,36 +140,21 @@ def main(count: int) -> dict[str, float]:
                      "--solver-port", str(info.http_port), "--admin-port", str(admin)],
                     stdout=log, stderr=subprocess.STDOUT,
                     env=dict(os.environ, KUBECONFIG=str(kubeconfig)))
-            deadline = time.monotonic() + 60
-            while True:  # until the operator leads (polling its readiness)
-                try:
-                    import urllib.request
-
-                    with urllib.request.urlopen(f"http://127.0.0.1:{admin}/readyz",
-                                                timeout=2) as resp:
-                        if resp.status == 200:
-                            break
-                except OSError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError("the operator did not become ready")
-                time.sleep(0.05)
+            wait_ready(admin)
             net = client.NetworkingV1Api(api)
             core = client.CoreV1Api(api)
+            custom = client.CustomObjectsApi(api)
+            pids = {"operator": [operator.pid], "emulator": [emulator.pid],
+                    "pebble": list(info.pids)}
+            emulator_counts(url, "DELETE")
+            cpu_before = {name: cpu_seconds(p) for name, p in pids.items()}
             start = time.monotonic()
             for i in range(count):
-                host = f"h{i}.bench.test"
-                net.create_namespaced_ingress("bench", {
-                    "apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
-                    "metadata": {"name": f"i{i}",
-                                 "annotations": {"certop.dev/cluster-issuer": "pebble"}},
-                    "spec": {"tls": [{"hosts": [host], "secretName": f"s{i}"}],
-                             "rules": [{"host": host, "http": {"paths": [{
-                                 "path": "/", "pathType": "Prefix", "backend": {"service": {
-                                     "name": "web", "port": {"number": 80}}}}]}}]}})
+                net.create_namespaced_ingress("bench", ingress(i))
             created = time.monotonic() - start
             wanted = {f"s{i}" for i in range(count)}
-            deadline = time.monotonic() + 600
+            deadline = time.monotonic() + WAIT
+            interval = max(0.2, count / 2000)
 
             def until(names: Callable[[], set[str]], what: str) -> float:
                 """Seconds since `start` once `names()` covers `wanted` (polling the API)."""
@@ -119,25 +162,36 @@ def main(count: int) -> dict[str, float]:
                     have = names()
                     if wanted <= have:
                         return time.monotonic() - start
+                    if operator is not None and operator.poll() is not None:
+                        raise RuntimeError(f"the operator exited with {operator.returncode}")
                     if time.monotonic() > deadline:
-                        raise RuntimeError(f"{len(wanted & have)}/{count} {what} after 600 s")
-                    time.sleep(0.2)
+                        raise RuntimeError(f"{len(wanted & have)}/{count} {what} after {WAIT}s")
+                    time.sleep(interval)  # polling the condition above
 
             took = until(lambda: {s.metadata.name for s in core.list_namespaced_secret(
-                "bench").items if s.type == "kubernetes.io/tls"}, "Secrets")
-            custom = client.CustomObjectsApi(api)
+                "bench", field_selector="type=kubernetes.io/tls").items}, "Secrets")
             all_ready = until(lambda: {
-                c["metadata"]["name"] for c in custom.list_namespaced_custom_object(
+                c["spec"]["secretName"] for c in custom.list_namespaced_custom_object(
                     "certop.dev", "v1", "bench", "certificates")["items"]
                 if any(cond.get("type") == "Ready" and cond.get("status") == "True"
                        for cond in (c.get("status") or {}).get("conditions") or [])},
                 "Certificates Ready")
+            cpu = {name: cpu_seconds(p) - cpu_before[name] for name, p in pids.items()}
+            counts = emulator_counts(url)
             issued = metric(admin, "certop_certificates_issued_total")
-            requests = metric(admin, "certop_acme_requests_total")
+            acme = metric(admin, "certop_acme_requests_total")
+            total = sum(counts.values())
+            writes = sum(n for key, n in counts.items() if key.split()[0] in WRITES)
             return {"count": count, "seconds": took, "ready_seconds": all_ready,
-                    "create_seconds": created,
+                    "rate": count / all_ready, "create_seconds": created,
                     "peak_rss_mb": peak_rss_mb(operator.pid),
-                    "acme_requests_per_certificate": requests / issued if issued else 0.0}
+                    "operator_cpu_seconds": cpu["operator"],
+                    "emulator_cpu_seconds": cpu["emulator"],
+                    "pebble_cpu_seconds": cpu["pebble"],
+                    "api_requests_per_certificate": total / count,
+                    "api_writes_per_certificate": writes / count,
+                    "api_per_certificate": {key: n / count for key, n in sorted(counts.items())},
+                    "acme_requests_per_certificate": acme / issued if issued else 0.0}
     finally:
         for proc in (operator, emulator):
             if proc is not None:
@@ -146,5 +200,34 @@ def main(count: int) -> dict[str, float]:
             emulator.stdout.close()
 
 
+def run_standalone(count: int, work: Path) -> float:
+    """`certop standalone` issuing `count` certificates from a fresh Pebble (bench/issuance.py's
+    way of timing it): seconds until all are on disk."""
+    with pebblectl.running(work / "pebble-standalone", http_port=pebblectl.free_port()) as info:
+        env = issuance.Env(info, work, Path(sys.executable).with_name("certop"), None)
+        return issuance.certop_run(env, issuance.hosts(count, f"op{count}"), f"op{count}")
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="1000",
+                        help="Ingress counts, comma-separated (5000 and 10000 take minutes)")
+    parser.add_argument("--no-standalone", action="store_true",
+                        help="skip standalone mode's time for the same counts")
+    parser.add_argument("count", nargs="?", type=int, help="one size (instead of --sizes)")
+    args = parser.parse_args(argv)
+    sizes = [args.count] if args.count else [int(s) for s in args.sizes.split(",") if s]
+    runs = []
+    for count in sizes:
+        work = Path(tempfile.mkdtemp(prefix=f"certop-bench-operator-{count}-"))
+        print(f"bench: operator: {count} Ingresses ({work})", file=sys.stderr, flush=True)
+        row = run_operator(count, work)
+        if not args.no_standalone:
+            print(f"bench: standalone: {count} certificates", file=sys.stderr, flush=True)
+            row["standalone_seconds"] = run_standalone(count, work)
+        runs.append(row)
+    return {"sizes": sizes, "runs": runs}
+
+
 if __name__ == "__main__":
-    print(json.dumps(main(int(sys.argv[1]) if len(sys.argv) > 1 else 500)))
+    print(json.dumps(main()))

@@ -82,3 +82,49 @@ def proxy_svg(results: dict[str, object], path: Path) -> None:
             for key, label in scenarios]
     _bars(path, "Requests per second, one core (longer is better)", left + width + 140,
           height, left, bar, gap, rows, lambda v: left + width * v / hi, colors)
+
+
+def operator_svg(results: dict[str, object], path: Path) -> None:
+    """Seconds until all Ready against the Ingress count (linear axes, so straight lines are
+    linear cost): the operator and, where measured, standalone mode for the same count."""
+    runs = results["runs"]
+    assert isinstance(runs, list)
+    series = {"operator": [(float(r["count"]), float(r["ready_seconds"])) for r in runs],
+              "standalone": [(float(r["count"]), float(r["standalone_seconds"]))
+                             for r in runs if r.get("standalone_seconds")]}
+    points = [p for line in series.values() for p in line]
+    hi_x = max(x for x, _ in points) or 1.0
+    hi_y = max(y for _, y in points) or 1.0
+    left, top, width, height = 70, 40, 520, 300
+
+    def at(x: float, y: float) -> tuple[float, float]:
+        return left + width * x / hi_x, top + height - height * y / hi_y
+
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + width + 130}" '
+             f'height="{top + height + 50}" font-family="sans-serif" font-size="12">',
+             f'<text x="{left}" y="18" font-weight="bold">Seconds until every certificate is '
+             'Ready, by Ingress count (lower is better)</text>',
+             f'<line x1="{left}" y1="{top + height}" x2="{left + width}" y2="{top + height}" '
+             'stroke="#888"/>',
+             f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + height}" stroke="#888"/>',
+             f'<text x="{left - 8}" y="{top + 4}" text-anchor="end">{hi_y:.0f} s</text>',
+             f'<text x="{left - 8}" y="{top + height + 4}" text-anchor="end">0</text>']
+    for x, _ in series["operator"]:
+        px, _ = at(x, 0)
+        parts.append(f'<text x="{px:.1f}" y="{top + height + 18}" text-anchor="middle">'
+                     f'{x:.0f}</text>')
+    colors = {"operator": "#2b8a3e", "standalone": "#1971c2"}
+    for name, line in series.items():
+        if not line:
+            continue
+        xy = [at(x, y) for x, y in sorted(line)]
+        parts.append(f'<polyline fill="none" stroke="{colors[name]}" stroke-width="2" '
+                     f'points="{" ".join(f"{px:.1f},{py:.1f}" for px, py in xy)}"/>')
+        for (px, py), (_, y) in zip(xy, sorted(line), strict=True):
+            parts.append(f'<circle cx="{px:.1f}" cy="{py:.1f}" r="3" fill="{colors[name]}"/>')
+            parts.append(f'<text x="{px + 5:.1f}" y="{py - 5:.1f}">{y:.0f} s</text>')
+        px, py = xy[-1]
+        parts.append(f'<text x="{px + 8:.1f}" y="{py + 14:.1f}" fill="{colors[name]}">'
+                     f'{name}</text>')
+    parts.append("</svg>")
+    path.write_text("\n".join(parts) + "\n")

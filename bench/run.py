@@ -3,7 +3,8 @@
 Issuance: certop standalone vs. lego, certbot and Caddy against one local Pebble, time to one
 certificate (median of --runs) and total time for each of --sizes hosts.
 Proxy: certop vs. nginx, HAProxy and Caddy on one pinned core (see bench/proxy.py).
-Operator: 500 annotated Ingresses at once in the emulator against Pebble (bench/operator.py).
+Operator: 1000 annotated Ingresses at once in the emulator against Pebble (bench/operator.py;
+--ingresses 1000,5000,10000 for more sizes), beside standalone mode for the same counts.
 Handshakes: full and resumed TLS handshakes per second, certop and nginx, 1 and 4 workers
 (bench/proxy.py `run_handshakes`).
 Instructions: instructions per proxied request under valgrind, certop and --baseline-certop
@@ -14,6 +15,7 @@ bench/results/*.json.
 Usage: bench/run.py [--only issuance|proxy|operator|handshakes|instructions] [--runs 5]
                     [--sizes 20,100] [--seconds 8] [--requests 3000]
                     [--baseline-certop OTHER/.venv/bin/certop]
+                    [--ingresses 1000[,5000,10000]] [--no-standalone]
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -256,6 +259,44 @@ def render_instructions(results: dict[str, dict[str, float]], requests: int,
     ])
 
 
+def render_operator(results: dict[str, Any], command: str) -> str:
+    """The operator's numbers per Ingress count, then its API requests per certificate by verb
+    and resource (bench/operator.py)."""
+    runs: list[dict[str, Any]] = results["runs"]
+    lines = ["| Ingresses | all Ready | rate | all Secrets written | operator peak RSS "
+             "| CPU s: operator / emulator / Pebble | API requests per certificate (writes) "
+             "| ACME requests per certificate | standalone, same count |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in runs:
+        alone = r.get("standalone_seconds")
+        lines.append(
+            f"| {r['count']} | {r['ready_seconds']:.1f} s | {r['rate']:.1f}/s | "
+            f"{r['seconds']:.1f} s | {r['peak_rss_mb']:.0f} MB | "
+            f"{r['operator_cpu_seconds']:.0f} / {r['emulator_cpu_seconds']:.0f} / "
+            f"{r['pebble_cpu_seconds']:.0f} | {r['api_requests_per_certificate']:.1f} "
+            f"({r['api_writes_per_certificate']:.1f}) | "
+            f"{r['acme_requests_per_certificate']:.1f} | "
+            + (f"{alone:.1f} s ({r['count'] / alone:.1f}/s) |" if alone else "n/a |"))
+    keys = sorted({k for r in runs for k in r["api_per_certificate"]},
+                  key=lambda k: (k.split()[1], k.split()[0]))
+    verbs = ["| request (verb resource) | " + " | ".join(f"per certificate at {r['count']}"
+                                                       for r in runs) + " |",
+             "|---" * (1 + len(runs)) + "|"]
+    for key in keys:
+        verbs.append(f"| {key} | " + " | ".join(
+            f"{r['api_per_certificate'].get(key, 0.0):.2f}" for r in runs) + " |")
+    when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return "\n".join([
+        OPERATOR_BEGIN,
+        f"Measured {when} on {os.cpu_count()} cores. Command: `{command}`. API requests are "
+        "the operator's from the emulator's counts, from the Ingresses' creation until all "
+        "are Ready (start-up lists and watches not included).",
+        "", *lines, "", *verbs, "",
+        "![Operator: time until all Ready against the Ingress count](benchmarks-operator.svg)",
+        OPERATOR_END,
+    ])
+
+
 def _replace(text: str, begin: str, end: str, section: str) -> str:
     if begin not in text:
         return text.rstrip("\n") + "\n\n" + section + "\n"
@@ -273,8 +314,12 @@ def main() -> int:
     parser.add_argument("--only", choices=["issuance", "proxy", "operator", "handshakes",
                                            "instructions"],
                         help="run one of the benchmarks (default: all)")
-    parser.add_argument("--ingresses", type=int, default=500,
-                        help="Ingresses created at once for the operator benchmark")
+    parser.add_argument("--ingresses", default="1000",
+                        help="Ingress counts (comma-separated) created at once for the operator "
+                             "benchmark, one run each, e.g. 1000,5000,10000 (minutes each)")
+    parser.add_argument("--no-standalone", action="store_true",
+                        help="operator benchmark: skip standalone mode's time for the same "
+                             "counts")
     parser.add_argument("--no-doc", action="store_true", help="do not update docs/")
     parser.add_argument("--baseline-certop", type=Path, metavar="PATH",
                         help="another build's certop executable, measured in the same run as "
@@ -338,28 +383,19 @@ def main() -> int:
         text = _replace(text, INSTRUCTIONS_BEGIN, INSTRUCTIONS_END, section)
     if args.only in (None, "operator"):
         print(f"bench: operator: {args.ingresses} Ingresses", flush=True)
-        out_json = subprocess.run([sys.executable, str(HERE / "operator.py"),
-                                   str(args.ingresses)], capture_output=True, text=True,
+        command_line = [sys.executable, str(HERE / "operator.py"), "--sizes", args.ingresses]
+        if args.no_standalone:
+            command_line.append("--no-standalone")
+        out_json = subprocess.run(command_line, stdout=subprocess.PIPE, text=True,
                                   check=True).stdout.strip().splitlines()[-1]
         oresults = json.loads(out_json)
         (out / "operator.json").write_text(json.dumps(oresults, indent=2))
-        when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-        section = "\n".join([
-            OPERATOR_BEGIN,
-            f"Measured {when}. Command: `{command}`.",
-            "",
-            "| Ingresses | all Certificates Ready (target 60 s) | all Secrets written "
-            "| creating the Ingresses | operator peak RSS (target 200 MB) "
-            "| ACME requests per certificate (target 12) |",
-            "|---|---|---|---|---|---|",
-            f"| {oresults['count']} | {oresults['ready_seconds']:.1f} s | "
-            f"{oresults['seconds']:.1f} s | "
-            f"{oresults['create_seconds']:.1f} s | {oresults['peak_rss_mb']:.0f} MB | "
-            f"{oresults['acme_requests_per_certificate']:.1f} |",
-            OPERATOR_END,
-        ])
+        section = render_operator(oresults, command)
         print(section)
         text = _replace(text, OPERATOR_BEGIN, OPERATOR_END, section)
+        plot.operator_svg(oresults, out / "operator.svg")
+        if not args.no_doc:
+            plot.operator_svg(oresults, ROOT / "docs" / "benchmarks-operator.svg")
     if not args.no_doc:
         DOC.write_text(text)
     return 0

@@ -3,7 +3,12 @@ first line of stdout, serves until SIGTERM. Usage: emulator_server.py
 
 Like `kube.EmulatorThread`, it applies manifests/rbac.yaml and enforces it: clients log in
 with `kmock_ext.OPERATOR_TOKEN` (the operator) or `ADMIN_TOKEN` (the test). Every refused
-request is logged to stderr as a line with "forbidden:", which the tests look for."""
+request is logged to stderr as a line with "forbidden:", which the tests look for.
+
+Request counts (`Emulator.counts`) are read out of process as the admin:
+`curl -H "Authorization: Bearer emulator-admin-token" URL/_emulator/counts` answers
+`{"counts": [[verb, resource, n], ...], "by_user": {...}}`; `DELETE` on the same path resets
+them (bench/operator.py does both)."""
 
 from __future__ import annotations
 

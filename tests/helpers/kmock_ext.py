@@ -32,6 +32,8 @@ Authentication and RBAC, as an API server does them (the subset certop meets):
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import copy
 import datetime
 import itertools
@@ -42,9 +44,11 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import Any
 
+import aiohttp.web
+import attrs
 import jsonpatch
 import kmock
-from kmock._internal import enums, parsing, rendering
+from kmock._internal import aiobus, apps, enums, k8s, k8s_dicts, k8s_views, parsing, rendering
 
 log = logging.getLogger("kmock_ext")
 _GENERATE_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
@@ -52,6 +56,8 @@ ADMIN_TOKEN = "emulator-admin-token"
 ADMIN_USER = "emulator:admin"
 OPERATOR_TOKEN = "certop-operator-token"
 OPERATOR_USER = "system:serviceaccount:certop:certop"
+ADMIN_PATH = "/_emulator"
+"""The emulator's own paths (the admin's only): `/_emulator/counts`."""
 RBAC_GROUP = "rbac.authorization.k8s.io"
 RBAC_RESOURCES: dict[str, dict[str, Any]] = {
     f"{RBAC_GROUP}/v1/{plural}": {"kind": kind, "namespaced": namespaced,
@@ -112,26 +118,50 @@ def label_matcher(text: str) -> Callable[[Mapping[str, str]], bool]:
     return lambda labels: all(check(labels) for check in checks)
 
 
-def field_matcher(text: str) -> Callable[[Mapping[str, Any]], bool]:
-    """A field selector over `metadata.name` and `metadata.namespace` (`=`, `==`, `!=`)."""
+FIELDS: dict[str, tuple[str, ...]] = {"secrets": ("type",)}
+"""Field selectors beyond metadata.name and metadata.namespace, per resource plural (what the
+API server supports for the kinds certop reads)."""
+
+
+def field_matcher(text: str, plural: str | None = None) -> Callable[[Mapping[str, Any]], bool]:
+    """A field selector (`=`, `==`, `!=`) over `metadata.name`, `metadata.namespace` and the
+    resource's own fields in `FIELDS` (`type` on Secrets); any other field is a 400."""
     checks: list[Callable[[Mapping[str, Any]], bool]] = []
     for part in _split_selector(text):
         negate = "!=" in part
         field, value = (x.strip() for x in part.replace("!=", "=").replace(
             "==", "=").split("=", 1))
-        if field not in ("metadata.name", "metadata.namespace"):
+        if field in ("metadata.name", "metadata.namespace"):
+            attr = field.split(".", 1)[1]
+            checks.append(lambda raw, a=attr, v=value, n=negate:
+                          ((raw.get("metadata") or {}).get(a) == v) != n)
+        elif field in FIELDS.get(plural or "", ()):
+            checks.append(lambda raw, f=field, v=value, n=negate: (raw.get(f) == v) != n)
+        else:
             raise kmock.KubernetesError(status=400, reason="BadRequest",
-                                        message=f"field label not supported: {field}")
-        attr = field.split(".", 1)[1]
-        checks.append(lambda raw, a=attr, v=value, n=negate:
-                      ((raw.get("metadata") or {}).get(a) == v) != n)
+                                        message=f'"{field}" is not a known field selector: '
+                                                f"only \"metadata.name\", "
+                                                f"\"metadata.namespace\"" + "".join(
+                                                    f', "{f}"' for f in FIELDS.get(
+                                                        plural or "", ())))
     return lambda raw: all(check(raw) for check in checks)
+
+
+def equal_terms(text: str, key_pattern: str = r"[^\s!=(),]+") -> dict[str, str]:
+    """The `key=value` (or `key==value`) terms of a selector: what an index can answer."""
+    terms: dict[str, str] = {}
+    for part in _split_selector(text):
+        found = re.fullmatch(rf"({key_pattern})\s*==?\s*([^\s!=(),]*)", part)
+        if found:
+            terms[found[1]] = found[2]
+    return terms
 
 
 def selected(request: Any) -> Callable[[Mapping[str, Any]], bool]:
     """The request's `labelSelector` and `fieldSelector` as one test of a raw object."""
     labels = label_matcher(str(request.params.get("labelSelector") or ""))
-    fields = field_matcher(str(request.params.get("fieldSelector") or ""))
+    plural = request.resource.plural if request.resource is not None else None
+    fields = field_matcher(str(request.params.get("fieldSelector") or ""), plural)
     return lambda raw: labels((raw.get("metadata") or {}).get("labels") or {}) and fields(raw)
 
 
@@ -185,11 +215,181 @@ def groups_of(user: str) -> list[str]:
     return groups
 
 
-class Emulator(kmock.KubernetesEmulator):  # type: ignore[misc]
+Key = tuple[Any, str | None, str]
+"""(resource, namespace or None, name): how kmock keys its stored objects."""
+
+
+@attrs.frozen(eq=False, order=False)
+class IndexedObjects(k8s_views.ObjectsArray):  # type: ignore[misc]
+    """kmock's object store (one dict of every object ever stored, soft-deleted ones kept as
+    tombstones), plus what lets a request look only at what it returns: the live objects by
+    resource, namespace and name, and by each label `key=value`. The emulator calls `refresh`
+    for every key it writes (from its buses: a write and its event are one step under the
+    lock); tests that store objects directly (`emulator.objects[...] = {...}`) are indexed by
+    `__setitem__`. `refresh` also trims each object's history to its current version (and the
+    last before a deletion): kmock keeps every version forever otherwise."""
+
+    _live: dict[Any, dict[str | None, dict[str, k8s_dicts.Object]]] = attrs.field(
+        factory=dict, init=False)
+    _by_label: dict[tuple[Any, str, str], dict[Key, k8s_dicts.Object]] = attrs.field(
+        factory=dict, init=False)
+    _labels_of: dict[Key, tuple[tuple[str, str], ...]] = attrs.field(factory=dict, init=False)
+    touched: list[int] = attrs.field(factory=lambda: [0], init=False)
+    """How many objects the index has handed out (tests count what a request looks at)."""
+
+    def __setitem__(self, key: Any, value: Any, /) -> None:
+        super().__setitem__(key, value)
+        self.refresh((k8s_views._parse_resource(key[0]), key[1], key[2]))
+
+    def __delitem__(self, key: Any, /) -> None:
+        super().__delitem__(key)
+        self.refresh((k8s_views._parse_resource(key[0]), key[1], key[2]))
+
+    def clear(self) -> None:
+        super().clear()
+        self._live.clear()
+        self._by_label.clear()
+        self._labels_of.clear()
+
+    def stored(self, key: Key) -> k8s_dicts.Object | None:
+        """The object under `key`, tombstones included (no scan)."""
+        found: k8s_dicts.Object | None = self._objects.get(key)
+        return found
+
+    def resources(self) -> Iterable[Any]:
+        return self._live.keys()
+
+    def refresh(self, key: Key) -> None:
+        resource, namespace, name = key
+        obj = self._objects.get(key)
+        scopes = self._live.setdefault(resource, {})
+        for label in self._labels_of.pop(key, ()):
+            same = self._by_label.get((resource, *label))
+            if same is not None:
+                same.pop(key, None)
+                if not same:
+                    del self._by_label[(resource, *label)]
+        if obj is None or obj.deleted:
+            names = scopes.get(namespace)
+            if names is not None:
+                names.pop(name, None)
+                if not names:
+                    del scopes[namespace]
+            if obj is not None and len(obj.history) > 2:
+                del obj.history[:-2]
+            return
+        scopes.setdefault(namespace, {})[name] = obj
+        meta = obj.last.raw.get("metadata") or {}
+        labels = tuple((str(k), str(v)) for k, v in (meta.get("labels") or {}).items())
+        if labels:
+            self._labels_of[key] = labels
+            for label in labels:
+                self._by_label.setdefault((resource, *label), {})[key] = obj
+        if len(obj.history) > 1:
+            del obj.history[:-1]
+
+    def live(self, resource: Any, namespace: str | None, everywhere: bool, name: str | None,
+             labels: Mapping[str, str]) -> list[k8s_dicts.Object]:
+        """The live objects of `resource` in `namespace` (every namespace if `everywhere`),
+        narrowed by `name` or by one `key=value` label, whichever the request gives: a
+        candidate list for the request's selectors, as long as what it can return."""
+        scopes = self._live.get(resource) or {}
+        found: list[k8s_dicts.Object]
+        if name is not None:
+            places = scopes.values() if everywhere else [scopes.get(namespace) or {}]
+            found = [obj for names in places for obj in [names.get(name)] if obj is not None]
+        elif labels:
+            candidates = min((self._by_label.get((resource, k, v)) or {}
+                              for k, v in labels.items()), key=len)
+            found = [obj for (_, ns, _), obj in candidates.items()
+                     if everywhere or ns == namespace]
+        elif everywhere:
+            found = [obj for names in scopes.values() for obj in names.values()]
+        else:
+            found = list((scopes.get(namespace) or {}).values())
+        self.touched[0] += len(found)
+        return found
+
+
+class _IndexingBus(aiobus.Bus[Any]):  # type: ignore[misc]
+    """A resource's event bus that refreshes the index for the object of each event it is
+    given: kmock publishes every write (under its lock) right after making it."""
+
+    def __init__(self, on_put: Callable[[Mapping[str, Any]], None]) -> None:
+        super().__init__()
+        self.on_put = on_put
+
+    async def put(self, *items: Any) -> None:
+        for item in items:
+            if isinstance(item, Mapping):
+                self.on_put(item)
+        await super().put(*items)
+
+
+class _Buses(dict[Any, _IndexingBus]):
+    def __init__(self, objects: IndexedObjects) -> None:
+        super().__init__()
+        self.objects = objects
+
+    def __missing__(self, resource: Any) -> _IndexingBus:
+        def on_put(event: Mapping[str, Any]) -> None:
+            meta = (event.get("object") or {}).get("metadata") or {}
+            self.objects.refresh((resource, meta.get("namespace"), meta.get("name")))
+
+        bus = self[resource] = _IndexingBus(on_put)
+        return bus
+
+
+class _RoutedByAction(apps.RawHandler):  # type: ignore[misc]
+    """kmock routes each request by testing it against every reaction's filters (about three
+    quarters of the emulator's time per request). While the emulator's own fallback reactions
+    are the only ones, a resource request goes to the reaction of its action (list, watch,
+    fetch, create, update, delete), found once per action the same way; with any other
+    reaction registered, kmock routes as it always does."""
+
+    __slots__ = ()
+
+    async def _handle(self, request: Any) -> aiohttp.web.StreamResponse:
+        routes: dict[Any, Any] | None = getattr(self, "_routes", None)
+        own: tuple[int, ...] | None = getattr(self, "_own_payloads", None)
+        if routes is None or own is None or request.action is None or \
+                request.resource is None or request.resource.plural is None or \
+                tuple(map(id, self._payloads)) != own:
+            result: aiohttp.web.StreamResponse = await super()._handle(request)
+            return result
+        payload = routes.get(request.action)
+        if payload is None:
+            priorities = [tuple(-p for p in payload.priorities) for payload in self._payloads]
+            longest = max((len(p) for p in priorities), default=0)
+            padded = [p + (0,) * (longest - len(p)) for p in priorities]
+            for index in sorted(range(len(padded)), key=lambda i: padded[i]):
+                candidate = self._payloads[index]
+                if request in candidate._source and not candidate._disabled.is_set():
+                    payload = routes[request.action] = candidate
+                    break
+            else:
+                result = await super()._handle(request)
+                return result
+        served: aiohttp.web.StreamResponse = await payload(request)
+        return served
+
+
+class Emulator(kmock.KubernetesEmulator, _RoutedByAction):  # type: ignore[misc]
     """Use as `kmock_cls = kmock_ext.Emulator` or directly (see tests/helpers/kube.py)."""
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
+        # kmock's store and buses, indexed (see IndexedObjects): set before anything is stored.
+        self._objects = IndexedObjects()
+        self._buses = _Buses(self._objects)
+        self.counts: collections.Counter[tuple[str, str]] = collections.Counter()
+        """Requests of every RBAC-checked user (not the admin) by (verb, resource), the
+        resource with its subresource (`certificates/status`), namespaces not told apart; a
+        watch counts once, when it starts. `reset_counts()` starts again; out of process:
+        `GET /_emulator/counts` (see `_serve_admin`)."""
+        self.counts_by_user: dict[str, collections.Counter[tuple[str, str]]] = {}
+        self._routes: dict[Any, Any] = {}
+        self._own_payloads = tuple(map(id, self._payloads))
         self._rv_counter = itertools.count(1)
         self.current_rv = 0
         self.users: dict[str, str] = {ADMIN_TOKEN: ADMIN_USER, OPERATOR_TOKEN: OPERATOR_USER}
@@ -209,17 +409,58 @@ class Emulator(kmock.KubernetesEmulator):  # type: ignore[misc]
         self.current_rv = next(self._rv_counter)
         return str(self.current_rv)
 
+    def reset_counts(self) -> None:
+        self.counts.clear()
+        self.counts_by_user.clear()
+
+    def _count(self, user: str, request: Any) -> None:
+        resource = str(request.resource.plural)
+        key = (verb_of(request), f"{resource}/{request.subresource}" if request.subresource
+               else resource)
+        self.counts_by_user.setdefault(user, collections.Counter())[key] += 1
+        if user not in self.superusers:
+            self.counts[key] += 1
+
     def _stored(self, request: Any, name: str | None = None) -> Any | None:
-        key = (request.resource, request.namespace, name or request.name)
-        if key in self._objects and not self._objects[key].deleted:
-            return self._objects[key]
-        return None
+        obj = self._objects.stored((request.resource, request.namespace, name or request.name))
+        return obj if obj is not None and not obj.deleted else None
+
+    # -- what a request looks at: the index, never a scan of every stored object -----------
+
+    def _KubernetesEmulator__get_objs(self, request: Any, strict: bool) -> list[Any]:
+        """kmock's object lookup for every request (by scanning all objects), answered from
+        the index: by key for one object (tombstones included, as kmock expects), else the
+        live candidates for the request's namespace and selectors."""
+        if request.name is not None and (strict or request.namespace is not None):
+            obj = self._objects.stored((request.resource, request.namespace, request.name))
+            return [obj] if obj is not None else []
+        return self._candidates(request, everywhere=not strict and request.namespace is None)
+
+    def _candidates(self, request: Any, everywhere: bool) -> list[Any]:
+        params = request.params or {}
+        fields = equal_terms(str(params.get("fieldSelector") or ""),
+                             r"metadata\.name|metadata\.namespace")
+        namespace = request.namespace
+        if everywhere and "metadata.namespace" in fields:
+            namespace, everywhere = fields["metadata.namespace"], False
+        return self._objects.live(request.resource, namespace, everywhere,
+                                  request.name or fields.get("metadata.name"),
+                                  equal_terms(str(params.get("labelSelector") or "")))
+
+    def _get_resources(self) -> list[Any]:
+        # kmock adds the resource of every stored object by scanning them all.
+        resources = set(k8s.KubernetesScaffold._get_resources(self))
+        resources.update(self._objects.resources())
+        return list(resources)
 
     async def _handle(self, request: Any) -> Any:
         try:
             user = self._authenticate(request)
+            if request.url.path.startswith(ADMIN_PATH):
+                return self._serve_admin(user, request)
             is_resource = request.resource is not None and request.resource.plural is not None
             if is_resource:
+                self._count(user, request)
                 self._authorize(user, request)
             if request.resource is not None:
                 if request.action == enums.action.CREATE and isinstance(request.data, dict):
@@ -234,8 +475,36 @@ class Emulator(kmock.KubernetesEmulator):  # type: ignore[misc]
                         verb_of(request) not in ("get", "list", "watch"):
                     self._grants.clear()
         finally:
-            # Keep only the current request: kmock scans the whole history on every request.
+            # Keep only the current request: kmock scans the whole history on every request,
+            # and each of its reactions keeps every request it served.
             del self._requests[:-1]
+            for payload in self._payloads:
+                del payload._requests[:]
+
+    def _serve_admin(self, user: str, request: Any) -> aiohttp.web.StreamResponse:
+        """`GET /_emulator/counts`: the request counts as JSON, `{"counts": [[verb, resource,
+        n], ...], "by_user": {user: [[verb, resource, n], ...]}}` (`counts`: every RBAC-checked
+        user); `DELETE /_emulator/counts` resets them. The admin's only (else 403)."""
+        if user not in self.superusers:
+            raise kmock.KubernetesError(status=403, reason="Forbidden",
+                                        message=f'User "{user}" cannot read the emulator\'s '
+                                                "counts (the admin's only)")
+        if request.url.path.rstrip("/") != f"{ADMIN_PATH}/counts":
+            raise kmock.KubernetesError(status=404, reason="NotFound",
+                                        message=f"no such path: {request.url.path}")
+        method = str(getattr(request.method, "value", request.method)).upper()
+        if method == "DELETE":
+            self.reset_counts()
+        elif method != "GET":
+            raise kmock.KubernetesError(status=405, reason="MethodNotAllowed",
+                                        message=f"{method} {request.url.path}: GET or DELETE")
+
+        def rows(counter: Mapping[tuple[str, str], int]) -> list[list[Any]]:
+            return [[verb, resource, n] for (verb, resource), n in sorted(counter.items())]
+
+        return aiohttp.web.json_response({
+            "counts": rows(self.counts),
+            "by_user": {u: rows(c) for u, c in sorted(self.counts_by_user.items())}})
 
     # -- authentication and RBAC -----------------------------------------------------------
 
@@ -288,9 +557,12 @@ class Emulator(kmock.KubernetesEmulator):  # type: ignore[misc]
             return cached
         stored: dict[str, dict[tuple[str | None, str], Mapping[str, Any]]] = {
             "clusterroles": {}, "clusterrolebindings": {}, "roles": {}, "rolebindings": {}}
-        for (resource, namespace, name), obj in self._objects.items():
-            if resource.group == RBAC_GROUP and resource.plural in stored and not obj.deleted:
-                stored[resource.plural][(namespace, name)] = obj.raw
+        for resource in list(self._objects.resources()):
+            if resource.group == RBAC_GROUP and resource.plural in stored:
+                for obj in self._objects.live(resource, None, True, None, {}):
+                    raw = obj.raw
+                    meta = raw.get("metadata") or {}
+                    stored[resource.plural][(meta.get("namespace"), meta.get("name"))] = raw
         groups = groups_of(user)
         rules: list[tuple[str | None, Mapping[str, Any]]] = []
         for kind, scoped in (("clusterrolebindings", False), ("rolebindings", True)):
@@ -325,6 +597,8 @@ class Emulator(kmock.KubernetesEmulator):  # type: ignore[misc]
             "%Y-%m-%dT%H:%M:%SZ")
         meta["resourceVersion"] = self._next_rv()
         meta.setdefault("generation", 1)
+        if request.resource.plural == "secrets" and request.resource.group == "":
+            request.data.setdefault("type", "Opaque")  # as the API server defaults it
 
     def _prepare_update(self, request: Any) -> None:
         obj = self._stored(request)
@@ -364,12 +638,17 @@ class Emulator(kmock.KubernetesEmulator):  # type: ignore[misc]
         return payload
 
     async def _serve_list(self, request: rendering.Request) -> rendering.Payload:
-        payload = await super()._serve_list(request)
-        payload["metadata"]["resourceVersion"] = str(self.current_rv)
-        wanted = selected(request)
-        payload["items"] = [raw for raw in payload["items"] if wanted(raw)]
         resource = request.resource
         assert resource is not None
+        if resource not in self._get_resources():
+            raise k8s.KubernetesResourceNotFoundError()
+        wanted = selected(request)
+        async with self._lock:
+            objs = self._candidates(request, everywhere=request.namespace is None)
+            items = [raw for obj in objs if not obj.deleted for raw in [obj.raw] if wanted(raw)]
+            version = self.current_rv
+        payload: dict[str, Any] = {"metadata": {"resourceVersion": str(version)},
+                                   "items": items}
         kind = self.resources[resource].kind if resource in self.resources else None
         if kind:  # kubectl reads a list's kind (kmock leaves it out)
             payload["kind"] = f"{kind}List"
@@ -377,23 +656,38 @@ class Emulator(kmock.KubernetesEmulator):  # type: ignore[misc]
         return payload
 
     async def _serve_watch(self, request: rendering.Request) -> AsyncIterator[rendering.Payload]:
-        yield b""
         assert request.resource is not None
-        wanted = selected(request)
-        since = int(request.params.get("resourceVersion") or 0) if str(
-            request.params.get("resourceVersion") or "0").isdigit() else 0
+        wanted = selected(request)  # a bad selector is a 400 before the stream starts
+        params = request.params or {}
+        since = int(params.get("resourceVersion") or 0) if str(
+            params.get("resourceVersion") or "0").isdigit() else 0
+        timeout = float(params["timeoutSeconds"]) if str(
+            params.get("timeoutSeconds") or "").isdigit() else None
+        yield b""
+        deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
         bus = self._buses[request.resource]
         # Subscribe first, then snapshot, both under the write lock: nothing falls between.
         async with self._lock:
             marker = await bus.mark()
-            objs = self._KubernetesEmulator__get_objs(request, strict=False)
-            snapshot = [copy.deepcopy(obj.raw) for obj in objs if not obj.deleted]
+            objs = self._candidates(request, everywhere=request.namespace is None)
+            snapshot = [raw for obj in objs if not obj.deleted for raw in [obj.raw]
+                        if int((raw.get("metadata") or {}).get("resourceVersion") or 0) > since
+                        and wanted(raw)]
+        events = marker.__aiter__()
         try:
             for raw in snapshot:
-                rv = int((raw.get("metadata") or {}).get("resourceVersion") or 0)
-                if rv > since and wanted(raw):
-                    yield {"type": "ADDED", "object": raw}
-            async for event in marker:
+                yield {"type": "ADDED", "object": copy.deepcopy(raw)}
+            while True:
+                if deadline is None:
+                    event = await anext(events)
+                else:
+                    left = deadline - asyncio.get_running_loop().time()
+                    if left <= 0:
+                        return  # timeoutSeconds: the API server ends the stream
+                    try:
+                        event = await asyncio.wait_for(anext(events), left)
+                    except TimeoutError:
+                        return
                 obj = event.get("object", {})
                 meta = obj.get("metadata", {})
                 if request.namespace is not None and meta.get("namespace") != \
@@ -405,6 +699,7 @@ class Emulator(kmock.KubernetesEmulator):  # type: ignore[misc]
                     continue
                 yield event
         finally:
+            await events.aclose()
             await bus.unmark(marker)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -275,3 +275,205 @@ def test_label_and_field_selectors_are_honoured_on_list_and_watch(
             w.stop()
     assert seen == ["s-b", "s-e"]
     assert listed.items[0].metadata.name == "s-b"
+
+
+def test_field_selectors_name_namespace_and_secret_type(kube: EmulatorThread) -> None:
+    api = kube.core()
+    for namespace, name, kind in (("ns-fa", "t1", "kubernetes.io/tls"), ("ns-fa", "o1", None),
+                                  ("ns-fb", "t2", "kubernetes.io/tls")):
+        body = secret(name)
+        body.type = kind
+        api.create_namespaced_secret(namespace, body)
+
+    def names(**kwargs: Any) -> list[str]:
+        return sorted(f"{s.metadata.namespace}/{s.metadata.name}" for s in
+                      api.list_secret_for_all_namespaces(**kwargs).items
+                      if s.metadata.namespace in ("ns-fa", "ns-fb"))
+
+    assert names(field_selector="type=kubernetes.io/tls") == ["ns-fa/t1", "ns-fb/t2"]
+    assert names(field_selector="type!=kubernetes.io/tls") == ["ns-fa/o1"]
+    assert names(field_selector="metadata.namespace=ns-fb") == ["ns-fb/t2"]
+    assert names(field_selector="metadata.namespace!=ns-fb,type==kubernetes.io/tls") == \
+        ["ns-fa/t1"]
+    assert names(field_selector="metadata.name=t2,metadata.namespace=ns-fa") == []
+    with pytest.raises(ApiException) as info:
+        api.list_namespaced_secret("ns-fa", field_selector="spec.nodeName=x")
+    assert info.value.status == 400
+    # `type` is a field of Secrets only.
+    with pytest.raises(ApiException) as info:
+        client.NetworkingV1Api(kube.api_client()).list_namespaced_ingress(
+            "ns-fa", field_selector="type=kubernetes.io/tls")
+    assert info.value.status == 400
+    seen: list[str] = []
+    w = watch.Watch()
+    for event in w.stream(api.list_namespaced_secret, "ns-fa",
+                          field_selector="type=kubernetes.io/tls", resource_version="0",
+                          _request_timeout=10):
+        seen.append(event["object"].metadata.name)
+        if len(seen) == 1:
+            api.create_namespaced_secret("ns-fa", secret("o2"))  # Opaque: never seen
+            later = secret("t3")
+            later.type = "kubernetes.io/tls"
+            api.create_namespaced_secret("ns-fa", later)
+        if event["object"].metadata.name == "t3":
+            w.stop()
+    assert seen == ["t1", "t3"]
+
+
+# -- the emulator's cost follows what it returns, not what it stores -------------------------
+
+
+def objects_looked_at(kube: EmulatorThread, call: Callable[[], object]) -> int:
+    """How many stored objects the emulator looked at during `call()`: every object its store
+    handed out by a scan (kmock's ObjectsArray iterators) or through the index (`touched`)."""
+    from kmock._internal import k8s_views
+
+    seen = [0]
+    originals = {m: getattr(k8s_views.ObjectsArray, m)
+                 for m in ("items", "keys", "values", "__iter__")}
+    index = getattr(kube.emulator.objects, "touched", [0])
+    before = index[0]
+
+    def counting(self: Any, original: Any) -> Iterator[Any]:
+        for item in original(self):
+            seen[0] += 1
+            yield item
+
+    try:
+        for name, original in originals.items():
+            setattr(k8s_views.ObjectsArray, name,
+                    lambda self, _original=original: counting(self, _original))
+        call()
+    finally:
+        for name, original in originals.items():
+            setattr(k8s_views.ObjectsArray, name, original)
+    return seen[0] + index[0] - before
+
+
+def test_a_request_looks_only_at_what_it_returns(kube: EmulatorThread) -> None:
+    import kmock
+
+    secrets = kmock.resource("", "v1", "secrets")
+    for i in range(2000):  # a big namespace beside a small one
+        kube.emulator.objects[secrets, "ns-big", f"b{i}"] = {
+            "metadata": {"name": f"b{i}", "namespace": "ns-big", "resourceVersion": "1",
+                         "labels": {"n": str(i)}}}
+    api = kube.core()
+    for name in ("s1", "s2", "s3"):
+        api.create_namespaced_secret("ns-small", secret(name))
+    custom = kube.custom()
+    custom.create_namespaced_custom_object("certop.dev", "v1", "ns-small", "certificates", {
+        "apiVersion": "certop.dev/v1", "kind": "Certificate", "metadata": {"name": "c"},
+        "spec": {"secretName": "c", "dnsNames": ["c.test"], "issuerRef": {"name": "x"}}})
+    calls = {
+        "get": lambda: api.read_namespaced_secret("s1", "ns-small"),
+        "patch": lambda: api.patch_namespaced_secret("s2", "ns-small", {"data": {"k": "eA=="}}),
+        "status": lambda: custom.patch_namespaced_custom_object_status(
+            "certop.dev", "v1", "ns-small", "certificates", "c", {"status": {"x": 1}}),
+        "create": lambda: api.create_namespaced_secret("ns-small", secret(generate="g-")),
+        "list": lambda: api.list_namespaced_secret("ns-small"),
+        "by label": lambda: api.list_namespaced_secret("ns-big", label_selector="n=7"),
+        "by name": lambda: api.list_namespaced_secret("ns-big",
+                                                      field_selector="metadata.name=b9"),
+        "watch": lambda: list(watch.Watch().stream(api.list_namespaced_secret, "ns-small",
+                                                   timeout_seconds=1, _request_timeout=5)),
+    }
+    looked = {what: objects_looked_at(kube, call) for what, call in calls.items()}
+    assert all(n <= 10 for n in looked.values()), looked
+
+
+def test_histories_and_the_request_log_stay_bounded(kube: EmulatorThread) -> None:
+    api = kube.core()
+    api.create_namespaced_secret("ns-hist", secret("h"))
+    for i in range(100):
+        api.patch_namespaced_secret("h", "ns-hist", {"data": {"k": f"{i:04d}"}})
+    api.delete_namespaced_secret("h", "ns-hist")
+    import kmock
+
+    obj = kube.emulator.objects[kmock.resource("", "v1", "secrets"), "ns-hist", "h"]
+    assert obj.deleted and obj.last.raw["data"] == {"k": "0099"}
+    assert len(obj.history) <= 2
+    # kmock's reactions each keep every request they served: the emulator keeps none.
+    assert sum(len(payload._requests) for payload in kube.emulator._payloads) <= 2
+
+
+def test_requests_are_counted_per_verb_and_resource_for_rbac_checked_users(
+        kube: EmulatorThread) -> None:
+    import urllib.error
+    import urllib.request
+    from collections import Counter
+
+    from kmock_ext import ADMIN_TOKEN
+
+    admin = kube.core()
+    admin.create_namespaced_secret("ns-count", secret("theirs"))
+    kube.emulator.reset_counts()
+    operator = client.CoreV1Api(kube.operator_client())
+    custom = client.CustomObjectsApi(kube.operator_client())
+    operator.read_namespaced_secret("theirs", "ns-count")
+    operator.read_namespaced_secret("theirs", "ns-count")
+    operator.create_namespaced_secret("ns-count", secret("mine"))
+    operator.patch_namespaced_secret("mine", "ns-count", {"data": {"k": "eQ=="}})
+    custom.create_namespaced_custom_object("certop.dev", "v1", "ns-count", "certificates", {
+        "apiVersion": "certop.dev/v1", "kind": "Certificate", "metadata": {"name": "c"},
+        "spec": {"secretName": "c", "dnsNames": ["c.test"], "issuerRef": {"name": "x"}}})
+    custom.patch_namespaced_custom_object_status("certop.dev", "v1", "ns-count",
+                                                 "certificates", "c", {"status": {"x": 1}})
+    custom.list_namespaced_custom_object("certop.dev", "v1", "ns-other", "certificates")
+    events = list(watch.Watch().stream(custom.list_cluster_custom_object, "certop.dev", "v1",
+                                       "certificates", timeout_seconds=1, _request_timeout=5))
+    assert [e["object"]["metadata"]["name"] for e in events if
+            e["object"]["metadata"]["namespace"] == "ns-count"] == ["c"]
+    admin.read_namespaced_secret("theirs", "ns-count")  # the admin's are not counted
+    expected = Counter({("get", "secrets"): 2, ("create", "secrets"): 1,
+                        ("patch", "secrets"): 1, ("create", "certificates"): 1,
+                        ("patch", "certificates/status"): 1, ("list", "certificates"): 1,
+                        ("watch", "certificates"): 1})
+    # One watch, however many events it carried.
+    assert kube.emulator.counts == expected
+    assert kube.emulator.counts_by_user[OPERATOR_USER] == expected
+
+    def fetch(method: str, token: str) -> Any:
+        request = urllib.request.Request(kube.url + "/_emulator/counts", method=method,
+                                         headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(request, timeout=5) as resp:
+            return json.loads(resp.read())
+
+    read = fetch("GET", ADMIN_TOKEN)
+    assert sorted(map(tuple, read["counts"])) == sorted((v, r, n) for (v, r), n in
+                                                        expected.items())
+    assert ["get", "secrets", 1] in read["by_user"]["emulator:admin"]
+    with pytest.raises(urllib.error.HTTPError) as info:
+        fetch("GET", OPERATOR_TOKEN)
+    assert info.value.code == 403
+    info.value.close()
+    fetch("DELETE", ADMIN_TOKEN)
+    assert kube.emulator.counts == Counter()
+    assert fetch("GET", ADMIN_TOKEN)["counts"] == []
+
+
+def test_resource_requests_skip_kmocks_filter_matching(kube: EmulatorThread,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """kmock tests each request against every reaction's filters; the emulator routes a
+    resource request by its action once it knows the route (no filter is evaluated)."""
+    from kmock._internal import dsl
+
+    api = kube.core()
+    api.create_namespaced_secret("ns-route", secret("r"))
+    api.read_namespaced_secret("r", "ns-route")
+    api.list_namespaced_secret("ns-route")
+    api.patch_namespaced_secret("r", "ns-route", {"data": {"k": "eQ=="}})
+    matched = [0]
+    original = dsl.View.__contains__
+
+    def counting(self: Any, item: Any) -> bool:
+        matched[0] += 1
+        return bool(original(self, item))
+
+    monkeypatch.setattr(dsl.View, "__contains__", counting)
+    for _ in range(5):
+        api.read_namespaced_secret("r", "ns-route")
+        api.list_namespaced_secret("ns-route")
+        api.patch_namespaced_secret("r", "ns-route", {"data": {"k": "eA=="}})
+    assert matched[0] == 0
+    assert api.read_namespaced_secret("r", "ns-route").data == {"k": "eA=="}
