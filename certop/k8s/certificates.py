@@ -25,6 +25,7 @@ import base64
 import contextlib
 import dataclasses
 import datetime
+import json
 import logging
 import random
 from collections.abc import Awaitable, Callable, Mapping
@@ -136,6 +137,8 @@ class CertificateController:
         self.accounts = AccountRegistry(self._account_store)
         """Issuers' accounts; their CA bundles in a temporary directory removed at stop."""
         self._changed: dict[str, asyncio.Event] = {}
+        self._specs: dict[str, int] = {}
+        """A hash of each Certificate's last seen spec, by uid (to tell a change)."""
         self.ari = RenewalInfoCache(self.clock, self.backoff, random.random, asyncio.to_thread)
         """The CA's renewal information, by the Certificate's (namespace, name)."""
 
@@ -144,8 +147,10 @@ class CertificateController:
         # temporary Ingresses) and cancelled only if it has not after 5 s.
         kopf.daemon(GROUP, VERSION, "certificates", registry=registry, id="issuance",
                     cancellation_backoff=5.0, cancellation_timeout=10.0)(self.daemon)
-        kopf.on.update(GROUP, VERSION, "certificates", registry=registry, id="spec-changed",
-                       field="spec")(self.on_spec_changed)
+        # An event handler, not kopf's on.update: kopf writes no diff-base annotation on
+        # every Certificate to tell a spec change; the last spec is remembered here instead.
+        kopf.on.event(GROUP, VERSION, "certificates", registry=registry, id="spec-changed")(
+            self.on_certificate_event)
         kopf.on.startup(registry=registry, id="leftover-http01-ingresses")(
             self.remove_leftover_ingresses)
         kopf.on.cleanup(registry=registry, id="ca-bundles")(self.close)
@@ -171,11 +176,20 @@ class CertificateController:
                 if exc.status != 404:
                     raise
 
-    async def on_spec_changed(self, uid: str, **_: Any) -> None:
-        """Wake the object's daemon: its next look sees the new spec (the body is live)."""
-        event = self._changed.get(uid)
-        if event is not None:
-            event.set()
+    async def on_certificate_event(self, type: str | None, uid: str, body: kopf.Body,
+                                   **_: Any) -> None:
+        """Wake the object's daemon when its spec changed: its next look sees the new spec
+        (the body is live)."""
+        if type == "DELETED":
+            self._specs.pop(uid, None)
+            return
+        spec = hash(json.dumps(body.get("spec") or {}, sort_keys=True, default=str))
+        before = self._specs.get(uid)
+        self._specs[uid] = spec
+        if before is not None and before != spec:
+            event = self._changed.get(uid)
+            if event is not None:
+                event.set()
 
     async def _pause(self, uid: str, stopped: kopf.DaemonStopped, seconds: float) -> None:
         """Until `seconds` pass, the daemon is stopped, or the spec changes."""

@@ -12,6 +12,9 @@ import pytest
 from kube import EmulatorThread, OperatorThread, wait_for
 from kubernetes import client
 
+from certop.core.certificates import certificate_spec
+from certop.core.desired import certificate_specs
+from certop.core.ingress import parse_ingress
 from certop.k8s.shim import Shim
 
 NS = "shop"
@@ -83,10 +86,12 @@ def test_ingresses_without_a_trigger_annotation_are_left_alone(
               for name, asks in (("plain", {}), ("other", {"team": "web"}),
                                  # kubernetes.io/tls-acme asks only with --default-issuer
                                  ("acme-no-default", {"kubernetes.io/tls-acme": "true"}))]
-    api.create_namespaced_ingress(NS, ingress("marker", ["m.test"], "marker-tls"))
+    marker = api.create_namespaced_ingress(NS, ingress("marker", ["m.test"], "marker-tls"))
     wait_for(lambda: "marker-tls" in certificates(cluster), what="the annotated one")
-    wait_for(lambda: HANDLED in (api.read_namespaced_ingress("marker", NS).metadata
-                                 .annotations or {}), what="kopf done with the annotated one")
+    # The Ingress that asked is not written to either: kopf keeps no record on it.
+    now = api.read_namespaced_ingress("marker", NS).metadata
+    assert HANDLED not in (now.annotations or {}) and not now.finalizers
+    assert now.resource_version == marker.metadata.resource_version
     for made in others:
         now = api.read_namespaced_ingress(made.metadata.name, NS).metadata
         # Untouched: no kopf annotation, no finalizer, not one write.
@@ -124,3 +129,51 @@ def test_two_ingresses_share_one_certificate_and_a_conflict_is_an_event_on_both(
     assert any(t.startswith("three: ") for t in told)
     assert any(t.startswith(("one: ", "two: ")) for t in told)
     assert certificates(cluster)["shared-tls"]["spec"]["dnsNames"] == ["s.test"]
+
+
+def test_the_shim_lists_once_per_namespace_and_writes_nothing_to_ingresses(
+        cluster: EmulatorThread) -> None:
+    """The plan for an Ingress reads the watch-fed cache: one LIST of the namespace in all
+    (not one per Ingress event, which made N Ingresses cost N LISTs of N objects), and no
+    write to any user's Ingress (kopf's diff-base annotation is gone)."""
+    api = net(cluster)
+    names = [f"app{i}" for i in range(30)]
+    for name in names:
+        api.create_namespaced_ingress(NS, ingress(name, [f"{name}.test"], f"{name}-tls"))
+    wait_for(lambda: len(certificates(cluster)) == len(names), what="30 Certificates")
+    api.patch_namespaced_ingress("app0", NS, {"spec": {"tls": [
+        {"hosts": ["app0.test", "more.test"], "secretName": "app0-tls"}]}})
+    wait_for(lambda: sorted(certificates(cluster)["app0-tls"]["spec"]["dnsNames"])
+             == ["app0.test", "more.test"], what="the update")
+    counts = cluster.emulator.counts
+    # kopf's own (its Certificate watch starts with one) and the shim's, for the namespace.
+    assert counts[("list", "certificates")] == 2
+    assert counts[("create", "certificates")] == len(names)
+    assert counts[("patch", "certificates")] == 1  # the update, nothing else
+    assert not [key for key in counts if key[1] == "ingresses" and key[0] not in
+                ("list", "watch")]
+    assert counts[("get", "certificates")] == 0
+
+
+def test_a_cache_behind_the_api_server_is_reread_once(cluster: EmulatorThread) -> None:
+    """A Certificate the cache has not seen yet (409 on create) or has not seen go (404 on
+    delete): that one object is read again and the Ingress planned once more."""
+    custom = cluster.custom()
+    body = ingress("late", ["late.test"], "late-tls")
+    body["metadata"].update({"namespace": NS, "uid": "uid-late"})
+    # Someone else's identical Certificate exists, unknown to a shim whose cache is filled.
+    custom.create_namespaced_custom_object("certop.dev", "v1", NS, "certificates", {
+        "apiVersion": "certop.dev/v1", "kind": "Certificate",
+        "metadata": {"name": "late-tls", "namespace": NS},
+        "spec": certificate_spec(certificate_specs(
+            [parse_ingress(body)], None, None, require_annotation=True).specs[0])})
+    shim = Shim(cluster.operator_client())
+    shim.cache.fill(NS, [])
+    shim._handle("ADDED", body)
+    owners = certificates(cluster)["late-tls"]["metadata"].get("ownerReferences") or []
+    assert [o["uid"] for o in owners] == ["uid-late"]  # adopted, after one re-read
+    # Gone behind the cache's back: the delete finds nothing, the re-read agrees, done.
+    custom.delete_namespaced_custom_object("certop.dev", "v1", NS, "certificates", "late-tls")
+    body["spec"]["tls"] = []
+    shim._handle("MODIFIED", body)
+    assert shim.cache.get(NS, "late-tls") is None
