@@ -99,6 +99,28 @@ def _condition(ready: bool, reason: str, message: str, now: datetime.datetime
              "message": message, "lastTransitionTime": now.strftime("%Y-%m-%dT%H:%M:%SZ")}]
 
 
+def status_change(current: Mapping[str, Any] | None, patch: Mapping[str, Any]
+                  ) -> dict[str, Any] | None:
+    """The merge patch that makes `current` say what `patch` says, or None when it does
+    already (no write). A condition keeps its `lastTransitionTime` while its status stays."""
+    current = current or {}
+    patch = dict(patch)
+    if patch.get("conditions"):
+        old = {c.get("type"): c for c in current.get("conditions") or []
+               if isinstance(c, Mapping)}
+        conditions = []
+        for condition in patch["conditions"]:
+            before = old.get(condition.get("type"))
+            if before is not None and before.get("status") == condition.get("status") and \
+                    before.get("lastTransitionTime"):
+                condition = {**condition, "lastTransitionTime": before["lastTransitionTime"]}
+            conditions.append(condition)
+        patch["conditions"] = conditions
+    if all(current.get(key) == value for key, value in patch.items()):
+        return None
+    return patch
+
+
 def _tell(body: kopf.Body, kind: str, reason: str, message: str) -> None:
     """An event on the Certificate and on every Ingress that owns it (what users look at)."""
     meta = body["metadata"]
@@ -247,13 +269,16 @@ class CertificateController:
 
     # -- status ----------------------------------------------------------------------------
 
-    def _status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+    def _status(self, namespace: str, name: str, status: dict[str, Any]) -> bool:
+        """Patch the status; False (logged) when the API server refused."""
         try:
             self.custom.patch_namespaced_custom_object_status(
                 GROUP, VERSION, namespace, "certificates", name, {"status": status})
         except ApiException as exc:
             log.warning("Certificate %s/%s: status not written: HTTP %s", namespace, name,
                         exc.status)
+            return False
+        return True
 
     # -- the daemon ------------------------------------------------------------------------
 
@@ -266,7 +291,11 @@ class CertificateController:
             await self._run(body, name, uid, stopped)
         finally:
             self._changed.pop(uid, None)
-            self.ari.forget((body["metadata"]["namespace"], name))
+            namespace = body["metadata"]["namespace"]
+            self.ari.forget((namespace, name))
+            secret = str((body.get("spec") or {}).get("secretName") or "")
+            self.certs.forget(namespace, secret)
+            self.journal.forget(namespace, secret)
 
     async def _stage(self, stage: str, spec: CertificateSpec, stopped: kopf.DaemonStopped
                      ) -> bool:
@@ -305,12 +334,6 @@ class CertificateController:
         return failures, self.backoff.remaining(failures, last, self.clock.now(),
                                                 random.random())
 
-    def _status_failed(self, name: str, body: kopf.Body, reason: str, message: str,
-                       failures: int) -> None:
-        self._status(body["metadata"]["namespace"], name, {
-            "conditions": _condition(False, reason, message, self.clock.now()),
-            "failedIssuanceAttempts": failures, "lastFailureTime": _ts(self.clock.now())})
-
 
 class _Ports:
     """One Certificate's ports for the issuance driver: its live body, Secrets, the status
@@ -333,6 +356,17 @@ class _Ports:
         self.ari = controller.ari
         self.key = (body["metadata"]["namespace"], name)
         self.validation_timeout = controller.settings.validation_timeout
+        self.known: dict[str, Any] = dict(body.get("status") or {})
+        """The status as this daemon last wrote it (certop is its only writer), from the
+        body at start: a report that changes nothing writes nothing."""
+
+    async def _patch_status(self, status: dict[str, Any]) -> None:
+        changed = status_change(self.known, status)
+        if changed is None:
+            return
+        namespace = self.body["metadata"]["namespace"]
+        if await asyncio.to_thread(self.controller._status, namespace, self.name, changed):
+            self.known = {**self.known, **changed}
 
     def stopped(self) -> bool:
         return bool(self._stopped)
@@ -374,14 +408,14 @@ class _Ports:
     async def stage(self, stage: str, spec: CertificateSpec,
                     session: OrderSession | None) -> None:
         if session is not None and stage in {s.value for s in _ORDER_STATES}:
-            await asyncio.to_thread(self.controller._status, spec.namespace, self.name, {
+            await self._patch_status({
                 "order": {"url": session.order_url, "state": _ORDER_STATES[Stage(stage)]}})
         await self.controller._stage(stage, spec, self._stopped)
 
     async def ready(self, spec: CertificateSpec, facts: CertFacts,
                     renew_at: datetime.datetime, failures: int) -> None:
         now = self.clock.now()
-        await asyncio.to_thread(self.controller._status, spec.namespace, self.name, {
+        await self._patch_status({
             "conditions": _condition(True, "Ready", "certificate is up to date", now),
             "notBefore": _ts(facts.not_before), "notAfter": _ts(facts.not_after),
             "renewalTime": _ts(renew_at), "failedIssuanceAttempts": failures,
@@ -389,11 +423,14 @@ class _Ports:
 
     async def failed(self, spec: CertificateSpec | None, reason: str, message: str,
                      failures: int, delay: float | None) -> None:
+        if delay is not None:
+            message = f"{message}; attempt {failures} failed, next in {delay:.0f}s"
+        now = self.clock.now()
+        await self._patch_status({
+            "conditions": _condition(False, reason, message, now),
+            "failedIssuanceAttempts": failures, "lastFailureTime": _ts(now)})
         if delay is None:
-            self.controller._status_failed(self.name, self.body, reason, message, failures)
             return
-        message = f"{message}; attempt {failures} failed, next in {delay:.0f}s"
-        self.controller._status_failed(self.name, self.body, reason, message, failures)
         _tell(self.body, "Warning", reason, f"Certificate {self.name}: {message}")
 
     async def held(self, spec: CertificateSpec, failures: int, seconds: float) -> None:
@@ -411,8 +448,7 @@ class _Ports:
         self.controller.metrics.add("acme_requests_total", session.requests_sent)
         if session.order_url is None and session.placed:
             # Abandoned (the CA made it invalid): the next attempt orders afresh.
-            await asyncio.to_thread(self.controller._status, spec.namespace, self.name,
-                                    {"order": None})
+            await self._patch_status({"order": None})
 
     async def stored(self, spec: CertificateSpec, pair: StoredCert) -> None:
         self.controller.metrics.add("certificates_issued_total")

@@ -14,8 +14,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
@@ -26,6 +27,7 @@ from certop.store.ports import StoredCert
 
 MANAGED_LABEL = "certop.dev/managed"
 TLS_TYPE = "kubernetes.io/tls"
+_T = TypeVar("_T")
 
 
 class SecretNotOwned(PermanentError):
@@ -44,19 +46,63 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
+@dataclass(frozen=True)
+class _View:
+    """What certop last saw of a Secret it reads and writes (its last read or write): enough
+    to write without reading first. Stale, the write fails (409 on a resourceVersion that
+    moved or a create of something that exists, 404 on a patch of something gone) and the
+    Secret is read once and the write decided again."""
+
+    exists: bool
+    owned: bool = False
+    rv: str | None = None
+    filled: bool = False
+    """The journal holds an order."""
+
+
+def _view(secret: Any | None) -> _View:
+    if secret is None:
+        return _View(False)
+    meta = secret.metadata
+    labels = (meta.labels if meta is not None else None) or {}
+    return _View(True, labels.get(MANAGED_LABEL) == "true",
+                 meta.resource_version if meta is not None else None,
+                 bool((secret.data or {}).get("order")))
+
+
+class _Stale(Exception):
+    """The write found the Secret other than certop last saw it."""
+
+
+def _stale(exc: ApiException) -> bool:
+    return exc.status in (404, 409)
+
+
 class SecretCertStore:
+    """`kubernetes.io/tls` Secrets. Reads always ask the API server (a look must see a
+    deleted or replaced Secret); a write goes by what the last read or write saw
+    (`_View`) and reads first only when that turns out stale."""
+
     def __init__(self, api: client.CoreV1Api, timeout: float = 10.0) -> None:
         self.api = api
         self.timeout = timeout
+        self._seen: dict[tuple[str, str], _View] = {}
+
+    def forget(self, namespace: str, name: str) -> None:
+        """The certificate is gone: drop what was seen of its Secret."""
+        self._seen.pop((namespace, name), None)
 
     def _read(self, namespace: str, name: str) -> Any | None:
         try:
-            return self.api.read_namespaced_secret(name, namespace,
-                                                   _request_timeout=self.timeout)
+            secret = self.api.read_namespaced_secret(name, namespace,
+                                                     _request_timeout=self.timeout)
         except ApiException as exc:
             if exc.status == 404:
+                self._seen[(namespace, name)] = _View(False)
                 return None
             raise TemporaryError(f"reading Secret {namespace}/{name}: HTTP {exc.status}") from exc
+        self._seen[(namespace, name)] = _view(secret)
+        return secret
 
     def load(self, namespace: str, name: str) -> StoredCert | None:
         secret = self._read(namespace, name)
@@ -81,12 +127,13 @@ class SecretCertStore:
         return digest.hexdigest()
 
     def owned(self, namespace: str, name: str) -> bool | None:
-        """True: ours; False: someone else's; None: no such Secret."""
-        secret = self._read(namespace, name)
-        if secret is None:
-            return None
-        labels = secret.metadata.labels or {}
-        return bool(labels.get(MANAGED_LABEL) == "true")
+        """True: ours; False: someone else's; None: no such Secret (as last seen: the write
+        that follows checks again)."""
+        seen = self._seen.get((namespace, name))
+        if seen is None:
+            self._read(namespace, name)
+            seen = self._seen[(namespace, name)]
+        return seen.owned if seen.exists else None
 
     def save(self, namespace: str, name: str, cert: StoredCert) -> None:
         data: dict[str, bytes | str] = {"tls.crt": _b64(cert.fullchain_pem),
@@ -94,37 +141,52 @@ class SecretCertStore:
         root = crypto.root_of(cert.fullchain_pem)
         if root is not None:
             data["ca.crt"] = _b64(root)
-        secret = self._read(namespace, name)
-        if secret is None:
+        key = (namespace, name)
+        seen = self._seen.get(key)
+        if seen is None:
+            self._read(namespace, name)
+            seen = self._seen[key]
+        try:
+            self._write(namespace, name, seen, data)
+        except _Stale:
+            self._read(namespace, name)  # once: what is there now decides
+            try:
+                self._write(namespace, name, self._seen[key], data)
+            except _Stale as exc:
+                raise TemporaryError(f"Secret {namespace}/{name} changed while certop was "
+                                     "writing it; will look again") from exc
+
+    def _write(self, namespace: str, name: str, seen: _View,
+               data: Mapping[str, bytes | str]) -> None:
+        if not seen.exists:
             body = client.V1Secret(
-                api_version="v1", kind="Secret", type=TLS_TYPE, data=data,
+                api_version="v1", kind="Secret", type=TLS_TYPE, data=dict(data),
                 metadata=client.V1ObjectMeta(name=name, namespace=namespace,
                                              labels={MANAGED_LABEL: "true"}),
             )
-            try:
-                self.api.create_namespaced_secret(namespace, body,
-                                                  _request_timeout=self.timeout)
-                return
-            except ApiException as exc:
-                if exc.status == 409:
-                    raise TemporaryError(f"Secret {namespace}/{name} appeared while "
-                                         "certop was creating it; will look again") from exc
-                raise TemporaryError(f"creating Secret {namespace}/{name}: HTTP "
-                                     f"{exc.status}") from exc
-        labels = secret.metadata.labels or {}
-        if labels.get(MANAGED_LABEL) != "true":
-            raise SecretNotOwned(namespace, name)
-        metadata: dict[str, Any] = {}
-        if secret.metadata.resource_version:
-            metadata["resourceVersion"] = secret.metadata.resource_version
-        try:
+            written = _call(lambda: self.api.create_namespaced_secret(
+                namespace, body, _request_timeout=self.timeout),
+                f"creating Secret {namespace}/{name}")
+        else:
+            if not seen.owned:
+                raise SecretNotOwned(namespace, name)
+            metadata: dict[str, Any] = {"resourceVersion": seen.rv} if seen.rv else {}
             # A null ca.crt removes one a chain with its root left behind.
-            self.api.patch_namespaced_secret(name, namespace, {"metadata": metadata,
-                                                               "data": {"ca.crt": None, **data}},
-                                             _request_timeout=self.timeout)
-        except ApiException as exc:
-            raise TemporaryError(f"updating Secret {namespace}/{name}: HTTP "
-                                 f"{exc.status}") from exc
+            written = _call(lambda: self.api.patch_namespaced_secret(
+                name, namespace, {"metadata": metadata, "data": {"ca.crt": None, **data}},
+                _request_timeout=self.timeout), f"updating Secret {namespace}/{name}")
+        self._seen[(namespace, name)] = _view(written) if hasattr(written, "metadata") \
+            else _View(True, True)
+
+
+def _call(write: Callable[[], _T], what: str) -> _T:
+    """A write: 404/409 mean certop's view was stale (`_Stale`); other errors are temporary."""
+    try:
+        return write()
+    except ApiException as exc:
+        if _stale(exc):
+            raise _Stale(what) from exc
+        raise TemporaryError(f"{what}: HTTP {exc.status}") from exc
 
 
 ACCOUNT_ANNOTATION = "certop.dev/acme-account"
@@ -230,6 +292,11 @@ class SecretOrderJournal:
     def __init__(self, api: client.CoreV1Api, timeout: float = 10.0) -> None:
         self.api = api
         self.timeout = timeout
+        self._seen: dict[tuple[str, str], _View] = {}
+        """By (namespace, certificate Secret name): the journal as last read or written."""
+
+    def forget(self, namespace: str, name: str) -> None:
+        self._seen.pop((namespace, name), None)
 
     @staticmethod
     def _name(name: str) -> str:
@@ -242,11 +309,12 @@ class SecretOrderJournal:
                                                      _request_timeout=self.timeout)
         except ApiException as exc:
             if exc.status == 404:
+                self._seen[(namespace, name)] = _View(False)
                 return None
             raise TemporaryError(f"reading the order journal of {namespace}/{name}: HTTP "
                                  f"{exc.status}") from exc
-        if ((secret.metadata.labels if secret.metadata else None) or {}).get(
-                MANAGED_LABEL) != "true":
+        self._seen[(namespace, name)] = _view(secret)
+        if not self._seen[(namespace, name)].owned:
             raise SecretNotOwned(namespace, self._name(name))
         return secret
 
@@ -260,36 +328,53 @@ class SecretOrderJournal:
             return None
         return entry if isinstance(entry, dict) else None
 
-    def _patch(self, namespace: str, name: str, secret: Any, data: dict[str, Any]) -> None:
-        metadata: dict[str, Any] = {}
-        if secret.metadata.resource_version:
-            metadata["resourceVersion"] = secret.metadata.resource_version
-        try:
-            self.api.patch_namespaced_secret(self._name(name), namespace,
-                                             {"metadata": metadata, "data": data},
-                                             _request_timeout=self.timeout)
-        except ApiException as exc:
-            raise TemporaryError(f"writing the order journal of {namespace}/{name}: "
-                                 f"HTTP {exc.status}") from exc
+    def _seen_or_read(self, namespace: str, name: str) -> _View:
+        seen = self._seen.get((namespace, name))
+        if seen is None:
+            self._read(namespace, name)
+            seen = self._seen[(namespace, name)]
+        return seen
+
+    def _write(self, namespace: str, name: str, order: str | None) -> None:
+        """Make the journal hold `order` (None: empty), by what was last seen of it; read
+        once and decide again when that was stale."""
+        for last in (False, True):
+            seen = self._seen_or_read(namespace, name)
+            try:
+                self._write_seen(namespace, name, seen, order)
+                return
+            except _Stale as exc:
+                if last:
+                    raise TemporaryError(f"the order journal of {namespace}/{name} changed "
+                                         "while certop was writing it") from exc
+                self._read(namespace, name)
+
+    def _write_seen(self, namespace: str, name: str, seen: _View, order: str | None) -> None:
+        what = f"writing the order journal of {namespace}/{name}"
+        if not seen.exists:
+            if order is None:
+                return
+            body = client.V1Secret(api_version="v1", kind="Secret", type="Opaque",
+                                   data={"order": order},
+                                   metadata=client.V1ObjectMeta(
+                                       name=self._name(name), namespace=namespace,
+                                       labels={MANAGED_LABEL: "true"}))
+            written = _call(lambda: self.api.create_namespaced_secret(
+                namespace, body, _request_timeout=self.timeout), what)
+        else:
+            if not seen.owned:
+                raise SecretNotOwned(namespace, self._name(name))
+            if order is None and not seen.filled:
+                return  # empty already
+            metadata: dict[str, Any] = {"resourceVersion": seen.rv} if seen.rv else {}
+            written = _call(lambda: self.api.patch_namespaced_secret(
+                self._name(name), namespace, {"metadata": metadata, "data": {"order": order}},
+                _request_timeout=self.timeout), what)
+        self._seen[(namespace, name)] = _view(written) if hasattr(written, "metadata") \
+            else _View(True, True, None, order is not None)
 
     def save(self, namespace: str, name: str, entry: dict[str, Any]) -> None:
-        data: dict[str, Any] = {"order": _b64(json.dumps(entry).encode())}
-        secret = self._read(namespace, name)
-        if secret is not None:
-            self._patch(namespace, name, secret, data)
-            return
-        body = client.V1Secret(api_version="v1", kind="Secret", type="Opaque", data=data,
-                               metadata=client.V1ObjectMeta(
-                                   name=self._name(name), namespace=namespace,
-                                   labels={MANAGED_LABEL: "true"}))
-        try:
-            self.api.create_namespaced_secret(namespace, body, _request_timeout=self.timeout)
-        except ApiException as exc:
-            raise TemporaryError(f"writing the order journal of {namespace}/{name}: HTTP "
-                                 f"{exc.status}") from exc
+        self._write(namespace, name, _b64(json.dumps(entry).encode()))
 
     def clear(self, namespace: str, name: str) -> None:
-        secret = self._read(namespace, name)
-        if secret is None or not (secret.data or {}).get("order"):
-            return
-        self._patch(namespace, name, secret, {"order": None})
+        self._write(namespace, name, None)

@@ -539,3 +539,33 @@ def test_a_namespaced_issuer_keeps_its_account_in_its_own_namespace(
             assert found["spec"]["issuerRef"]["kind"] == "Issuer"
             assert secret_data(kube, NS, "team-account") is not None
             assert secret_data(kube, "certop", "team-account") is None
+
+
+@pytest.mark.slow
+def test_a_restart_with_every_certificate_ready_writes_nothing(
+        pebble: pebblectl.PebbleInfo) -> None:
+    """Nothing changed, nothing written: the Ready status a restarted daemon would report is
+    the one the Certificate has (its lastTransitionTime kept), so no patch; the shim's plans
+    are no-ops and kopf keeps no records on the objects."""
+    looked = threading.Event()
+
+    async def hook(name: str, spec: CertificateSpec, stopped: kopf.DaemonStopped) -> None:
+        if name == "ready":
+            looked.set()
+
+    tokens = TokenStore()
+    with EmulatorThread() as kube, Responder(tokens, pebble.http_port):
+        create_issuer(kube, pebble, {"ingressClassName": "certop"})
+        with operator(kube, tokens, pebble.http_port, posting=True):
+            client.NetworkingV1Api(kube.api_client()).create_namespaced_ingress(
+                NS, ingress("web", "restart.certop.test", "web-tls"))
+            wait_for(lambda: ready_condition(kube).get("status") == "True", timeout=60,
+                     what="Ready=True")
+        before = certificate_status(kube)
+        kube.emulator.reset_counts()
+        with operator(kube, tokens, pebble.http_port, posting=True, stage_hook=hook):
+            assert looked.wait(60), "the restarted daemon never looked"
+        writes = {key: n for key, n in kube.emulator.counts.items()
+                  if key[0] in ("create", "update", "patch", "delete")}
+        assert writes == {}
+        assert certificate_status(kube) == before

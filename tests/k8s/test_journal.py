@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from kube import EmulatorThread
@@ -69,3 +70,50 @@ def test_long_secret_names_get_distinct_valid_journal_names(kube: EmulatorThread
         orders.save(NS, name, {"order_url": f"https://ca/order/{i}"})
     for i, name in enumerate(names):
         assert orders.load(NS, name) == {"order_url": f"https://ca/order/{i}"}
+
+
+def _writes_and_reads(kube: EmulatorThread) -> dict[tuple[str, str], int]:
+    return {key: n for key, n in kube.emulator.counts.items() if key[1] == "secrets"}
+
+
+def test_writes_go_by_what_was_last_seen_and_a_stale_view_is_read_once(
+        kube: EmulatorThread, tmp_path: Path) -> None:
+    """No GET before each write: a Secret certop just read or wrote is written with that
+    resourceVersion; when someone else changed it meanwhile, the write fails, the Secret is
+    read once and the write decided again (here: now someone else's, so refused)."""
+    from pki import make_pki
+
+    from certop.store.ports import StoredCert
+    from certop.store.secrets import SecretCertStore
+
+    certs = SecretCertStore(client.CoreV1Api(kube.operator_client()))
+    leaf = make_pki(tmp_path).leaf("a", ("a.test",))
+    pair = StoredCert(leaf.fullchain.read_bytes(), leaf.key.read_bytes())
+    assert certs.load(NS, "web-tls") is None  # the look
+    kube.emulator.reset_counts()
+    certs.save(NS, "web-tls", pair)
+    certs.save(NS, "web-tls", pair)  # a renewal
+    assert _writes_and_reads(kube) == {("create", "secrets"): 1, ("patch", "secrets"): 1}
+    # Replaced behind certop's back by a Secret that is not certop's.
+    core = kube.core()
+    core.delete_namespaced_secret("web-tls", NS)
+    core.create_namespaced_secret(NS, {"metadata": {"name": "web-tls"},
+                                       "type": "kubernetes.io/tls",
+                                       "data": {"tls.crt": "", "tls.key": ""}})
+    kube.emulator.reset_counts()
+    with pytest.raises(SecretNotOwned):
+        certs.save(NS, "web-tls", pair)
+    assert _writes_and_reads(kube) == {("patch", "secrets"): 1, ("get", "secrets"): 1}
+    assert core.read_namespaced_secret("web-tls", NS).metadata.labels is None
+
+
+def test_the_journal_is_written_once_per_change_and_not_read_first(
+        kube: EmulatorThread) -> None:
+    orders = journal(kube)
+    assert orders.load(NS, "web-tls") is None  # the order's first stage reads it
+    kube.emulator.reset_counts()
+    orders.save(NS, "web-tls", {"key_pem": "k"})
+    orders.save(NS, "web-tls", {"key_pem": "k", "order_url": "https://ca/order/1"})
+    orders.clear(NS, "web-tls")
+    orders.clear(NS, "web-tls")  # empty already: nothing to write
+    assert _writes_and_reads(kube) == {("create", "secrets"): 1, ("patch", "secrets"): 2}
