@@ -160,6 +160,10 @@ class CertificateController:
         """Issuers' accounts; their CA bundles in a temporary directory removed at stop."""
         self._changed: dict[str, asyncio.Event] = {}
         self._specs: dict[str, int] = {}
+        self._issuer_docs: dict[tuple[str, str, str], dict[str, Any]] = {}
+        """(kind, namespace, name) -> the Issuer or ClusterIssuer as the watch last said."""
+        self._parsed: dict[tuple[str, str, str], tuple[str, AcmeIssuer]] = {}
+        """The same key -> (resourceVersion, parsed issuer): parsed once per version."""
         """A hash of each Certificate's last seen spec, by uid (to tell a change)."""
         self.ari = RenewalInfoCache(self.clock, self.backoff, random.random, asyncio.to_thread)
         """The CA's renewal information, by the Certificate's (namespace, name)."""
@@ -173,6 +177,9 @@ class CertificateController:
         # every Certificate to tell a spec change; the last spec is remembered here instead.
         kopf.on.event(GROUP, VERSION, "certificates", registry=registry, id="spec-changed")(
             self.on_certificate_event)
+        for plural in ("clusterissuers", "issuers"):
+            kopf.on.event(GROUP, VERSION, plural, registry=registry, id="issuer-cache")(
+                self.on_issuer_event)
         kopf.on.startup(registry=registry, id="leftover-http01-ingresses")(
             self.remove_leftover_ingresses)
         kopf.on.cleanup(registry=registry, id="ca-bundles")(self.close)
@@ -227,15 +234,43 @@ class CertificateController:
 
     # -- issuers -------------------------------------------------------------------------
 
-    def _issuer(self, spec: CertificateSpec) -> AcmeIssuer:
-        if spec.issuer_kind == "Issuer":
-            doc = self.custom.get_namespaced_custom_object(GROUP, VERSION, spec.namespace,
-                                                           "issuers", spec.issuer)
-            namespace = spec.namespace
+    async def on_issuer_event(self, type: str | None, body: kopf.Body, **_: Any) -> None:
+        """Issuers and ClusterIssuers from kopf's watch: read from memory, not per attempt."""
+        meta = body["metadata"]
+        kind = "ClusterIssuer" if body.get("kind") == "ClusterIssuer" else "Issuer"
+        key = (kind, (meta.get("namespace") or "") if kind == "Issuer" else "", meta["name"])
+        if type == "DELETED":
+            self._issuer_docs.pop(key, None)
         else:
-            doc = self.custom.get_cluster_custom_object(GROUP, VERSION, "clusterissuers",
-                                                        spec.issuer)
-            namespace = self.settings.resource_namespace
+            self._issuer_docs[key] = dict(body)
+        self._parsed.pop(key, None)
+
+    def _issuer(self, spec: CertificateSpec) -> AcmeIssuer:
+        """The Certificate's issuer: from the watch (a GET only when the watch has not
+        delivered it yet), parsed once per resourceVersion."""
+        namespaced = spec.issuer_kind == "Issuer"
+        key = (spec.issuer_kind, spec.namespace if namespaced else "", spec.issuer)
+        doc: dict[str, Any] | None = self._issuer_docs.get(key)
+        if doc is None:
+            if namespaced:
+                doc = cast(dict[str, Any], self.custom.get_namespaced_custom_object(
+                    GROUP, VERSION, spec.namespace, "issuers", spec.issuer))
+            else:
+                doc = cast(dict[str, Any], self.custom.get_cluster_custom_object(
+                    GROUP, VERSION, "clusterissuers", spec.issuer))
+            self._issuer_docs.setdefault(key, doc)  # the watch's later events replace it
+        rv = str((doc.get("metadata") or {}).get("resourceVersion") or "")
+        parsed = self._parsed.get(key)
+        if parsed is not None and rv and parsed[0] == rv:
+            return parsed[1]
+        issuer = self._parse_issuer(spec, doc)
+        if rv:
+            self._parsed[key] = (rv, issuer)
+        return issuer
+
+    def _parse_issuer(self, spec: CertificateSpec, doc: dict[str, Any]) -> AcmeIssuer:
+        namespace = spec.namespace if spec.issuer_kind == "Issuer" else \
+            self.settings.resource_namespace
 
         def secret(ns: str, name: str) -> Mapping[str, bytes] | None:
             try:
@@ -244,7 +279,7 @@ class CertificateController:
                 return None
             return {k: base64.b64decode(v) for k, v in (found.data or {}).items()}
 
-        issuer = parse_issuer(cast(dict[str, Any], doc), f"{spec.issuer_kind} {spec.issuer}",
+        issuer = parse_issuer(doc, f"{spec.issuer_kind} {spec.issuer}",
                               secret, namespace)
         # Who the issuer is comes from where it was read, not from what the object says.
         ref = ObjectRef(spec.issuer_kind, spec.namespace if spec.issuer_kind == "Issuer"
