@@ -61,6 +61,14 @@ def _timeout(text: str) -> float:
     return value
 
 
+def _positive(text: str) -> int:
+    """A whole number, 1 or more."""
+    value = _count(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected 1 or more, got {value}")
+    return value
+
+
 def _count(text: str) -> int:
     """A whole number, 0 or more."""
     try:
@@ -180,6 +188,9 @@ def _operator_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
                    help="/healthz, /readyz (the Lease holder only), /metrics")
     p.add_argument("--lease", default="certop-leader", metavar="NAME",
                    help="the coordination.k8s.io Lease that elects the active replica")
+    p.add_argument("--max-concurrent-orders", type=_positive, default=32, metavar="N",
+                   help="orders in flight at the CA at once; the rest wait in line "
+                        "(metric certop_orders_queued)")
     p.add_argument("--lease-duration", type=_seconds, default=15, metavar="SECONDS",
                    help="how long a replica that stopped renewing the Lease (crashed, cut "
                         "off) keeps it before another takes over; renewed every third")
@@ -345,7 +356,7 @@ def _operator(args: argparse.Namespace) -> int:
         resource_namespace=args.cluster_resource_namespace or default_namespace(),
         listen=args.listen, solver_port=args.solver_port, solver_service=args.solver_service,
         admin_port=args.admin_port, lease_name=args.lease,
-        lease_duration=args.lease_duration)
+        lease_duration=args.lease_duration, max_concurrent_orders=args.max_concurrent_orders)
     import kubernetes
 
     try:

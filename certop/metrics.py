@@ -8,7 +8,7 @@ Host labels are bounded: the host as a rule names it (`*.example.com` for a wild
 from __future__ import annotations
 
 import bisect
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -22,6 +22,8 @@ class Metrics:
         self.connections_total = 0
         self.counters: dict[str, float] = {}
         """Other counters (the operator's ACME work), rendered as certop_<name>."""
+        self.gauges: dict[str, Callable[[], float]] = {}
+        """Values read when rendered (the operator's order queue), as certop_<name>."""
 
     def add(self, name: str, value: float = 1.0) -> None:
         self.counters[name] = self.counters.get(name, 0.0) + value
@@ -76,6 +78,8 @@ class Metrics:
         ]
         for name, value in sorted(self.counters.items()):
             lines += [f"# TYPE certop_{name} counter", f"certop_{name} {value:g}"]
+        for name, read in sorted(self.gauges.items()):
+            lines += [f"# TYPE certop_{name} gauge", f"certop_{name} {read():g}"]
         for (namespace, name), when in sorted(expiry.items()):
             lines.append(f'certop_certificate_expiry_timestamp_seconds{{namespace='
                          f'"{_esc(namespace)}",secret="{_esc(name)}"}} {when:.0f}')

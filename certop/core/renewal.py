@@ -1,20 +1,26 @@
 """When a certificate must be (re-)issued: a pure function of what exists, what is wanted and now.
 
 Renewal point: `renewBefore` when given, else 2/3 of the lifetime (1/2 for certificates under
-10 days), as cert-manager and Let's Encrypt's guidance for short-lived certificates; an ARI
-window (RFC 9773) takes precedence when the caller has one.
+10 days), as cert-manager and Let's Encrypt's guidance for short-lived certificates, moved
+earlier by a spread of up to 1/15 of the lifetime that is drawn from the certificate itself
+(its names and start), so that thousands issued in the same minute do not all renew in the
+same minute, and a restart computes the same point again; an ARI window (RFC 9773) takes
+precedence when the caller has one (the ARI client picks its own point in that window).
 """
 
 from __future__ import annotations
 
 import datetime
 import enum
+import hashlib
 from dataclasses import dataclass
 
 from certop.core.errors import AlreadyDue
 from certop.core.models import CertificateSpec, KeyAlgorithm
 
 SHORT_LIVED = datetime.timedelta(days=10)
+SPREAD = 1 / 15
+"""The renewal point is moved earlier by up to this share of the lifetime."""
 
 
 class Reason(enum.StrEnum):
@@ -50,16 +56,32 @@ class Decision:
     """When to look again (the renewal point) when nothing is to be done now."""
 
 
+def spread_of(hosts: frozenset[str], not_before: datetime.datetime) -> float:
+    """A stable draw in [0, 1) for one certificate (its names and start)."""
+    seed = ",".join(sorted(hosts)) + "|" + not_before.isoformat()
+    return int.from_bytes(hashlib.sha256(seed.encode()).digest()[:8], "big") / 2.0 ** 64
+
+
 def renewal_time(
     not_before: datetime.datetime,
     not_after: datetime.datetime,
     renew_before: datetime.timedelta | None = None,
+    spread: float = 0.0,
 ) -> datetime.datetime:
+    """When to renew; `spread` in [0, 1) moves the policy's point earlier by that share of
+    `SPREAD` of the lifetime (never for an explicit `renew_before`, which is exact)."""
     lifetime = not_after - not_before
     if renew_before is not None and renew_before < lifetime:
         return not_after - renew_before
     fraction = 1 / 2 if lifetime < SHORT_LIVED else 2 / 3
-    return not_before + lifetime * fraction
+    return not_before + lifetime * (fraction - SPREAD * spread)
+
+
+def renewal_point(facts: CertFacts, renew_before: datetime.timedelta | None = None
+                  ) -> datetime.datetime:
+    """`renewal_time` of a stored certificate, with its own spread."""
+    return renewal_time(facts.not_before, facts.not_after, renew_before,
+                        spread_of(facts.hosts, facts.not_before))
 
 
 def decide(
@@ -83,8 +105,7 @@ def decide(
         return Decision(True, Reason.KEY_CHANGED)
     if now >= facts.not_after:
         return Decision(True, Reason.EXPIRED)
-    at = ari_renew_at or renewal_time(facts.not_before, facts.not_after,
-                                      renew_before or spec.renew_before)
+    at = ari_renew_at or renewal_point(facts, renew_before or spec.renew_before)
     if now >= at:
         return Decision(True, Reason.RENEWAL_DUE, at)
     return Decision(False, Reason.UP_TO_DATE, at)

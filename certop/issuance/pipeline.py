@@ -32,6 +32,7 @@ from certop.core.errors import CertopError, ConfigError
 from certop.core.models import CertificateSpec, SolverSpec
 from certop.core.renewal import CertFacts
 from certop.issuance.ari import Key, RenewalInfoCache
+from certop.issuance.limits import OrderLimit
 from certop.store.ports import CertStore, OrderJournal, StoredCert
 from solvers.base import SolverLookup
 
@@ -59,6 +60,8 @@ class Ports(Protocol):
     key: Key
     """The certificate's key in the ARI cache."""
     validation_timeout: float
+    orders: OrderLimit
+    """The mode's bound on orders in flight at the CA (shared by its certificates)."""
 
     def stopped(self) -> bool: ...
 
@@ -251,8 +254,15 @@ async def _ari_time(ports: Ports, spec: CertificateSpec,
 
 
 async def attempt(ports: Ports, spec: CertificateSpec, stored: StoredCert | None) -> bool:
-    """Order, answer, store, hand on, clear the journal; False when stopped between two
-    stages (nothing is lost: the next run re-enters the stage)."""
+    """Order, answer, store, hand on, clear the journal, in one of the mode's order slots;
+    False when stopped between two stages (nothing is lost: the next run re-enters it)."""
+    async with ports.orders.slot():
+        if ports.stopped():
+            return False
+        return await _attempt(ports, spec, stored)
+
+
+async def _attempt(ports: Ports, spec: CertificateSpec, stored: StoredCert | None) -> bool:
     inputs = await ports.order_inputs(spec)
     session = OrderSession(spec, inputs.account, inputs.solvers, ports.journal, stored=stored,
                            labels=inputs.labels, solver_specs=inputs.solver_specs,

@@ -55,6 +55,7 @@ from certop.core.shim import CLASS_ANNOTATION
 from certop.issuance import pipeline
 from certop.issuance.accounts import AccountRegistry
 from certop.issuance.ari import RenewalInfoCache
+from certop.issuance.limits import OrderLimit
 from certop.metrics import Metrics
 from certop.store.ports import CertStore, OrderJournal, StoredCert
 from certop.store.secrets import (
@@ -91,6 +92,8 @@ class OperatorSettings:
     """Seconds between looks at a certificate that is not due yet."""
     validation_timeout: float = 600.0
     """Seconds an order may stay pending at the CA once its challenges are answered."""
+    max_concurrent_orders: int = 32
+    """Orders in flight at the CA at once; more wait in line (--max-concurrent-orders)."""
 
 
 def _condition(ready: bool, reason: str, message: str, now: datetime.datetime
@@ -160,6 +163,9 @@ class CertificateController:
         """Issuers' accounts; their CA bundles in a temporary directory removed at stop."""
         self._changed: dict[str, asyncio.Event] = {}
         self._specs: dict[str, int] = {}
+        self.orders = OrderLimit(self.settings.max_concurrent_orders)
+        self.metrics.gauges["orders_queued"] = lambda: self.orders.queued
+        self.metrics.gauges["orders_in_progress"] = lambda: self.orders.running
         self._issuer_docs: dict[tuple[str, str, str], dict[str, Any]] = {}
         """(kind, namespace, name) -> the Issuer or ClusterIssuer as the watch last said."""
         self._parsed: dict[tuple[str, str, str], tuple[str, AcmeIssuer]] = {}
@@ -391,6 +397,7 @@ class _Ports:
         self.ari = controller.ari
         self.key = (body["metadata"]["namespace"], name)
         self.validation_timeout = controller.settings.validation_timeout
+        self.orders = controller.orders
         self.known: dict[str, Any] = dict(body.get("status") or {})
         """The status as this daemon last wrote it (certop is its only writer), from the
         body at start: a report that changes nothing writes nothing."""

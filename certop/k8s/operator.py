@@ -51,6 +51,8 @@ class OperatorRun:
     lease_name: str = "certop-leader"
     lease_duration: int = 15
     """The coordination.k8s.io Lease that elects the active replica."""
+    max_concurrent_orders: int = 32
+    """Orders in flight at the CA at once (--max-concurrent-orders)."""
 
 
 API_TIMEOUT = 10.0
@@ -140,7 +142,7 @@ async def run_operator(run: OperatorRun) -> int:
             log.info("leading: starting the Ingress shim and the Certificate controller")
             settings = OperatorSettings(
                 resource_namespace=run.resource_namespace, solver_service=run.solver_service,
-                solver_port=80,
+                solver_port=80, max_concurrent_orders=run.max_concurrent_orders,
                 self_check_addr=("127.0.0.1" if run.listen in ("0.0.0.0", "") else run.listen,
                                  run.solver_port))
             registry = kopf.OperatorRegistry()

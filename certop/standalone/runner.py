@@ -31,10 +31,11 @@ from certop.core.clock import Clock
 from certop.core.desired import certificate_specs, with_certificates
 from certop.core.errors import CertopError, ConfigError
 from certop.core.models import AcmeIssuer, CertificateSpec
-from certop.core.renewal import CertFacts, decide, renewal_time
+from certop.core.renewal import CertFacts, decide, renewal_point
 from certop.issuance import pipeline
 from certop.issuance.accounts import AccountRegistry, CaBundles
 from certop.issuance.ari import RenewalInfoCache
+from certop.issuance.limits import OrderLimit
 from certop.standalone import loader, supplied
 from certop.standalone.services import StaticBackends
 from certop.store.files import StateDir, UnsafePath
@@ -211,6 +212,8 @@ class Standalone:
             lambda _issuer, _namespace: accounts, CaBundles(StateDir(settings.state_dir)),
             trust=self._trust)
         self.ari = RenewalInfoCache(clock, self.backoff, rand, self._in_pool)
+        self.orders = OrderLimit(None)
+        """No limit of its own: the thread pool (`workers`) bounds the ACME work."""
         self._running = False
         self._stopping = False
         self._stop = asyncio.Event()
@@ -486,6 +489,7 @@ class _Ports:
         self.ari = runner.ari
         self.key = state.spec.key
         self.validation_timeout = runner.settings.validation_timeout
+        self.orders = runner.orders
 
     def stopped(self) -> bool:
         return self.runner._stopping or self.runner._states.get(self.key) is not self.state
@@ -561,7 +565,7 @@ class _Ports:
         self.state.forced = False
         facts = self.state.facts
         if facts is not None:
-            renew_at = renewal_time(facts.not_before, facts.not_after, spec.renew_before)
+            renew_at = renewal_point(facts, spec.renew_before)
             log.info("%s: certificate issued, valid until %s, renewal at %s", spec,
                      facts.not_after.isoformat(), renew_at.isoformat())
         await self._record(lambda: self.runner.failure_records.clear(*spec.key))

@@ -131,3 +131,25 @@ def test_the_ca_bundle_directory_goes_when_the_operator_stops(
         account_of(controller, cert("shop", "ca", "ClusterIssuer"))
         wait_for(lambda: bool(list(own_tmp.glob("certop-ca-*/*.pem"))), what="a CA bundle")
     assert not list(own_tmp.glob("certop-ca-*"))
+
+
+def test_issuers_come_from_the_watch_parsed_once_per_version(kube: EmulatorThread) -> None:
+    kube.custom().create_cluster_custom_object("certop.dev", "v1", "clusterissuers", {
+        "apiVersion": "certop.dev/v1", "kind": "ClusterIssuer", "metadata": {"name": "pebble"},
+        "spec": issuer_spec("pebble-account")})
+    controller = CertificateController(kube.operator_client(), TokenStore())
+    spec = cert("shop", "pebble", "ClusterIssuer")
+    kube.emulator.reset_counts()
+    first = controller._issuer(spec)
+    assert controller._issuer(spec) is first  # parsed once
+    assert kube.emulator.counts[("get", "clusterissuers")] == 1  # before any watch event
+    doc = kube.custom().get_cluster_custom_object("certop.dev", "v1", "clusterissuers",
+                                                  "pebble")
+    doc["spec"]["acme"]["email"] = "changed@certop.test"
+    doc["metadata"]["resourceVersion"] = str(int(doc["metadata"]["resourceVersion"]) + 1)
+    asyncio.run(controller.on_issuer_event(type="MODIFIED", body=doc))
+    assert controller._issuer(spec).email == "changed@certop.test"
+    asyncio.run(controller.on_issuer_event(type="DELETED", body=doc))
+    kube.emulator.reset_counts()
+    controller._issuer(spec)
+    assert kube.emulator.counts[("get", "clusterissuers")] == 1

@@ -4,7 +4,6 @@ and certop's responder."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import itertools
 import json
@@ -22,8 +21,8 @@ from kubernetes import client
 from loopthread import LoopThread
 
 from certop import crypto
-from certop.core.models import CertificateSpec, Fqdn, SecretName
-from certop.k8s.certificates import CertificateController, OperatorSettings, StageHook
+from certop.core.models import CertificateSpec
+from certop.k8s.certificates import OperatorSettings, StageHook
 from certop.k8s.operator import build_registry
 from certop.proxy.server import Proxy
 from certop.proxy.tls import CertBook
@@ -572,24 +571,3 @@ def test_a_restart_with_every_certificate_ready_writes_nothing(
         assert kube.emulator.counts[("get", "clusterissuers")] == 0  # from the watch
         assert certificate_status(kube) == before
 
-
-def test_issuers_come_from_the_watch_parsed_once_per_version(
-        pebble: pebblectl.PebbleInfo) -> None:
-    with EmulatorThread() as kube:
-        create_issuer(kube, pebble)
-        controller = CertificateController(kube.operator_client(), TokenStore())
-        spec = CertificateSpec(NS, SecretName("web-tls"), (Fqdn("a.test"),), "pebble")
-        kube.emulator.reset_counts()
-        first = controller._issuer(spec)
-        assert controller._issuer(spec) is first  # parsed once
-        assert kube.emulator.counts[("get", "clusterissuers")] == 1  # before any watch event
-        doc = kube.custom().get_cluster_custom_object("certop.dev", "v1", "clusterissuers",
-                                                      "pebble")
-        doc["spec"]["acme"]["email"] = "changed@certop.test"
-        doc["metadata"]["resourceVersion"] = str(int(doc["metadata"]["resourceVersion"]) + 1)
-        asyncio.run(controller.on_issuer_event(type="MODIFIED", body=doc))
-        assert controller._issuer(spec).email == "changed@certop.test"
-        asyncio.run(controller.on_issuer_event(type="DELETED", body=doc))
-        kube.emulator.reset_counts()
-        controller._issuer(spec)
-        assert kube.emulator.counts[("get", "clusterissuers")] == 1

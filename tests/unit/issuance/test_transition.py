@@ -29,15 +29,15 @@ from certop.core.issuing import (
     transition,
 )
 from certop.core.models import CertificateSpec, Fqdn, ObjectRef, SecretName
-from certop.core.renewal import CertFacts, Reason
+from certop.core.renewal import CertFacts, Reason, renewal_point
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 DAY = dt.timedelta(days=1)
 SPEC = CertificateSpec("default", SecretName("s"), (Fqdn("a.example"),), "default")
 FACTS = CertFacts(frozenset({"a.example"}), T0, T0 + 90 * DAY, SPEC.key_algorithm)
-"""Issued at T0 for 90 days: renewal at T0 + 60 days."""
+"""Issued at T0 for 90 days: renewal in days 54..60 (its own spread)."""
 POLICY = Policy(Backoff(base=10.0, cap=3600.0), recheck=3600.0)
-DUE = T0 + 60 * DAY
+DUE = renewal_point(FACTS)
 ALREADY_DUE = "the new certificate is already due (RenewalDue): is this machine's clock " \
               "ahead of the CA's?"
 

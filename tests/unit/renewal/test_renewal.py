@@ -1,12 +1,13 @@
 from __future__ import annotations
 
+import collections
 import datetime as dt
 
 import pytest
 
 from certop.core.backoff import Backoff
 from certop.core.models import CertificateSpec, Fqdn, KeyAlgorithm, SecretName
-from certop.core.renewal import CertFacts, Reason, decide, renewal_time
+from certop.core.renewal import CertFacts, Reason, decide, renewal_point, renewal_time
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 SPEC = CertificateSpec("default", SecretName("s"), (Fqdn("a.example"),), "default")
@@ -34,7 +35,8 @@ def test_renew_before_overrides_the_fraction() -> None:
     ("existing", "now_days", "issue", "reason"),
     [
         pytest.param(None, 0, True, Reason.MISSING, id="missing"),
-        pytest.param(facts(90), 59.9, False, Reason.UP_TO_DATE, id="before-window"),
+        # the renewal point of a 90-day certificate lies in days 54..60 (its spread)
+        pytest.param(facts(90), 53.9, False, Reason.UP_TO_DATE, id="before-window"),
         pytest.param(facts(90), 60, True, Reason.RENEWAL_DUE, id="at-two-thirds"),
         pytest.param(facts(90), 91, True, Reason.EXPIRED, id="expired"),
         pytest.param(facts(90, ("b.example",)), 1, True, Reason.HOSTS_CHANGED, id="other-hosts"),
@@ -50,7 +52,28 @@ def test_decide(existing: CertFacts | None, now_days: float, issue: bool,
 
 def test_up_to_date_says_when_to_look_again() -> None:
     decision = decide(SPEC, facts(90), T0 + dt.timedelta(days=1))
-    assert decision.renew_at == T0 + dt.timedelta(days=60)
+    assert decision.renew_at == renewal_point(facts(90))
+    assert T0 + dt.timedelta(days=54) <= decision.renew_at <= T0 + dt.timedelta(days=60)
+
+
+def test_ten_thousand_certificates_issued_in_one_minute_renew_over_days_not_a_minute(
+        ) -> None:
+    start = T0 + dt.timedelta(seconds=17)
+    points = [renewal_point(CertFacts(frozenset({f"h{i}.example"}),
+                                      start + dt.timedelta(seconds=i % 60),
+                                      start + dt.timedelta(days=90, seconds=i % 60),
+                                      KeyAlgorithm.ECDSA_P256))
+              for i in range(10_000)]
+    assert max(points) - min(points) > dt.timedelta(days=5.9)
+    per_minute = collections.Counter(p.replace(second=0, microsecond=0) for p in points)
+    assert max(per_minute.values()) <= 10  # about 1.2 per minute over six days
+    # The same certificate gets the same point (a restart computes it again) ...
+    again = CertFacts(frozenset({"h7.example"}), start + dt.timedelta(seconds=7),
+                      start + dt.timedelta(days=90, seconds=7), KeyAlgorithm.ECDSA_P256)
+    assert renewal_point(again) == points[7]
+    # ... and an explicit renewBefore is exact.
+    assert renewal_point(again, dt.timedelta(days=30)) == again.not_after - \
+        dt.timedelta(days=30)
 
 
 def test_backoff_doubles_with_jitter_up_to_the_cap() -> None:
