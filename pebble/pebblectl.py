@@ -10,6 +10,13 @@ Rules (see ../shared/notes/test-stack.md):
 - challtestsrv answers A queries with 127.0.0.1 and no AAAA, so HTTP-01 dials IPv4 loopback.
 - challtestsrv's own HTTP-01/TLS-ALPN servers are off: certop serves Pebble's `httpPort`.
 
+Known trap: Debian's Pebble 2.4 can deadlock under many concurrent orders of one account
+(seen in benchmarks with 20 to 1,000 certificates on a loaded machine: every handler entered,
+none returning, GET /dir still answering). A goroutine dump (`kill -QUIT` on its pid, stacks
+in its log) shows `MemoryStore.FindValidAuthorization` (newOrder) holding the store's read
+lock while it waits for an authorization's lock, and the writers queued behind it: a lock
+order inversion in Pebble's memory store, not a certop fault. A run that hangs is repeated.
+
 As a script: `pebblectl.py start --dir D --http-port P` writes `D/pebble.json` (URLs, ports,
 pids) and returns once Pebble answers; `pebblectl.py stop --dir D` stops those pids.
 """
