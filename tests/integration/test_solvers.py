@@ -62,10 +62,14 @@ class ChallTestSrvDns:
         return {b"".join(r.strings).decode() for rrset in answer.answer for r in rrset}
 
     def present(self, challenge: Challenge) -> None:
+        # Added beside the values already served (challtestsrv keeps a list per name), never
+        # cleared and set again: the CA may be validating the apex's value on the same name
+        # while the wildcard's is presented.
         values = self.records.setdefault(challenge.dns01_record_name, [])
         if challenge.dns01_txt_value not in values:
             values.append(challenge.dns01_txt_value)
-        self._publish(challenge.dns01_record_name)
+            self._post("/set-txt", {"host": challenge.dns01_record_name + ".",
+                                    "value": challenge.dns01_txt_value})
         self.presented.append(challenge)
 
     def check(self, challenge: Challenge) -> bool:
