@@ -163,6 +163,7 @@ class CertificateController:
         """Issuers' accounts; their CA bundles in a temporary directory removed at stop."""
         self._changed: dict[str, asyncio.Event] = {}
         self._specs: dict[str, int] = {}
+        """A hash of each Certificate's last seen spec, by uid (to tell a change)."""
         self.orders = OrderLimit(self.settings.max_concurrent_orders)
         self.metrics.gauges["orders_queued"] = lambda: self.orders.queued
         self.metrics.gauges["orders_in_progress"] = lambda: self.orders.running
@@ -170,7 +171,6 @@ class CertificateController:
         """(kind, namespace, name) -> the Issuer or ClusterIssuer as the watch last said."""
         self._parsed: dict[tuple[str, str, str], tuple[str, AcmeIssuer]] = {}
         """The same key -> (resourceVersion, parsed issuer): parsed once per version."""
-        """A hash of each Certificate's last seen spec, by uid (to tell a change)."""
         self.ari = RenewalInfoCache(self.clock, self.backoff, random.random, asyncio.to_thread)
         """The CA's renewal information, by the Certificate's (namespace, name)."""
 
