@@ -41,19 +41,3 @@ def test_records_are_compact_and_deletes_unindex() -> None:
     cache.remove("other", "c")
     assert not cache.owns_any("u1") and len(cache) == 0
 
-
-def test_a_status_report_that_changes_nothing_writes_nothing() -> None:
-    from certop.k8s.certificates import status_change
-
-    ready = {"type": "Ready", "status": "True", "reason": "Ready", "message": "ok",
-             "lastTransitionTime": "2026-01-01T00:00:00Z"}
-    current = {"conditions": [ready], "notAfter": "2027-01-01T00:00:00Z",
-               "failedIssuanceAttempts": 0}
-    later = {**ready, "lastTransitionTime": "2026-06-01T00:00:00Z"}
-    assert status_change(current, {"conditions": [later], "failedIssuanceAttempts": 0,
-                                   "order": None}) is None
-    # A change writes; the condition keeps its transition time while its status stays.
-    changed = status_change(current, {"conditions": [{**later, "message": "renewed"}]})
-    assert changed == {"conditions": [{**ready, "message": "renewed"}]}
-    failed = {**later, "status": "False", "reason": "ChallengeFailed"}
-    assert status_change(current, {"conditions": [failed]}) == {"conditions": [failed]}
