@@ -6,13 +6,18 @@ in stages (`Stage`); a step that completes one says so, so that the caller can s
 between two stages. State that must survive a crash goes to the `OrderJournal` before it
 matters, and each stage is idempotent when re-entered after a restart:
 
-1. `KEY`: a fresh private key and the hosts are journalled (a journalled key is reused);
-2. `ORDER`: the order URL is journalled right after `newOrder` answers;
+1. `KEY`: a fresh private key is made (or the journalled order's key taken up again);
+2. `ORDER`: the key, the hosts and the order URL are journalled in one write right after
+   `newOrder` answers (the key is used only later, in the CSR: a crash before this write
+   leaves an order at the CA that expires unused, and loses nothing);
 3. `CHALLENGES`: every pending authorization's challenge is presented, self-checked, answered;
 4. `FINALIZE`: the CSR (journalled key) is sent once the order is `ready`;
 5. `CERTIFICATE`: the chain is downloaded. The journal is kept until the caller has stored the
    certificate and calls `finish()`: a crash in between downloads the same certificate again
-   instead of ordering a second one.
+   instead of ordering a second one. With `clear_finished=False`, `finish()` writes nothing:
+   the caller records elsewhere whether an order is in flight (cluster mode: the
+   Certificate's status) and asks to `resume` only then; the next order overwrites the
+   entry.
 
 On restart a journalled order is fetched and continued (`pending` -> challenges, `ready` ->
 finalize, `processing` -> poll, `valid` -> download), so no second certificate is issued for the
@@ -118,8 +123,14 @@ class OrderSession:
                  stored: StoredCert | None = None, labels: Mapping[str, str] | None = None,
                  solver_specs: Sequence[SolverSpec] | None = None,
                  validation_timeout: float = VALIDATION_TIMEOUT,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+                 monotonic: Callable[[], float] = time.monotonic, resume: bool = True,
+                 clear_finished: bool = True) -> None:
         self.spec = spec
+        self.resume = resume
+        """Look in the journal for an order to resume (else a new order is placed)."""
+        self.clear_finished = clear_finished
+        """`finish()` empties the journal (else the entry is left for the next order to
+        overwrite: one journal write per order)."""
         self.labels = dict(labels or {})
         """The Certificate's labels, for the issuer's solver selectors (matchLabels)."""
         self.solver_specs = tuple(solver_specs if solver_specs is not None
@@ -193,8 +204,10 @@ class OrderSession:
         return Step(after=after, stage=stage)
 
     def _start_entry(self) -> dict[str, Any]:
-        """The journalled order for this spec, or a new entry with a fresh key (saved first)."""
-        entry = self.journal.load(self.spec.namespace, self.spec.secret_name)
+        """The journalled order for this spec, or a new entry with a fresh key (journalled
+        with its order URL, at `ORDER`)."""
+        entry = self.journal.load(self.spec.namespace, self.spec.secret_name) \
+            if self.resume else None
         # (Not with rotationPolicy Never: there every order of this certificate has that key.)
         if entry and self.stored_key_pem is not None and not self.spec.reuse_key and \
                 str(entry.get("key_pem", "")).encode() == self.stored_key_pem:
@@ -229,7 +242,6 @@ class OrderSession:
             "key_pem": crypto.key_to_pem(key).decode(),
             "order_url": None,
         }
-        self._save(entry)
         return entry
 
     def _kept_key(self) -> crypto.PrivateKey | None:
@@ -316,7 +328,10 @@ class OrderSession:
 
     def finish(self) -> None:
         """The caller has stored the certificate: the journalled order is done with."""
-        self._abandon()
+        if self.clear_finished:
+            self._abandon()
+        else:
+            self._entry = None
 
     def _challenges(self, authorizations: list[messages.AuthorizationResource]) -> Step:
         self._work_authorizations(authorizations)

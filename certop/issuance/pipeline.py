@@ -48,6 +48,10 @@ class OrderInputs:
     solver_specs: tuple[SolverSpec, ...]
     solvers: SolverLookup
     labels: Mapping[str, str] | None = None
+    resume: bool = True
+    """Look in the journal for an order in flight (the mode may know there is none)."""
+    clear_finished: bool = True
+    """Empty the journal once the certificate is stored (see `OrderSession`)."""
 
 
 class Ports(Protocol):
@@ -267,7 +271,8 @@ async def _attempt(ports: Ports, spec: CertificateSpec, stored: StoredCert | Non
     session = OrderSession(spec, inputs.account, inputs.solvers, ports.journal, stored=stored,
                            labels=inputs.labels, solver_specs=inputs.solver_specs,
                            validation_timeout=ports.validation_timeout,
-                           monotonic=ports.clock.monotonic)
+                           monotonic=ports.clock.monotonic, resume=inputs.resume,
+                           clear_finished=inputs.clear_finished)
     await ports.ordering(spec)
     try:
         while True:

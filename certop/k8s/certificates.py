@@ -1,19 +1,24 @@
-"""Certificate objects -> ACME orders -> `kubernetes.io/tls` Secrets, one kopf daemon each.
+"""Certificate objects -> ACME orders -> `kubernetes.io/tls` Secrets, one asyncio task each.
 
-The daemon runs the Certificate through the issuance driver (`issuance.pipeline`, over the
-pure `core.issuing.transition`) with this module's ports: the live body for the spec, Secrets
-for certificates, accounts and the journal, the status and events for reports. The driver looks
+kopf delivers the Certificates' events (an event handler: kopf writes nothing on them, no
+finalizer, no bookkeeping annotation); the first event of a Certificate starts its task, later
+ones hand it the new body (a changed spec wakes it), deletion stops it. The task runs the
+Certificate through the issuance driver (`issuance.pipeline`, over the pure
+`core.issuing.transition`) with this module's ports: the last body for the spec, Secrets for
+certificates, accounts and the journal, the status and events for reports. The driver looks
 at the Secret, decides, orders in bounded steps run in a thread (the next step is scheduled,
 never slept for in a thread), stores, reports on the status, then waits until the renewal time
-(re-checked at least every `recheck` seconds, and at once when the object changes).
+(re-checked at least every `recheck` seconds, and at once when the object changes). What the
+task keeps between events is small (`_Runner`: the Certificate's metadata and spec, not its
+whole body), so memory grows with the Certificates by a few kilobytes each.
 
 Issuance goes through named stages: `trigger` (decided to issue), the order's own `key`,
 `order`, `challenges`, `finalize`, `certificate` (see `acme.orders`), then `store` (the Secret
-is written) and `ready` (the order journal is cleared and the status says Ready). A stopped
-daemon stops between two stages; whatever must survive lives in the journal Secret and the TLS
-Secret, so a new run re-enters the interrupted stage without a second order. A journal left by
-a run that stopped after `store` (its order still on the status) is cleared at the first look
-that finds the Secret current.
+is written) and `ready` (the status says Ready). A stopped task stops between two stages;
+whatever must survive lives in the journal Secret and the TLS Secret, so a new run re-enters
+the interrupted stage without a second order. A journal left by a run that stopped after
+`store` (its order still on the status) is cleared at the first look that finds the Secret
+current.
 Failures back off with `core.backoff` (never under the CA's Retry-After) and show on the
 status and as events with stable reasons.
 """
@@ -72,10 +77,58 @@ from solvers.registry import SolverRegistry
 log = logging.getLogger(__name__)
 GROUP, VERSION = "certop.dev", "v1"
 _T = TypeVar("_T")
-_ORDER_STATES = {Stage.ORDER: "pending", Stage.FINALIZE: "processing"}
-"""status.order.state after these stages (the order's ACME state as certop last saw it)."""
-StageHook = Callable[[str, CertificateSpec, kopf.DaemonStopped], Awaitable[None]]
-"""Called after each stage with its name (tests use it to stop the operator there)."""
+_ORDER_STATES = {Stage.ORDER: "pending"}
+"""status.order.state after these stages: one status write per order placed (the next says
+Ready or the failure); certop resumes a journalled order only while the status shows it."""
+StageHook = Callable[[str, CertificateSpec, asyncio.Event], Awaitable[None]]
+"""Called after each stage with its name and the task's stop flag (tests use it to stop the
+operator there)."""
+RESTART = 60.0
+"""Seconds before a Certificate's task looks again after an unexpected error (a bug)."""
+_KEPT_META = ("name", "namespace", "uid", "labels", "annotations", "ownerReferences")
+
+
+def _compact(body: Mapping[str, Any]) -> dict[str, Any]:
+    """What a Certificate's task needs of its body: metadata that names it and its owners,
+    the spec, the status (read once, at the task's start)."""
+    meta = body.get("metadata") or {}
+    return {"apiVersion": body.get("apiVersion"), "kind": body.get("kind"),
+            "metadata": {key: meta[key] for key in _KEPT_META if key in meta},
+            "spec": dict(body.get("spec") or {}), "status": dict(body.get("status") or {})}
+
+
+def _spec_hash(body: Mapping[str, Any]) -> int:
+    return hash(json.dumps(body.get("spec") or {}, sort_keys=True, default=str))
+
+
+class _Runner:
+    """One Certificate's task and what it keeps between events."""
+
+    __slots__ = ("body", "spec_hash", "stop", "task", "uid", "wake")
+
+    def __init__(self, uid: str, body: dict[str, Any]) -> None:
+        self.uid = uid
+        self.body = body
+        """The Certificate as its last event showed it (`_compact`)."""
+        self.spec_hash = _spec_hash(body)
+        self.stop = asyncio.Event()
+        """Set when the Certificate is deleted or the operator stops."""
+        self.wake = asyncio.Event()
+        """Set when the spec changed (or the Secret did): the next pause ends at once."""
+        self.task: asyncio.Task[None] | None = None
+
+    @property
+    def key(self) -> tuple[str, str]:
+        meta = self.body["metadata"]
+        return str(meta.get("namespace") or ""), str(meta.get("name") or "")
+
+    @property
+    def ref(self) -> str:
+        return "/".join(self.key)
+
+    @property
+    def status(self) -> Mapping[str, Any]:
+        return cast(Mapping[str, Any], self.body.get("status") or {})
 
 
 @dataclass(frozen=True)
@@ -124,11 +177,13 @@ def status_change(current: Mapping[str, Any] | None, patch: Mapping[str, Any]
     return patch
 
 
-def _tell(body: kopf.Body, kind: str, reason: str, message: str) -> None:
-    """An event on the Certificate and on every Ingress that owns it (what users look at)."""
+def _tell(body: Mapping[str, Any], kind: str, reason: str, message: str,
+          owners: bool = True) -> None:
+    """An event on the Certificate and (`owners`) on every Ingress that owns it (what users
+    look at)."""
     meta = body["metadata"]
     targets: list[Any] = [body]
-    for ref in meta.get("ownerReferences") or []:
+    for ref in meta.get("ownerReferences") or [] if owners else []:
         if ref.get("kind") == "Ingress":
             targets.append({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
                             "metadata": {"name": ref.get("name"), "uid": ref.get("uid"),
@@ -161,9 +216,9 @@ class CertificateController:
         self.journal = SecretOrderJournal(self.core)
         self.accounts = AccountRegistry(self._account_store)
         """Issuers' accounts; their CA bundles in a temporary directory removed at stop."""
-        self._changed: dict[str, asyncio.Event] = {}
-        self._specs: dict[str, int] = {}
-        """A hash of each Certificate's last seen spec, by uid (to tell a change)."""
+        self._runners: dict[str, _Runner] = {}
+        """By the Certificate's uid: its task and last body."""
+        self._stopping = False
         self.orders = OrderLimit(self.settings.max_concurrent_orders)
         self.metrics.gauges["orders_queued"] = lambda: self.orders.queued
         self.metrics.gauges["orders_in_progress"] = lambda: self.orders.running
@@ -175,20 +230,17 @@ class CertificateController:
         """The CA's renewal information, by the Certificate's (namespace, name)."""
 
     def register(self, registry: kopf.OperatorRegistry) -> None:
-        # Stopping: the daemon is asked first (it stops between two stages, removing its
-        # temporary Ingresses) and cancelled only if it has not after 5 s.
-        kopf.daemon(GROUP, VERSION, "certificates", registry=registry, id="issuance",
-                    cancellation_backoff=5.0, cancellation_timeout=10.0)(self.daemon)
-        # An event handler, not kopf's on.update: kopf writes no diff-base annotation on
-        # every Certificate to tell a spec change; the last spec is remembered here instead.
-        kopf.on.event(GROUP, VERSION, "certificates", registry=registry, id="spec-changed")(
+        # An event handler, not a kopf daemon or on.update: kopf writes nothing on a
+        # Certificate (no finalizer, no diff-base annotation); one task per Certificate is
+        # started and stopped from here, the last spec remembered here.
+        kopf.on.event(GROUP, VERSION, "certificates", registry=registry, id="issuance")(
             self.on_certificate_event)
         for plural in ("clusterissuers", "issuers"):
             kopf.on.event(GROUP, VERSION, plural, registry=registry, id="issuer-cache")(
                 self.on_issuer_event)
         kopf.on.startup(registry=registry, id="leftover-http01-ingresses")(
             self.remove_leftover_ingresses)
-        kopf.on.cleanup(registry=registry, id="ca-bundles")(self.close)
+        kopf.on.cleanup(registry=registry, id="issuance")(self.stop)
 
     def close(self, **_: Any) -> None:
         """Remove the CA bundle files (the operator stops)."""
@@ -196,7 +248,7 @@ class CertificateController:
 
     def remove_leftover_ingresses(self, **_: Any) -> None:
         """Temporary Ingresses of a previous run are removed at start; an order that is still
-        pending gets its Ingress again when its daemon resumes it."""
+        pending gets its Ingress again when its task resumes it."""
         net = client.NetworkingV1Api(self.api)
         listing = net.list_ingress_for_all_namespaces(label_selector=f"{TOKEN_LABEL}=true")
         for item in listing.items:
@@ -213,30 +265,56 @@ class CertificateController:
 
     async def on_certificate_event(self, type: str | None, uid: str, body: kopf.Body,
                                    **_: Any) -> None:
-        """Wake the object's daemon when its spec changed: its next look sees the new spec
-        (the body is live)."""
-        if type == "DELETED":
-            self._specs.pop(uid, None)
+        """Start the Certificate's task at its first event, hand it each new body (a changed
+        spec wakes it), stop it when the Certificate is deleted or being deleted."""
+        if type == "DELETED" or body.get("metadata", {}).get("deletionTimestamp"):
+            runner = self._runners.pop(uid, None)
+            if runner is not None:
+                runner.stop.set()
             return
-        spec = hash(json.dumps(body.get("spec") or {}, sort_keys=True, default=str))
-        before = self._specs.get(uid)
-        self._specs[uid] = spec
-        if before is not None and before != spec:
-            event = self._changed.get(uid)
-            if event is not None:
-                event.set()
+        if self._stopping:
+            return
+        compact = _compact(body)
+        runner = self._runners.get(uid)
+        if runner is None:
+            runner = _Runner(uid, compact)
+            self._runners[uid] = runner
+            runner.task = asyncio.create_task(self._drive(runner),
+                                              name=f"certificate {uid}")
+            return
+        before = runner.spec_hash
+        runner.body = compact
+        runner.spec_hash = _spec_hash(compact)
+        if before != runner.spec_hash:
+            runner.wake.set()
 
-    async def _pause(self, uid: str, stopped: kopf.DaemonStopped, seconds: float) -> None:
-        """Until `seconds` pass, the daemon is stopped, or the spec changes."""
-        event = self._changed.setdefault(uid, asyncio.Event())
-        waiters = {asyncio.ensure_future(stopped.wait(seconds)),
-                   asyncio.ensure_future(event.wait())}
+    async def stop(self, grace: float = 5.0, **_: Any) -> None:
+        """The operator stops: every task is asked to stop (between two stages, removing its
+        temporary Ingresses) and cancelled if it has not after `grace` seconds; the CA
+        bundle files are removed."""
+        self._stopping = True
+        runners = list(self._runners.values())
+        self._runners.clear()
+        for runner in runners:
+            runner.stop.set()
+        tasks = [r.task for r in runners if r.task is not None and not r.task.done()]
+        if tasks:
+            late = (await asyncio.wait(tasks, timeout=grace))[1]
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        self.close()
+
+    async def _pause(self, runner: _Runner, seconds: float) -> None:
+        """Until `seconds` pass, the task is stopped, or the spec changes."""
+        waiters = {asyncio.ensure_future(runner.stop.wait()),
+                   asyncio.ensure_future(runner.wake.wait())}
         try:
-            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for waiter in waiters:
                 waiter.cancel()
-            event.clear()
+            runner.wake.clear()
 
     # -- issuers -------------------------------------------------------------------------
 
@@ -321,48 +399,52 @@ class CertificateController:
             return False
         return True
 
-    # -- the daemon ------------------------------------------------------------------------
+    # -- the task --------------------------------------------------------------------------
 
-    async def daemon(self, body: kopf.Body, name: str, uid: str, stopped: kopf.DaemonStopped,
-                     **_: Any) -> None:
-        # Exists before the first look, so a spec change during the first order still
-        # wakes the next pause (the change handler finds the event and sets it).
-        self._changed.setdefault(uid, asyncio.Event())
+    async def _drive(self, runner: _Runner) -> None:
+        """One Certificate's issuance until it is stopped; a bug of certop's (an unexpected
+        exception) is logged and the certificate looked at again after `RESTART` seconds."""
         try:
-            await self._run(body, name, uid, stopped)
+            while not runner.stop.is_set():
+                try:
+                    await self._run(runner)
+                except Exception:
+                    log.exception("Certificate %s: unexpected error; looking again in %.0fs",
+                                  runner.ref, RESTART)
+                    await self._pause(runner, RESTART)
+                else:
+                    break
         finally:
-            self._changed.pop(uid, None)
-            namespace = body["metadata"]["namespace"]
+            if self._runners.get(runner.uid) is runner:
+                del self._runners[runner.uid]
+            namespace, name = runner.key
             self.ari.forget((namespace, name))
-            secret = str((body.get("spec") or {}).get("secretName") or "")
+            secret = str((runner.body.get("spec") or {}).get("secretName") or "")
             self.certs.forget(namespace, secret)
             self.journal.forget(namespace, secret)
 
-    async def _stage(self, stage: str, spec: CertificateSpec, stopped: kopf.DaemonStopped
-                     ) -> bool:
-        """Stage `stage` is done: log it, tell the hook; True when the daemon must stop now."""
+    async def _stage(self, stage: str, spec: CertificateSpec, stop: asyncio.Event) -> bool:
+        """Stage `stage` is done: log it, tell the hook; True when the task must stop now."""
         asked = f" (Ingress {', '.join(o.name for o in spec.owners)})" if spec.owners else ""
         log.info("Certificate %s/%s%s: %s done", spec.namespace, spec.secret_name, asked, stage)
         if self.stage_hook is not None:
-            await self.stage_hook(stage, spec, stopped)
-        return bool(stopped)
+            await self.stage_hook(stage, spec, stop)
+        return stop.is_set()
 
-    async def _run(self, body: kopf.Body, name: str, uid: str,
-                   stopped: kopf.DaemonStopped) -> None:
+    async def _run(self, runner: _Runner) -> None:
         # The backoff continues where the last run left it (its status): a restart is no
         # reason to hammer the CA again from the first, shortest delay.
-        failures, hold = self._restored_backoff(body)
+        failures, hold = self._restored_backoff(runner.status)
         # An order journal may be left over when the status still shows an order (a run that
         # stopped after storing the certificate): cleared at the first look that finds the
         # Secret current. No status order, no journal to look for.
-        journalled = bool((body.get("status") or {}).get("order"))
-        await pipeline.run(_Ports(self, body, name, uid, stopped),
+        journalled = bool(runner.status.get("order"))
+        await pipeline.run(_Ports(self, runner),
                            issuing.Restored(failures, hold, journalled),
                            issuing.Policy(self.backoff, self.settings.recheck))
 
-    def _restored_backoff(self, body: kopf.Body) -> tuple[int, float]:
+    def _restored_backoff(self, status: Mapping[str, Any]) -> tuple[int, float]:
         """(failed attempts so far, seconds still to wait) as the status last said."""
-        status = body.get("status") or {}
         failures = status.get("failedIssuanceAttempts")
         if not isinstance(failures, int) or isinstance(failures, bool) or failures < 0:
             return 0, 0.0
@@ -377,30 +459,31 @@ class CertificateController:
 
 
 class _Ports:
-    """One Certificate's ports for the issuance driver: its live body, Secrets, the status
-    and events, the kopf daemon's stop flag."""
+    """One Certificate's ports for the issuance driver: its last body, Secrets, the status
+    and events, the task's stop flag."""
 
     errors: tuple[type[BaseException], ...] = (CertopError, crypto.CertificateUnreadable,
                                                ApiException)
     expected = errors
 
-    def __init__(self, controller: CertificateController, body: kopf.Body, name: str,
-                 uid: str, stopped: kopf.DaemonStopped) -> None:
+    def __init__(self, controller: CertificateController, runner: _Runner) -> None:
         self.controller = controller
-        self.body = body
-        self.name = name
-        self.uid = uid
-        self._stopped = stopped
+        self.runner = runner
+        self.name = runner.key[1]
         self.clock = controller.clock
         self.certs: CertStore = controller.certs
         self.journal: OrderJournal = controller.journal
         self.ari = controller.ari
-        self.key = (body["metadata"]["namespace"], name)
+        self.key = runner.key
         self.validation_timeout = controller.settings.validation_timeout
         self.orders = controller.orders
-        self.known: dict[str, Any] = dict(body.get("status") or {})
-        """The status as this daemon last wrote it (certop is its only writer), from the
+        self.known: dict[str, Any] = dict(runner.status)
+        """The status as this task last wrote it (certop is its only writer), from the
         body at start: a report that changes nothing writes nothing."""
+
+    @property
+    def body(self) -> Mapping[str, Any]:
+        return self.runner.body
 
     async def _patch_status(self, status: dict[str, Any]) -> None:
         changed = status_change(self.known, status)
@@ -411,7 +494,7 @@ class _Ports:
             self.known = {**self.known, **changed}
 
     def stopped(self) -> bool:
-        return bool(self._stopped)
+        return self.runner.stop.is_set()
 
     def forced(self) -> bool:
         return False
@@ -439,20 +522,26 @@ class _Ports:
                                  c.settings.solver_port, asked)
         bound = c.solvers.bind(SolverContext(c.tokens, c.settings.self_check_addr, cluster,
                                              labels))
-        return pipeline.OrderInputs(account, issuer.solvers, bound, labels)
+        # The status says whether an order is in flight (written right after the journal):
+        # the journal is read only then, and left as it is once the certificate is stored
+        # (the Ready status drops the order): one journal write per order.
+        return pipeline.OrderInputs(account, issuer.solvers, bound, labels,
+                                    resume=bool(self.known.get("order")),
+                                    clear_finished=False)
 
     async def pause(self, seconds: float) -> None:
-        await self.controller._pause(self.uid, self._stopped, seconds)
+        await self.controller._pause(self.runner, seconds)
 
     async def step_wait(self, seconds: float) -> None:
-        await self._stopped.wait(seconds)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.runner.stop.wait(), seconds)
 
     async def stage(self, stage: str, spec: CertificateSpec,
                     session: OrderSession | None) -> None:
         if session is not None and stage in {s.value for s in _ORDER_STATES}:
             await self._patch_status({
                 "order": {"url": session.order_url, "state": _ORDER_STATES[Stage(stage)]}})
-        await self.controller._stage(stage, spec, self._stopped)
+        await self.controller._stage(stage, spec, self.runner.stop)
 
     async def ready(self, spec: CertificateSpec, facts: CertFacts,
                     renew_at: datetime.datetime, failures: int) -> None:
@@ -480,8 +569,10 @@ class _Ports:
                  "in %.0fs", spec.namespace, self.name, failures, seconds)
 
     async def issued(self, spec: CertificateSpec) -> None:
+        # On the Certificate only (cert-manager's place for it): one event per issuance.
+        # Failures are told on the Ingresses too.
         _tell(self.body, "Normal", "Issued", f"certificate for {', '.join(spec.hosts)} "
-              f"stored in Secret {spec.secret_name}")
+              f"stored in Secret {spec.secret_name}", owners=False)
 
     async def ordering(self, spec: CertificateSpec) -> None:
         self.controller.metrics.add("acme_orders_total")

@@ -1,4 +1,4 @@
-"""`certop operator`: the Ingress shim and the Certificate daemons under kopf, behind a Lease.
+"""`certop operator`: the Ingress shim and the Certificate tasks under kopf, behind a Lease.
 
 Start-up: load the Kubernetes login (in-cluster service account or KUBECONFIG; kopf reads the
 same), serve the HTTP-01 responder and the admin port, wait for the leader Lease, then run
@@ -99,20 +99,29 @@ def _load_kubernetes_config() -> kubernetes.client.ApiClient:
     return TimedApiClient()
 
 
+@dataclass(frozen=True)
+class Wiring:
+    registry: kopf.OperatorRegistry
+    certificates: CertificateController
+    """Its tasks stop with kopf's cleanup; `certificates.stop(0)` cancels them at once (the
+    Lease was lost: kopf was cancelled and runs no cleanup)."""
+
+
 def build_registry(api: kubernetes.client.ApiClient, tokens: TokenStore,
                    settings: OperatorSettings, *, default_issuer: str | None = None,
                    metrics: Metrics | None = None,
                    stage_hook: StageHook | None = None,
-                   registry: kopf.OperatorRegistry | None = None) -> kopf.OperatorRegistry:
+                   registry: kopf.OperatorRegistry | None = None) -> Wiring:
     """`registry` (a new one by default) with the Ingress shim and the Certificate controller:
     what `certop operator` runs once it leads (the in-process tests run it too). Login and
     kopf's settings are the caller's (`run_operator` registers kubectl's login and
     `configure_kopf` first)."""
     registry = registry if registry is not None else kopf.OperatorRegistry()
     Shim(api, default_issuer).register(registry)
-    CertificateController(api, tokens, settings, metrics=metrics,
-                          stage_hook=stage_hook).register(registry)
-    return registry
+    certificates = CertificateController(api, tokens, settings, metrics=metrics,
+                                         stage_hook=stage_hook)
+    certificates.register(registry)
+    return Wiring(registry, certificates)
 
 
 async def run_operator(run: OperatorRun) -> int:
@@ -149,8 +158,8 @@ async def run_operator(run: OperatorRun) -> int:
             # The same login as our own client: in-cluster service account or KUBECONFIG.
             kopf.on.login(registry=registry)(kopf.login_via_client)
             kopf.on.startup(registry=registry, id="settings")(_configure_kopf_handler)
-            build_registry(api, tokens, settings, default_issuer=run.default_issuer,
-                           metrics=responder.metrics, registry=registry)
+            wiring = build_registry(api, tokens, settings, default_issuer=run.default_issuer,
+                                    metrics=responder.metrics, registry=registry)
             flag: asyncio.Future[None] = loop.create_future()
             operator = asyncio.create_task(kopf.operator(
                 registry=registry, clusterwide=not run.namespaces,
@@ -165,6 +174,7 @@ async def run_operator(run: OperatorRun) -> int:
                 log.error("the leader Lease was lost: stopping so that a follower takes over")
                 code = 1
                 operator.cancel()
+                await wiring.certificates.stop(grace=0.0)
             if not flag.done():
                 flag.set_result(None)
             with contextlib.suppress(asyncio.CancelledError):

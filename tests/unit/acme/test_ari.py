@@ -94,8 +94,37 @@ def test_a_journalled_order_whose_key_is_stored_already_is_not_resumed() -> None
     fresh = session(journal, key_pem.encode())
     assert fresh.step().stage is Stage.KEY  # a new key, a new order next
     assert not fresh.resumed
-    entry = journal.load("ns", "web-tls")
-    assert entry is not None and entry["order_url"] is None and entry["key_pem"] != key_pem
+    new = fresh._entry
+    assert new is not None and new["order_url"] is None and new["key_pem"] != key_pem
+    # Nothing journalled before the order is placed (one write, key and order URL together).
+    assert journal.load("ns", "web-tls") == _entry(key_pem, "https://ca.test/order/1")
+
+
+class _CountingJournal(MemoryOrderJournal):
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+
+    def load(self, namespace: str, name: str) -> dict[str, Any] | None:
+        self.calls.append("load")
+        return super().load(namespace, name)
+
+    def clear(self, namespace: str, name: str) -> None:
+        self.calls.append("clear")
+        super().clear(namespace, name)
+
+
+def test_without_resume_the_journal_is_not_read_and_a_finished_entry_can_stay() -> None:
+    key_pem = crypto.key_to_pem(crypto.generate_key(KeyAlgorithm.ECDSA_P256)).decode()
+    journal = _CountingJournal()
+    journal.save("ns", "web-tls", _entry(key_pem, "https://ca.test/order/1"))
+    account: Any = _Account(_Issuer())
+    fresh = OrderSession(SPEC, account, solvers=None, journal=journal, resume=False,
+                         clear_finished=False)
+    assert fresh.step().stage is Stage.KEY
+    assert not fresh.resumed and journal.calls == []
+    fresh.finish()
+    assert journal.calls == [] and journal.load("ns", "web-tls") is not None
 
 
 def test_a_journalled_order_with_another_key_is_resumed() -> None:
@@ -117,9 +146,10 @@ def test_rotation_policy_never_keeps_the_stored_key_of_the_same_algorithm() -> N
                          (replace(keep, key_algorithm=KeyAlgorithm.RSA2048), False)):
         journal = MemoryOrderJournal()
         account: Any = _Account(_Issuer())
-        OrderSession(wanted, account, solvers=None, journal=journal,
-                     stored=StoredCert(b"", stored)).step()
-        entry = journal.load("ns", "web-tls")
+        session = OrderSession(wanted, account, solvers=None, journal=journal,
+                               stored=StoredCert(b"", stored))
+        session.step()
+        entry = session._entry  # journalled with the order URL, at the next step
         assert entry is not None
         assert (entry["key_pem"].encode() == stored) is kept
 
@@ -135,7 +165,6 @@ def test_a_journalled_order_on_another_server_than_the_cas_is_never_fetched() ->
         journal = MemoryOrderJournal()
         journal.save("ns", "web-tls", _entry(key_pem, url))
         started = session(journal, b"another key")
-        started._start_entry()  # what the first step does, without the network
+        entry = started._start_entry()  # what the first step does, without the network
         assert started.resumed is resumed, url
-        entry = journal.load("ns", "web-tls")
-        assert entry is not None and (entry["order_url"] == url) is resumed, url
+        assert (entry["order_url"] == url) is resumed, url
