@@ -63,6 +63,7 @@ from certop.issuance.ari import RenewalInfoCache
 from certop.issuance.limits import OrderLimit
 from certop.metrics import Metrics
 from certop.store.ports import CertStore, OrderJournal, StoredCert
+from certop.store.secret_cache import SecretCache, SecretWatch
 from certop.store.secrets import (
     SecretAccountStore,
     SecretCertStore,
@@ -101,6 +102,16 @@ def _spec_hash(body: Mapping[str, Any]) -> int:
     return hash(json.dumps(body.get("spec") or {}, sort_keys=True, default=str))
 
 
+async def _first(*waits: Awaitable[Any]) -> None:
+    """Until the first of `waits` is done (the others are cancelled)."""
+    tasks = {asyncio.ensure_future(w) for w in waits}
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
 class _Runner:
     """One Certificate's task and what it keeps between events."""
 
@@ -127,6 +138,11 @@ class _Runner:
         return "/".join(self.key)
 
     @property
+    def secret(self) -> tuple[str, str]:
+        """(namespace, the TLS Secret's name)."""
+        return self.key[0], str((self.body.get("spec") or {}).get("secretName") or "")
+
+    @property
     def status(self) -> Mapping[str, Any]:
         return cast(Mapping[str, Any], self.body.get("status") or {})
 
@@ -147,6 +163,8 @@ class OperatorSettings:
     """Seconds an order may stay pending at the CA once its challenges are answered."""
     max_concurrent_orders: int = 32
     """Orders in flight at the CA at once; more wait in line (--max-concurrent-orders)."""
+    namespaces: tuple[str, ...] = ()
+    """The namespaces the operator serves (empty: all): where certop's Secrets are watched."""
 
 
 def _condition(ready: bool, reason: str, message: str, now: datetime.datetime
@@ -212,8 +230,16 @@ class CertificateController:
         self.settings = settings or OperatorSettings()
         self.clock = clock or SystemClock()
         self.backoff = backoff or Backoff()
-        self.certs = SecretCertStore(self.core)
-        self.journal = SecretOrderJournal(self.core)
+        self.secrets = SecretCache(on_change=self._secret_changed)
+        """certop's own Secrets, as one label-selected watch has them (`_watch`)."""
+        self.certs = SecretCertStore(self.core, cache=self.secrets)
+        self.journal = SecretOrderJournal(self.core, cache=self.secrets)
+        self._watch: SecretWatch | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._secrets_listed = asyncio.Event()
+        """Set once the watch listed certop's Secrets: no task looks before."""
+        self._by_secret: dict[tuple[str, str], str] = {}
+        """(namespace, TLS Secret name) -> the uid of the Certificate that writes it."""
         self.accounts = AccountRegistry(self._account_store)
         """Issuers' accounts; their CA bundles in a temporary directory removed at stop."""
         self._runners: dict[str, _Runner] = {}
@@ -240,7 +266,31 @@ class CertificateController:
                 self.on_issuer_event)
         kopf.on.startup(registry=registry, id="leftover-http01-ingresses")(
             self.remove_leftover_ingresses)
+        kopf.on.startup(registry=registry, id="secret-watch")(self.watch_secrets)
         kopf.on.cleanup(registry=registry, id="issuance")(self.stop)
+
+    async def watch_secrets(self, **_: Any) -> None:
+        """Start the watch of certop's own Secrets (before kopf's watchers start)."""
+        loop = self._loop = asyncio.get_running_loop()
+
+        def listed() -> None:
+            loop.call_soon_threadsafe(self._secrets_listed.set)
+
+        self._watch = SecretWatch(self.core, self.secrets, self.settings.namespaces,
+                                  on_synced=listed)
+        self._watch.start()
+
+    def _secret_changed(self, namespace: str, name: str) -> None:
+        """From the watch's thread: a Secret changed other than by certop's write (deleted,
+        edited): the Certificate that writes it looks again now."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._wake_for, namespace, name)
+
+    def _wake_for(self, namespace: str, name: str) -> None:
+        runner = self._runners.get(self._by_secret.get((namespace, name), ""))
+        if runner is not None:
+            runner.wake.set()
 
     def close(self, **_: Any) -> None:
         """Remove the CA bundle files (the operator stops)."""
@@ -271,6 +321,7 @@ class CertificateController:
             runner = self._runners.pop(uid, None)
             if runner is not None:
                 runner.stop.set()
+                self._by_secret.pop(runner.secret, None)
             return
         if self._stopping:
             return
@@ -279,12 +330,16 @@ class CertificateController:
         if runner is None:
             runner = _Runner(uid, compact)
             self._runners[uid] = runner
+            self._by_secret[runner.secret] = uid
             runner.task = asyncio.create_task(self._drive(runner),
                                               name=f"certificate {uid}")
             return
         before = runner.spec_hash
+        if self._by_secret.get(runner.secret) == uid:
+            del self._by_secret[runner.secret]
         runner.body = compact
         runner.spec_hash = _spec_hash(compact)
+        self._by_secret[runner.secret] = uid
         if before != runner.spec_hash:
             runner.wake.set()
 
@@ -293,6 +348,8 @@ class CertificateController:
         temporary Ingresses) and cancelled if it has not after `grace` seconds; the CA
         bundle files are removed."""
         self._stopping = True
+        if self._watch is not None:
+            self._watch.stop()
         runners = list(self._runners.values())
         self._runners.clear()
         for runner in runners:
@@ -307,13 +364,11 @@ class CertificateController:
 
     async def _pause(self, runner: _Runner, seconds: float) -> None:
         """Until `seconds` pass, the task is stopped, or the spec changes."""
-        waiters = {asyncio.ensure_future(runner.stop.wait()),
-                   asyncio.ensure_future(runner.wake.wait())}
         try:
-            await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(_first(runner.stop.wait(), runner.wake.wait()),
+                                       seconds)
         finally:
-            for waiter in waiters:
-                waiter.cancel()
             runner.wake.clear()
 
     # -- issuers -------------------------------------------------------------------------
@@ -405,6 +460,7 @@ class CertificateController:
         """One Certificate's issuance until it is stopped; a bug of certop's (an unexpected
         exception) is logged and the certificate looked at again after `RESTART` seconds."""
         try:
+            await _first(self._secrets_listed.wait(), runner.stop.wait())
             while not runner.stop.is_set():
                 try:
                     await self._run(runner)

@@ -152,6 +152,7 @@ async def run_operator(run: OperatorRun) -> int:
             settings = OperatorSettings(
                 resource_namespace=run.resource_namespace, solver_service=run.solver_service,
                 solver_port=80, max_concurrent_orders=run.max_concurrent_orders,
+                namespaces=run.namespaces,
                 self_check_addr=("127.0.0.1" if run.listen in ("0.0.0.0", "") else run.listen,
                                  run.solver_port))
             registry = kopf.OperatorRegistry()

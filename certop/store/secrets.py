@@ -24,6 +24,7 @@ from kubernetes.client.exceptions import ApiException
 from certop import crypto
 from certop.core.errors import PermanentError, TemporaryError
 from certop.store.ports import StoredCert
+from certop.store.secret_cache import CachedSecret, SecretCache
 
 MANAGED_LABEL = "certop.dev/managed"
 TLS_TYPE = "kubernetes.io/tls"
@@ -70,6 +71,32 @@ def _view(secret: Any | None) -> _View:
                  bool((secret.data or {}).get("order")))
 
 
+def _cached_view(cache: SecretCache | None, namespace: str, name: str) -> _View | None:
+    """What the watch-fed cache says of certop's own Secret `name`: None when there is no
+    listing yet, or the Secret is not in it and may be someone else's (not certop's: not in
+    a watch of certop's label)."""
+    if cache is None or not cache.synced.is_set():
+        return None
+    found = cache.get(namespace, name)
+    if found is None:
+        return None
+    return _View(True, True, found.rv, found.filled)
+
+
+def _put(cache: SecretCache | None, api: client.CoreV1Api, namespace: str, name: str,
+         written: Any) -> None:
+    """certop's write into the cache (write-through: a look right after it sees it)."""
+    if cache is not None and hasattr(written, "metadata"):
+        cache.put(namespace, name, api.api_client.sanitize_for_serialization(written))
+
+
+def _pair(found: CachedSecret | None) -> StoredCert | None:
+    if found is None or found.type != TLS_TYPE or found.tls_crt is None or \
+            found.tls_key is None:
+        return None
+    return StoredCert(found.tls_crt, found.tls_key)
+
+
 class _Stale(Exception):
     """The write found the Secret other than certop last saw it."""
 
@@ -79,13 +106,17 @@ def _stale(exc: ApiException) -> bool:
 
 
 class SecretCertStore:
-    """`kubernetes.io/tls` Secrets. Reads always ask the API server (a look must see a
-    deleted or replaced Secret); a write goes by what the last read or write saw
+    """`kubernetes.io/tls` Secrets. With a synced `SecretCache` (the operator), a look reads
+    the cache (the watch shows a deleted or replaced Secret) and an attempt reads a Secret
+    the cache does not hold once by name (absent, or someone else's); without one, reads
+    ask the API server. A write goes by what the cache or the last read or write saw
     (`_View`) and reads first only when that turns out stale."""
 
-    def __init__(self, api: client.CoreV1Api, timeout: float = 10.0) -> None:
+    def __init__(self, api: client.CoreV1Api, timeout: float = 10.0,
+                 cache: SecretCache | None = None) -> None:
         self.api = api
         self.timeout = timeout
+        self.cache = cache
         self._seen: dict[tuple[str, str], _View] = {}
 
     def forget(self, namespace: str, name: str) -> None:
@@ -105,6 +136,8 @@ class SecretCertStore:
         return secret
 
     def load(self, namespace: str, name: str) -> StoredCert | None:
+        if self.cache is not None and self.cache.synced.is_set():
+            return _pair(self.cache.get(namespace, name))
         secret = self._read(namespace, name)
         if secret is None or secret.type != TLS_TYPE:
             return None
@@ -129,7 +162,7 @@ class SecretCertStore:
     def owned(self, namespace: str, name: str) -> bool | None:
         """True: ours; False: someone else's; None: no such Secret (as last seen: the write
         that follows checks again)."""
-        seen = self._seen.get((namespace, name))
+        seen = _cached_view(self.cache, namespace, name) or self._seen.get((namespace, name))
         if seen is None:
             self._read(namespace, name)
             seen = self._seen[(namespace, name)]
@@ -142,7 +175,7 @@ class SecretCertStore:
         if root is not None:
             data["ca.crt"] = _b64(root)
         key = (namespace, name)
-        seen = self._seen.get(key)
+        seen = _cached_view(self.cache, namespace, name) or self._seen.get(key)
         if seen is None:
             self._read(namespace, name)
             seen = self._seen[key]
@@ -177,6 +210,7 @@ class SecretCertStore:
                 _request_timeout=self.timeout), f"updating Secret {namespace}/{name}")
         self._seen[(namespace, name)] = _view(written) if hasattr(written, "metadata") \
             else _View(True, True)
+        _put(self.cache, self.api, namespace, name, written)
 
 
 def _call(write: Callable[[], _T], what: str) -> _T:
@@ -289,9 +323,12 @@ class SecretOrderJournal:
     operator needs no `delete` on Secrets (RBAC cannot limit it to certop's own); writes carry
     the resourceVersion they read."""
 
-    def __init__(self, api: client.CoreV1Api, timeout: float = 10.0) -> None:
+    def __init__(self, api: client.CoreV1Api, timeout: float = 10.0,
+                 cache: SecretCache | None = None) -> None:
         self.api = api
         self.timeout = timeout
+        self.cache = cache
+        """certop's Secrets as the watch has them: a write goes by it, without a read."""
         self._seen: dict[tuple[str, str], _View] = {}
         """By (namespace, certificate Secret name): the journal as last read or written."""
 
@@ -329,7 +366,11 @@ class SecretOrderJournal:
         return entry if isinstance(entry, dict) else None
 
     def _seen_or_read(self, namespace: str, name: str) -> _View:
-        seen = self._seen.get((namespace, name))
+        seen = _cached_view(self.cache, namespace, self._name(name)) or \
+            self._seen.get((namespace, name))
+        if seen is None and self.cache is not None and self.cache.synced.is_set():
+            # Not among certop's Secrets: created (a 409, someone else's, reads it once).
+            seen = _View(False)
         if seen is None:
             self._read(namespace, name)
             seen = self._seen[(namespace, name)]
@@ -338,8 +379,8 @@ class SecretOrderJournal:
     def _write(self, namespace: str, name: str, order: str | None) -> None:
         """Make the journal hold `order` (None: empty), by what was last seen of it; read
         once and decide again when that was stale."""
+        seen = self._seen_or_read(namespace, name)
         for last in (False, True):
-            seen = self._seen_or_read(namespace, name)
             try:
                 self._write_seen(namespace, name, seen, order)
                 return
@@ -347,7 +388,8 @@ class SecretOrderJournal:
                 if last:
                     raise TemporaryError(f"the order journal of {namespace}/{name} changed "
                                          "while certop was writing it") from exc
-                self._read(namespace, name)
+                self._read(namespace, name)  # once: what is there now decides
+                seen = self._seen[(namespace, name)]
 
     def _write_seen(self, namespace: str, name: str, seen: _View, order: str | None) -> None:
         what = f"writing the order journal of {namespace}/{name}"
@@ -372,6 +414,7 @@ class SecretOrderJournal:
                 _request_timeout=self.timeout), what)
         self._seen[(namespace, name)] = _view(written) if hasattr(written, "metadata") \
             else _View(True, True, None, order is not None)
+        _put(self.cache, self.api, namespace, self._name(name), written)
 
     def save(self, namespace: str, name: str, entry: dict[str, Any]) -> None:
         self._write(namespace, name, _b64(json.dumps(entry).encode()))

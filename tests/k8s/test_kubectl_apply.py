@@ -53,13 +53,13 @@ def test_kubectl_applies_the_kustomization(tmp_path: Path) -> None:
         assert granted.returncode == 0, granted.stderr
         lease = run("--as", OPERATOR_USER, "get", "leases", "x", "-n", "certop")
         assert "Not Found" in lease.stderr, lease.stderr  # allowed, just absent
-        for refused in (("get", "secrets", "-n", "certop"),
+        for refused in (("get", "pods", "-n", "certop"),
                         ("get", "leases", "x", "-n", "default"),
                         ("delete", "secret", "x", "-n", "certop")):
             result = run("--as", OPERATOR_USER, *refused)
             assert result.returncode != 0 and "Forbidden" in result.stderr, (refused, result)
         denied = "\n".join(kube.emulator.denied)
-        for expected in ('cannot list resource "secrets"', 'cannot get resource "leases" in '
+        for expected in ('cannot list resource "pods"', 'cannot get resource "leases" in '
                          'API group "coordination.k8s.io" in the namespace "default"',
                          'cannot delete resource "secrets"'):
             assert expected in denied, denied
