@@ -33,7 +33,8 @@ import datetime
 import json
 import logging
 import random
-from collections.abc import Awaitable, Callable, Mapping
+import threading
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
@@ -62,8 +63,9 @@ from certop.issuance.accounts import AccountRegistry
 from certop.issuance.ari import RenewalInfoCache
 from certop.issuance.limits import OrderLimit
 from certop.metrics import Metrics
+from certop.store.listwatch import ListWatch
 from certop.store.ports import CertStore, OrderJournal, StoredCert
-from certop.store.secret_cache import SecretCache, SecretWatch
+from certop.store.secret_cache import SecretCache, secret_watch
 from certop.store.secrets import (
     SecretAccountStore,
     SecretCertStore,
@@ -110,6 +112,37 @@ async def _first(*waits: Awaitable[Any]) -> None:
     finally:
         for task in tasks:
             task.cancel()
+
+
+class _IssuerSink:
+    """Issuers from a `ListWatch` thread into the controller, in the event loop."""
+
+    def __init__(self, controller: CertificateController, loop: asyncio.AbstractEventLoop,
+                 cluster: bool) -> None:
+        self.controller = controller
+        self.loop = loop
+        self.cluster = cluster
+        self.kind = "ClusterIssuer" if cluster else "Issuer"
+
+    def replace(self, namespace: str | None, items: Iterable[Mapping[str, Any]]) -> None:
+        self._call(self.controller.on_issuers_listed, namespace, self.cluster, list(items))
+
+    def apply(self, kind: str, raw: Mapping[str, Any]) -> None:
+        self._call(self.controller.on_issuer, kind, {**raw, "kind": self.kind})
+
+    def _call(self, fn: Callable[..., None], *args: Any) -> None:
+        # A done event with a result: the listing is in the controller before `synced`.
+        done = threading.Event()
+
+        def run() -> None:
+            try:
+                fn(*args)
+            finally:
+                done.set()
+
+        if not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(run)
+            done.wait(10)
 
 
 class _Runner:
@@ -234,10 +267,11 @@ class CertificateController:
         """certop's own Secrets, as one label-selected watch has them (`_watch`)."""
         self.certs = SecretCertStore(self.core, cache=self.secrets)
         self.journal = SecretOrderJournal(self.core, cache=self.secrets)
-        self._watch: SecretWatch | None = None
+        self._watches: list[ListWatch] = []
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._secrets_listed = asyncio.Event()
-        """Set once the watch listed certop's Secrets: no task looks before."""
+        self._listed = asyncio.Event()
+        """Set once the watches listed certop's Secrets and the issuers: no task looks
+        before."""
         self._by_secret: dict[tuple[str, str], str] = {}
         """(namespace, TLS Secret name) -> the uid of the Certificate that writes it."""
         self.accounts = AccountRegistry(self._account_store)
@@ -261,24 +295,40 @@ class CertificateController:
         # started and stopped from here, the last spec remembered here.
         kopf.on.event(GROUP, VERSION, "certificates", registry=registry, id="issuance")(
             self.on_certificate_event)
-        for plural in ("clusterissuers", "issuers"):
-            kopf.on.event(GROUP, VERSION, plural, registry=registry, id="issuer-cache")(
-                self.on_issuer_event)
         kopf.on.startup(registry=registry, id="leftover-http01-ingresses")(
             self.remove_leftover_ingresses)
-        kopf.on.startup(registry=registry, id="secret-watch")(self.watch_secrets)
+        kopf.on.startup(registry=registry, id="secret-and-issuer-watches")(self.watch)
         kopf.on.cleanup(registry=registry, id="issuance")(self.stop)
 
-    async def watch_secrets(self, **_: Any) -> None:
-        """Start the watch of certop's own Secrets (before kopf's watchers start)."""
+    async def watch(self, **_: Any) -> None:
+        """Start the watches of certop's own Secrets and of the issuers (before kopf's
+        watchers start); no task looks before both have listed."""
         loop = self._loop = asyncio.get_running_loop()
+        namespaces = self.settings.namespaces
 
         def listed() -> None:
-            loop.call_soon_threadsafe(self._secrets_listed.set)
+            if all(w.synced.is_set() for w in self._watches):
+                loop.call_soon_threadsafe(self._listed.set)
 
-        self._watch = SecretWatch(self.core, self.secrets, self.settings.namespaces,
-                                  on_synced=listed)
-        self._watch.start()
+        def issuers(namespace: str | None, **kwargs: Any) -> Any:
+            if namespace is None:
+                return self.custom.list_cluster_custom_object(GROUP, VERSION, "issuers",
+                                                              **kwargs)
+            return self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace,
+                                                             "issuers", **kwargs)
+
+        def cluster_issuers(namespace: str | None, **kwargs: Any) -> Any:
+            return self.custom.list_cluster_custom_object(GROUP, VERSION, "clusterissuers",
+                                                          **kwargs)
+
+        self._watches = [
+            secret_watch(self.core, self.secrets, namespaces, on_synced=listed),
+            ListWatch(issuers, _IssuerSink(self, loop, cluster=False), namespaces,
+                      what="Issuers", on_synced=listed),
+            ListWatch(cluster_issuers, _IssuerSink(self, loop, cluster=True),
+                      what="ClusterIssuers", on_synced=listed)]
+        for watch in self._watches:
+            watch.start()
 
     def _secret_changed(self, namespace: str, name: str) -> None:
         """From the watch's thread: a Secret changed other than by certop's write (deleted,
@@ -348,8 +398,8 @@ class CertificateController:
         temporary Ingresses) and cancelled if it has not after `grace` seconds; the CA
         bundle files are removed."""
         self._stopping = True
-        if self._watch is not None:
-            self._watch.stop()
+        for watch in self._watches:
+            watch.stop()
         runners = list(self._runners.values())
         self._runners.clear()
         for runner in runners:
@@ -373,16 +423,28 @@ class CertificateController:
 
     # -- issuers -------------------------------------------------------------------------
 
-    async def on_issuer_event(self, type: str | None, body: kopf.Body, **_: Any) -> None:
-        """Issuers and ClusterIssuers from kopf's watch: read from memory, not per attempt."""
-        meta = body["metadata"]
-        kind = "ClusterIssuer" if body.get("kind") == "ClusterIssuer" else "Issuer"
-        key = (kind, (meta.get("namespace") or "") if kind == "Issuer" else "", meta["name"])
-        if type == "DELETED":
+    def on_issuer(self, kind: str, body: Mapping[str, Any]) -> None:
+        """An Issuer or ClusterIssuer as the watch delivers it (in the event loop)."""
+        meta = body.get("metadata") or {}
+        cluster = body.get("kind") == "ClusterIssuer"
+        key = ("ClusterIssuer" if cluster else "Issuer",
+               "" if cluster else str(meta.get("namespace") or ""), str(meta.get("name")))
+        if kind == "DELETED":
             self._issuer_docs.pop(key, None)
         else:
             self._issuer_docs[key] = dict(body)
         self._parsed.pop(key, None)
+
+    def on_issuers_listed(self, namespace: str | None, cluster: bool,
+                          items: list[Mapping[str, Any]]) -> None:
+        """A fresh listing: what it does not hold is gone."""
+        kind = "ClusterIssuer" if cluster else "Issuer"
+        for key in [k for k in self._issuer_docs if k[0] == kind and
+                    (cluster or namespace is None or k[1] == namespace)]:
+            self._issuer_docs.pop(key, None)
+            self._parsed.pop(key, None)
+        for body in items:
+            self.on_issuer("ADDED", {**body, "kind": kind})
 
     def _issuer(self, spec: CertificateSpec) -> AcmeIssuer:
         """The Certificate's issuer: from the watch (a GET only when the watch has not
@@ -460,7 +522,7 @@ class CertificateController:
         """One Certificate's issuance until it is stopped; a bug of certop's (an unexpected
         exception) is logged and the certificate looked at again after `RESTART` seconds."""
         try:
-            await _first(self._secrets_listed.wait(), runner.stop.wait())
+            await _first(self._listed.wait(), runner.stop.wait())
             while not runner.stop.is_set():
                 try:
                     await self._run(runner)

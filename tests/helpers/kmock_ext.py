@@ -674,8 +674,17 @@ class Emulator(kmock.KubernetesEmulator, _RoutedByAction):  # type: ignore[misc]
                         if int((raw.get("metadata") or {}).get("resourceVersion") or 0) > since
                         and wanted(raw)]
         events = marker.__aiter__()
+        # What this watch has shown as matching: an object that leaves the selectors is
+        # DELETED for it, one that enters them ADDED (as an API server's watch cache does).
+        shown: set[tuple[Any, Any]] = set()
+
+        def key(raw: Mapping[str, Any]) -> tuple[Any, Any]:
+            meta = raw.get("metadata") or {}
+            return meta.get("namespace"), meta.get("name")
+
         try:
             for raw in snapshot:
+                shown.add(key(raw))
                 yield {"type": "ADDED", "object": copy.deepcopy(raw)}
             while True:
                 if deadline is None:
@@ -696,7 +705,15 @@ class Emulator(kmock.KubernetesEmulator, _RoutedByAction):  # type: ignore[misc]
                 if request.name is not None and meta.get("name") != request.name:
                     continue
                 if not wanted(obj):
+                    if key(obj) in shown and event.get("type") != "DELETED":
+                        shown.discard(key(obj))
+                        yield {**event, "type": "DELETED"}
                     continue
+                if event.get("type") == "DELETED":
+                    shown.discard(key(obj))
+                elif key(obj) not in shown:
+                    shown.add(key(obj))
+                    event = {**event, "type": "ADDED"}
                 yield event
         finally:
             await events.aclose()

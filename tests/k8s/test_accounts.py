@@ -4,7 +4,6 @@ skipTLSVerify; the CA bundle files are removed when the operator stops."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import datetime
 import tempfile
@@ -106,7 +105,7 @@ def test_a_tenant_issuer_with_the_same_server_and_email_does_not_change_the_clus
                                                      "shared", {"spec": issuer_spec(
                                                          "cluster-account", ca=new_bundle)})
         # The change as kopf's watch delivers it (no operator runs in this test).
-        asyncio.run(controller.on_issuer_event(type="MODIFIED", body=patched))
+        controller.on_issuer("MODIFIED", patched)
         changed = account_of(controller, cert("shop", "shared", "ClusterIssuer"))
         assert changed is not cluster
         assert Path(changed.verify).read_bytes() == new_bundle
@@ -147,9 +146,9 @@ def test_issuers_come_from_the_watch_parsed_once_per_version(kube: EmulatorThrea
                                                   "pebble")
     doc["spec"]["acme"]["email"] = "changed@certop.test"
     doc["metadata"]["resourceVersion"] = str(int(doc["metadata"]["resourceVersion"]) + 1)
-    asyncio.run(controller.on_issuer_event(type="MODIFIED", body=doc))
+    controller.on_issuer("MODIFIED", doc)
     assert controller._issuer(spec).email == "changed@certop.test"
-    asyncio.run(controller.on_issuer_event(type="DELETED", body=doc))
+    controller.on_issuer("DELETED", doc)
     kube.emulator.reset_counts()
     controller._issuer(spec)
     assert kube.emulator.counts[("get", "clusterissuers")] == 1

@@ -63,10 +63,12 @@ def create_issuer(kube: EmulatorThread, info: pebblectl.PebbleInfo,
 
 
 def operator(kube: EmulatorThread, tokens: TokenStore, responder_port: int,
-             posting: bool = False, stage_hook: StageHook | None = None) -> OperatorThread:
-    """The shim and the Certificate daemons under kopf, as `certop operator` wires them."""
+             posting: bool = False, stage_hook: StageHook | None = None,
+             max_concurrent_orders: int = 32) -> OperatorThread:
+    """The shim and the Certificate tasks under kopf, as `certop operator` wires them."""
     settings = OperatorSettings(resource_namespace="certop",
-                                self_check_addr=("127.0.0.1", responder_port))
+                                self_check_addr=("127.0.0.1", responder_port),
+                                max_concurrent_orders=max_concurrent_orders)
     wiring = build_registry(kube.operator_client(), tokens, settings, stage_hook=stage_hook)
     return OperatorThread(wiring.registry, kube.url, posting=posting)
 
@@ -571,3 +573,75 @@ def test_a_restart_with_every_certificate_ready_writes_nothing(
         assert kube.emulator.counts[("get", "clusterissuers")] == 0  # from the watch
         assert certificate_status(kube) == before
 
+
+
+BUDGET_CERTIFICATES = 50
+WRITES = ("create", "update", "patch", "delete")
+
+
+@pytest.mark.slow
+def test_the_api_budget_per_certificate_first_issuance_and_restart(
+        pebble: pebblectl.PebbleInfo) -> None:
+    """50 annotated Ingresses through the real operator (shim, Certificate tasks, Secret
+    watch, events posted), counted by the emulator per verb and resource: at most 12 API
+    requests per first issuance, at most 8 of them writes (watch requests, long-lived and
+    renewed on a timer, not counted); then a restart with every certificate Ready and nothing
+    changed makes no request per certificate at all: lists and watches only."""
+    looked: set[str] = set()
+    lock = threading.Lock()
+
+    async def hook(name: str, spec: CertificateSpec, stopped: asyncio.Event) -> None:
+        if name == "ready":
+            with lock:
+                looked.add(spec.secret_name)
+
+    tokens = TokenStore()
+    hosts = [f"budget-{i}.certop.test" for i in range(BUDGET_CERTIFICATES)]
+    with EmulatorThread() as kube, Responder(tokens, pebble.http_port):
+        create_issuer(kube, pebble, {"ingressClassName": "certop"})
+        net = client.NetworkingV1Api(kube.api_client())
+        custom = kube.custom()
+
+        def all_ready() -> bool:
+            items = custom.list_namespaced_custom_object("certop.dev", "v1", NS,
+                                                         "certificates")["items"]
+            return len(items) == BUDGET_CERTIFICATES + 1 and all(
+                any(c.get("type") == "Ready" and c.get("status") == "True"
+                    for c in (i.get("status") or {}).get("conditions") or [])
+                for i in items)
+
+        # Few orders at once: Debian's Pebble 2.4 can deadlock under many (pebblectl.py).
+        with operator(kube, tokens, pebble.http_port, posting=True, max_concurrent_orders=8):
+            # The issuer's account (its key Secret, registered once per issuer) first.
+            net.create_namespaced_ingress(NS, ingress("warm-up", "warm.certop.test", "warm"))
+            wait_for(lambda: ready_condition(kube, "warm").get("status") == "True",
+                     timeout=60, what="the first certificate")
+            kube.emulator.reset_counts()
+            for i, host in enumerate(hosts):
+                net.create_namespaced_ingress(NS, ingress(f"web-{i}", host, f"tls-{i}"))
+            wait_for(all_ready, timeout=240, what="every Certificate Ready")
+            # Reports that follow Ready (events) are posted before the counts are taken.
+            wait_for(lambda: kube.emulator.counts[("create", "events")] >=
+                     BUDGET_CERTIFICATES, what="the Issued events")
+            counts = dict(kube.emulator.counts)
+        requests = {k: n for k, n in counts.items() if k[0] != "watch"}
+        writes = {k: n for k, n in requests.items() if k[0] in WRITES}
+        per = sum(requests.values()) / BUDGET_CERTIFICATES
+        per_write = sum(writes.values()) / BUDGET_CERTIFICATES
+        print(f"per certificate: {per} requests, {per_write} writes: {requests}")
+        assert per <= 12, (per, requests)
+        assert per_write <= 8, (per_write, writes)
+        # Nothing read per event that grows with the cluster.
+        assert not [k for k in requests if k[0] == "list"], requests
+        assert requests.get(("get", "clusterissuers"), 0) == 0, requests
+
+        kube.emulator.reset_counts()
+        with operator(kube, tokens, pebble.http_port, posting=True, stage_hook=hook):
+            wait_for(lambda: len(looked) == BUDGET_CERTIFICATES + 1, timeout=60,
+                     what="every restarted Certificate task looked")
+        after = {k: n for k, n in kube.emulator.counts.items()
+                 if k[0] not in ("list", "watch")}
+        # Per issuer, not per certificate: its account key Secret, read once.
+        assert after in ({}, {("get", "secrets"): 1}), after
+        lists = sum(n for k, n in kube.emulator.counts.items() if k[0] == "list")
+        assert lists <= 8, dict(kube.emulator.counts)  # one per watched resource
