@@ -8,8 +8,11 @@ reset just before the Ingresses are created: start-up lists and watches are not 
 requests per certificate (its /metrics), and, unless --no-standalone, `certop standalone`'s
 time for the same number of certificates from another fresh Pebble.
 
-The emulator's CPU includes creating the Ingresses and this script's polling (a LIST of the
-Secrets and of the Certificates every `max(0.2, N / 2000)` seconds until all are there).
+The emulator's CPU includes creating the Ingresses and this script's polling: the operator's
+`certop_certificates_issued_total` every 0.2 s until it reaches N, then a LIST of the Secrets
+and of the Certificates every `max(0.2, N / 2000)` seconds until all are there (one or two).
+Memory: the peak RSS (`VmHWM`) and the RSS just before the Ingresses are created (idle, the
+watches running); kB per certificate is their difference over N.
 
 Usage: operator.py [--sizes 1000[,5000,10000]] [--no-standalone]
 (prints one JSON line; bench/run.py --only operator renders it)
@@ -61,6 +64,30 @@ def cpu_seconds(pids: list[int]) -> float:
             continue
         total += int(fields[11]) + int(fields[12])
     return total / os.sysconf("SC_CLK_TCK")
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def raw_list(call: Callable[..., Any], namespace: str, **kwargs: Any) -> list[Any]:
+    """The items of a LIST as plain JSON (the client's models cost seconds at 10,000)."""
+    response = call(namespace, _preload_content=False, **kwargs)
+    return list(json.loads(response.data).get("items") or [])
+
+
+def until_issued(admin: int, count: int, deadline: float,
+                 operator: subprocess.Popen[bytes]) -> None:
+    """Until the operator's /metrics says `count` certificates were issued."""
+    while metric(admin, "certop_certificates_issued_total") < count:
+        if operator.poll() is not None:
+            raise RuntimeError(f"the operator exited with {operator.returncode}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"fewer than {count} certificates issued after {WAIT}s")
+        time.sleep(0.2)  # polling the operator's counter above
 
 
 def metric(port: int, name: str) -> float:
@@ -146,6 +173,7 @@ def run_operator(count: int, work: Path) -> dict[str, Any]:
             custom = client.CustomObjectsApi(api)
             pids = {"operator": [operator.pid], "emulator": [emulator.pid],
                     "pebble": list(info.pids)}
+            idle_rss = rss_mb(operator.pid)
             emulator_counts(url, "DELETE")
             cpu_before = {name: cpu_seconds(p) for name, p in pids.items()}
             start = time.monotonic()
@@ -168,11 +196,17 @@ def run_operator(count: int, work: Path) -> dict[str, Any]:
                         raise RuntimeError(f"{len(wanted & have)}/{count} {what} after {WAIT}s")
                     time.sleep(interval)  # polling the condition above
 
-            took = until(lambda: {s.metadata.name for s in core.list_namespaced_secret(
-                "bench", field_selector="type=kubernetes.io/tls").items}, "Secrets")
+            # The operator's own count first (cheap), then the API confirms: a LIST of 10,000
+            # Secrets every few seconds would load the emulator and this process more than
+            # the operator.
+            until_issued(admin, count, deadline, operator)
+            took = until(lambda: {s["metadata"]["name"] for s in raw_list(
+                core.list_namespaced_secret, "bench",
+                field_selector="type=kubernetes.io/tls")}, "Secrets")
             all_ready = until(lambda: {
-                c["spec"]["secretName"] for c in custom.list_namespaced_custom_object(
-                    "certop.dev", "v1", "bench", "certificates")["items"]
+                c["spec"]["secretName"] for c in raw_list(
+                    lambda ns, **kw: custom.list_namespaced_custom_object(
+                        "certop.dev", "v1", ns, "certificates", **kw), "bench")
                 if any(cond.get("type") == "Ready" and cond.get("status") == "True"
                        for cond in (c.get("status") or {}).get("conditions") or [])},
                 "Certificates Ready")
@@ -184,7 +218,8 @@ def run_operator(count: int, work: Path) -> dict[str, Any]:
             writes = sum(n for key, n in counts.items() if key.split()[0] in WRITES)
             return {"count": count, "seconds": took, "ready_seconds": all_ready,
                     "rate": count / all_ready, "create_seconds": created,
-                    "peak_rss_mb": peak_rss_mb(operator.pid),
+                    "peak_rss_mb": peak_rss_mb(operator.pid), "idle_rss_mb": idle_rss,
+                    "kb_per_certificate": (peak_rss_mb(operator.pid) - idle_rss) * 1024 / count,
                     "operator_cpu_seconds": cpu["operator"],
                     "emulator_cpu_seconds": cpu["emulator"],
                     "pebble_cpu_seconds": cpu["pebble"],

@@ -263,7 +263,8 @@ def render_operator(results: dict[str, Any], command: str) -> str:
     """The operator's numbers per Ingress count, then its API requests per certificate by verb
     and resource (bench/operator.py)."""
     runs: list[dict[str, Any]] = results["runs"]
-    lines = ["| Ingresses | all Ready | rate | all Secrets written | operator peak RSS "
+    lines = ["| Ingresses | all Ready | rate | all Secrets written | operator RSS: idle / "
+             "peak (kB per certificate) "
              "| CPU s: operator / emulator / Pebble | API requests per certificate (writes) "
              "| ACME requests per certificate | standalone, same count |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -271,7 +272,8 @@ def render_operator(results: dict[str, Any], command: str) -> str:
         alone = r.get("standalone_seconds")
         lines.append(
             f"| {r['count']} | {r['ready_seconds']:.1f} s | {r['rate']:.1f}/s | "
-            f"{r['seconds']:.1f} s | {r['peak_rss_mb']:.0f} MB | "
+            f"{r['seconds']:.1f} s | {r.get('idle_rss_mb', float('nan')):.0f} / "
+            f"{r['peak_rss_mb']:.0f} MB ({r.get('kb_per_certificate', float('nan')):.0f}) | "
             f"{r['operator_cpu_seconds']:.0f} / {r['emulator_cpu_seconds']:.0f} / "
             f"{r['pebble_cpu_seconds']:.0f} | {r['api_requests_per_certificate']:.1f} "
             f"({r['api_writes_per_certificate']:.1f}) | "
