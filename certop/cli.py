@@ -103,6 +103,9 @@ def _standalone_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     p.add_argument("--acme-validation-timeout", type=_seconds, default=600.0, metavar="SECONDS",
                    help="how long an order may stay pending at the CA once its challenges "
                         "are answered before it is dropped and ordered anew after a backoff")
+    p.add_argument("--max-concurrent-orders", type=_positive, default=32, metavar="N",
+                   help="orders in flight at the CA at once; the rest wait in line "
+                        "(metric certop_orders_queued)")
     p.add_argument("--check-interval", type=float, default=3600.0, metavar="SECONDS",
                    help="how often every certificate's renewal time is looked at")
     p.add_argument("--certificate", action="append", default=[],
@@ -236,6 +239,7 @@ def _settings(args: argparse.Namespace) -> StandaloneSettings:
         check_interval=args.check_interval,
         self_check_addr=(check_host, args.http_port),
         validation_timeout=args.acme_validation_timeout,
+        max_concurrent_orders=args.max_concurrent_orders,
     )
 
 

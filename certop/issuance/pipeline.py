@@ -19,9 +19,10 @@ import datetime
 import functools
 import logging
 import random
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from certop import crypto
 from certop.acme.accounts import Account
@@ -212,19 +213,44 @@ async def _act(ports: Ports, state: issuing.State, seen: issuing.Observation,
     return state
 
 
+class _Skipped(Exception):
+    """The caller was cancelled before its call left the executor's queue."""
+
+
 async def in_thread(call: Callable[[], _T],
                     executor: concurrent.futures.Executor | None = None) -> _T:
     """`call()` in a thread (of `executor`, or asyncio's default one). Cancelled meanwhile,
-    it still waits for the call to end, so that nothing the call does (presenting a token,
-    creating an Ingress) happens after the caller's cleanup."""
-    in_context = functools.partial(contextvars.copy_context().run, call)  # as to_thread
-    future = asyncio.get_running_loop().run_in_executor(executor, in_context)
+    it still waits for a call that has started to end, so that nothing the call does
+    (presenting a token, creating an Ingress) happens after the caller's cleanup; a call
+    still waiting for a thread is dropped (a stop does not wait for a queue of them)."""
+    context = contextvars.copy_context()  # as to_thread
+    lock = threading.Lock()
+    state = {"started": False, "dropped": False}
+
+    def run() -> _T:
+        with lock:
+            if state["dropped"]:
+                raise _Skipped
+            state["started"] = True
+        return context.run(call)
+
+    future = asyncio.get_running_loop().run_in_executor(executor, run)
     try:
         return await asyncio.shield(future)
     except asyncio.CancelledError:
-        with contextlib.suppress(Exception):
-            await future
+        with lock:
+            state["dropped"] = not state["started"]
+        if state["dropped"]:
+            future.add_done_callback(_retrieve)  # its _Skipped is nobody's error
+        else:
+            with contextlib.suppress(Exception):
+                await future
         raise
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def _reason(exc: BaseException) -> str:

@@ -264,7 +264,7 @@ class CertificateController:
         self.clock = clock or SystemClock()
         self.backoff = backoff or Backoff()
         self.secrets = SecretCache(on_change=self._secret_changed)
-        """certop's own Secrets, as one label-selected watch has them (`_watch`)."""
+        """certop's own Secrets, as one label-selected watch has them (`watch()`)."""
         self.certs = SecretCertStore(self.core, cache=self.secrets)
         self.journal = SecretOrderJournal(self.core, cache=self.secrets)
         self._watches: list[ListWatch] = []

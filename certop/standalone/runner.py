@@ -85,6 +85,9 @@ class StandaloneSettings:
     """Issue nothing; serve what another process (the issuing worker) stores (--workers)."""
     validation_timeout: float = 600.0
     """Seconds an order may stay pending at the CA once its challenges are answered."""
+    max_concurrent_orders: int | None = 32
+    """Orders in flight at the CA at once; more wait in line (--max-concurrent-orders; None:
+    no limit)."""
 
 
 @dataclass(frozen=True)
@@ -212,8 +215,9 @@ class Standalone:
             lambda _issuer, _namespace: accounts, CaBundles(StateDir(settings.state_dir)),
             trust=self._trust)
         self.ari = RenewalInfoCache(clock, self.backoff, rand, self._in_pool)
-        self.orders = OrderLimit(None)
-        """No limit of its own: the thread pool (`workers`) bounds the ACME work."""
+        self.orders = OrderLimit(settings.max_concurrent_orders)
+        """Orders open at the CA at once (the thread pool, `workers`, bounds only the
+        requests in progress: without this every certificate would have an order open)."""
         self._running = False
         self._stopping = False
         self._stop = asyncio.Event()

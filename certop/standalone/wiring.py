@@ -72,6 +72,8 @@ async def standalone(
         runner = Standalone(settings, proxy, FileCertStore(state), FileAccountStore(state),
                             FileOrderJournal(state), clock or SystemClock(), backoff,
                             solvers=solvers, failures=FileFailureRecords(state), tokens=tokens)
+        proxy.metrics.gauges["orders_queued"] = lambda: runner.orders.queued
+        proxy.metrics.gauges["orders_in_progress"] = lambda: runner.orders.running
         runner.apply(config)
         yield Wired(proxy, runner, config)
     finally:

@@ -83,6 +83,21 @@ def _cached_view(cache: SecretCache | None, namespace: str, name: str) -> _View 
     return _View(True, True, found.rv, found.filled)
 
 
+def _known(cache: SecretCache | None, seen: dict[tuple[str, str], _View], key: tuple[str, str],
+           name: str) -> _View | None:
+    """What is known of Secret `name` (of `key`'s namespace) without a read: the cache's
+    entry; else the last read or write, unless that says certop's own and the synced cache
+    does not hold it (deleted or relabelled since: certop's writes go into the cache)."""
+    cached = _cached_view(cache, key[0], name)
+    if cached is not None:
+        return cached
+    last = seen.get(key)
+    if last is not None and last.exists and last.owned and cache is not None and \
+            cache.synced.is_set():
+        return None
+    return last
+
+
 def _put(cache: SecretCache | None, api: client.CoreV1Api, namespace: str, name: str,
          written: Any) -> None:
     """certop's write into the cache (write-through: a look right after it sees it)."""
@@ -162,7 +177,7 @@ class SecretCertStore:
     def owned(self, namespace: str, name: str) -> bool | None:
         """True: ours; False: someone else's; None: no such Secret (as last seen: the write
         that follows checks again)."""
-        seen = _cached_view(self.cache, namespace, name) or self._seen.get((namespace, name))
+        seen = _known(self.cache, self._seen, (namespace, name), name)
         if seen is None:
             self._read(namespace, name)
             seen = self._seen[(namespace, name)]
@@ -175,7 +190,7 @@ class SecretCertStore:
         if root is not None:
             data["ca.crt"] = _b64(root)
         key = (namespace, name)
-        seen = _cached_view(self.cache, namespace, name) or self._seen.get(key)
+        seen = _known(self.cache, self._seen, key, name)
         if seen is None:
             self._read(namespace, name)
             seen = self._seen[key]
@@ -366,8 +381,7 @@ class SecretOrderJournal:
         return entry if isinstance(entry, dict) else None
 
     def _seen_or_read(self, namespace: str, name: str) -> _View:
-        seen = _cached_view(self.cache, namespace, self._name(name)) or \
-            self._seen.get((namespace, name))
+        seen = _known(self.cache, self._seen, (namespace, name), self._name(name))
         if seen is None and self.cache is not None and self.cache.synced.is_set():
             # Not among certop's Secrets: created (a 409, someone else's, reads it once).
             seen = _View(False)

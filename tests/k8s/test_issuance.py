@@ -244,6 +244,37 @@ def test_changed_hosts_are_reissued_and_a_foreign_secret_is_left_alone(
     assert secret_data(cluster, NS, "theirs-tls").data["tls.crt"] == "Zm9yZWlnbg=="
 
 
+@pytest.mark.slow
+def test_a_deleted_secret_is_issued_again_at_once_and_a_replaced_one_is_refused_unordered(
+        cluster: EmulatorThread, caplog: pytest.LogCaptureFixture) -> None:
+    """The watch of certop's Secrets wakes the Certificate (not the hourly look): a deleted
+    TLS Secret gets a new certificate; one replaced by a user's Secret of the same name is
+    refused (SecretNotOwned) before anything is ordered, and left as the user made it."""
+    net = client.NetworkingV1Api(cluster.api_client())
+    net.create_namespaced_ingress(NS, ingress("web", "gone.certop.test", "gone-tls"))
+    wait_for(lambda: secret_data(cluster, NS, "gone-tls") is not None, timeout=60,
+             what="the first certificate")
+    first = secret_data(cluster, NS, "gone-tls").data["tls.key"]
+    with caplog.at_level("INFO", logger="certop"):
+        cluster.core().delete_namespaced_secret("gone-tls", NS)
+        wait_for(lambda: secret_data(cluster, NS, "gone-tls") is not None, timeout=30,
+                 what="the certificate issued again")
+        assert secret_data(cluster, NS, "gone-tls").data["tls.key"] != first
+        assert len(placed_orders(caplog)) == 1
+        wait_for(lambda: ready_condition(cluster, "gone-tls").get("status") == "True",
+                 what="Ready again")
+        caplog.clear()
+        cluster.core().delete_namespaced_secret("gone-tls", NS)
+        cluster.core().create_namespaced_secret(NS, {
+            "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+            "metadata": {"name": "gone-tls"},
+            "data": {"tls.crt": "Zm9yZWlnbg==", "tls.key": "Zm9yZWlnbg=="}})
+        wait_for(lambda: ready_condition(cluster, "gone-tls").get("reason") ==
+                 "SecretNotOwned", timeout=30, what="SecretNotOwned")
+    assert placed_orders(caplog) == []
+    assert secret_data(cluster, NS, "gone-tls").data["tls.crt"] == "Zm9yZWlnbg=="
+
+
 def placed_orders(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if "placed order" in r.getMessage()]
 
