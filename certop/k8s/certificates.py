@@ -36,7 +36,7 @@ import random
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar, cast
+from typing import Any, Protocol, TypeVar, cast
 
 import kopf
 from kubernetes import client
@@ -83,35 +83,41 @@ _T = TypeVar("_T")
 _ORDER_STATES = {Stage.ORDER: "pending"}
 """status.order.state after these stages: one status write per order placed (the next says
 Ready or the failure); certop resumes a journalled order only while the status shows it."""
-StageHook = Callable[[str, CertificateSpec, asyncio.Event], Awaitable[None]]
+class StopFlag(Protocol):
+    """A task's stop flag, as the stage hook sees it."""
+
+    def is_set(self) -> bool: ...
+
+    async def wait(self) -> None: ...
+
+
+StageHook = Callable[[str, CertificateSpec, StopFlag], Awaitable[None]]
 """Called after each stage with its name and the task's stop flag (tests use it to stop the
 operator there)."""
 RESTART = 60.0
 """Seconds before a Certificate's task looks again after an unexpected error (a bug)."""
-_KEPT_META = ("name", "namespace", "uid", "labels", "annotations", "ownerReferences")
+_KEPT_META = ("name", "namespace", "uid", "labels", "ownerReferences")
 
 
 def _compact(body: Mapping[str, Any]) -> dict[str, Any]:
-    """What a Certificate's task needs of its body: metadata that names it and its owners,
-    the spec, the status (read once, at the task's start)."""
+    """What a Certificate's task needs of its body between events: the metadata that names
+    it, its owners and its solver selectors (labels, the class annotation), and the spec."""
     meta = body.get("metadata") or {}
+    kept = {key: meta[key] for key in _KEPT_META if key in meta}
+    asked = (meta.get("annotations") or {}).get(CLASS_ANNOTATION)
+    if asked is not None:
+        kept["annotations"] = {CLASS_ANNOTATION: asked}
     return {"apiVersion": body.get("apiVersion"), "kind": body.get("kind"),
-            "metadata": {key: meta[key] for key in _KEPT_META if key in meta},
-            "spec": dict(body.get("spec") or {}), "status": dict(body.get("status") or {})}
+            "metadata": kept, "spec": body.get("spec") or {}}
 
 
 def _spec_hash(body: Mapping[str, Any]) -> int:
     return hash(json.dumps(body.get("spec") or {}, sort_keys=True, default=str))
 
 
-async def _first(*waits: Awaitable[Any]) -> None:
-    """Until the first of `waits` is done (the others are cancelled)."""
-    tasks = {asyncio.ensure_future(w) for w in waits}
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()
+def _resolve(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 class _IssuerSink:
@@ -146,20 +152,72 @@ class _IssuerSink:
 
 
 class _Runner:
-    """One Certificate's task and what it keeps between events."""
+    """One Certificate's task and what it keeps between events: a few small objects (at
+    10,000 Certificates memory is counted per object). One future at a time stands for
+    every wait of the task (a pause, an order step), resolved by its timer, a stop or (for a
+    pause) a wake."""
 
-    __slots__ = ("body", "spec_hash", "stop", "task", "uid", "wake")
+    __slots__ = (
+        "_waiter",
+        "_wakeable",
+        "body",
+        "spec_hash",
+        "status",
+        "stopped",
+        "task",
+        "uid",
+        "woken",
+    )
 
-    def __init__(self, uid: str, body: dict[str, Any]) -> None:
+    def __init__(self, uid: str, body: dict[str, Any], status: dict[str, Any]) -> None:
         self.uid = uid
         self.body = body
         """The Certificate as its last event showed it (`_compact`)."""
+        self.status: dict[str, Any] | None = status
+        """The status at the first event (restores the backoff); dropped once read."""
         self.spec_hash = _spec_hash(body)
-        self.stop = asyncio.Event()
-        """Set when the Certificate is deleted or the operator stops."""
-        self.wake = asyncio.Event()
-        """Set when the spec changed (or the Secret did): the next pause ends at once."""
+        self.stopped = False
+        """The Certificate is deleted or the operator stops."""
+        self.woken = False
+        """The spec (or the Secret) changed: the next pause ends at once."""
         self.task: asyncio.Task[None] | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._wakeable = False
+
+    def stop(self) -> None:
+        self.stopped = True
+        self._resolve()
+
+    def wake(self) -> None:
+        self.woken = True
+        if self._wakeable:
+            self._resolve()
+
+    def is_set(self) -> bool:
+        """`StopFlag`: stopped."""
+        return self.stopped
+
+    async def wait(self, seconds: float | None = None, wakeable: bool = False) -> None:
+        """Until `seconds` pass (None: for ever), the task is stopped or (`wakeable`) woken."""
+        if self.stopped or (wakeable and self.woken):
+            self.woken = self.woken and not wakeable
+            return
+        loop = asyncio.get_running_loop()
+        self._waiter = waiter = loop.create_future()
+        self._wakeable = wakeable
+        timer = loop.call_later(seconds, _resolve, waiter) if seconds is not None else None
+        try:
+            await waiter
+        finally:
+            if timer is not None:
+                timer.cancel()
+            self._waiter = None
+            if wakeable:
+                self.woken = False
+
+    def _resolve(self) -> None:
+        if self._waiter is not None:
+            _resolve(self._waiter)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -175,9 +233,6 @@ class _Runner:
         """(namespace, the TLS Secret's name)."""
         return self.key[0], str((self.body.get("spec") or {}).get("secretName") or "")
 
-    @property
-    def status(self) -> Mapping[str, Any]:
-        return cast(Mapping[str, Any], self.body.get("status") or {})
 
 
 @dataclass(frozen=True)
@@ -269,9 +324,10 @@ class CertificateController:
         self.journal = SecretOrderJournal(self.core, cache=self.secrets)
         self._watches: list[ListWatch] = []
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._listed = asyncio.Event()
-        """Set once the watches listed certop's Secrets and the issuers: no task looks
-        before."""
+        self._listed = False
+        """The watches listed certop's Secrets and the issuers: no task starts before."""
+        self._waiting: list[_Runner] = []
+        """Certificates seen before that: their tasks start then."""
         self._by_secret: dict[tuple[str, str], str] = {}
         """(namespace, TLS Secret name) -> the uid of the Certificate that writes it."""
         self.accounts = AccountRegistry(self._account_store)
@@ -308,7 +364,7 @@ class CertificateController:
 
         def listed() -> None:
             if all(w.synced.is_set() for w in self._watches):
-                loop.call_soon_threadsafe(self._listed.set)
+                loop.call_soon_threadsafe(self._start_waiting)
 
         def issuers(namespace: str | None, **kwargs: Any) -> Any:
             if namespace is None:
@@ -340,7 +396,7 @@ class CertificateController:
     def _wake_for(self, namespace: str, name: str) -> None:
         runner = self._runners.get(self._by_secret.get((namespace, name), ""))
         if runner is not None:
-            runner.wake.set()
+            runner.wake()
 
     def close(self, **_: Any) -> None:
         """Remove the CA bundle files (the operator stops)."""
@@ -370,19 +426,22 @@ class CertificateController:
         if type == "DELETED" or body.get("metadata", {}).get("deletionTimestamp"):
             runner = self._runners.pop(uid, None)
             if runner is not None:
-                runner.stop.set()
-                self._by_secret.pop(runner.secret, None)
+                runner.stop()
+                if self._by_secret.get(runner.secret) == uid:
+                    del self._by_secret[runner.secret]
             return
         if self._stopping:
             return
         compact = _compact(body)
         runner = self._runners.get(uid)
         if runner is None:
-            runner = _Runner(uid, compact)
+            runner = _Runner(uid, compact, dict(body.get("status") or {}))
             self._runners[uid] = runner
             self._by_secret[runner.secret] = uid
-            runner.task = asyncio.create_task(self._drive(runner),
-                                              name=f"certificate {uid}")
+            if self._listed:
+                self._start(runner)
+            else:
+                self._waiting.append(runner)
             return
         before = runner.spec_hash
         if self._by_secret.get(runner.secret) == uid:
@@ -391,7 +450,18 @@ class CertificateController:
         runner.spec_hash = _spec_hash(compact)
         self._by_secret[runner.secret] = uid
         if before != runner.spec_hash:
-            runner.wake.set()
+            runner.wake()
+
+    def _start(self, runner: _Runner) -> None:
+        runner.task = asyncio.create_task(self._drive(runner), name=f"certificate {runner.ref}")
+
+    def _start_waiting(self) -> None:
+        """The watches have listed: the tasks of the Certificates seen so far start."""
+        self._listed = True
+        waiting, self._waiting = self._waiting, []
+        for runner in waiting:
+            if not runner.stopped and self._runners.get(runner.uid) is runner:
+                self._start(runner)
 
     async def stop(self, grace: float = 5.0, **_: Any) -> None:
         """The operator stops: every task is asked to stop (between two stages, removing its
@@ -403,7 +473,7 @@ class CertificateController:
         runners = list(self._runners.values())
         self._runners.clear()
         for runner in runners:
-            runner.stop.set()
+            runner.stop()
         tasks = [r.task for r in runners if r.task is not None and not r.task.done()]
         if tasks:
             late = (await asyncio.wait(tasks, timeout=grace))[1]
@@ -414,12 +484,7 @@ class CertificateController:
 
     async def _pause(self, runner: _Runner, seconds: float) -> None:
         """Until `seconds` pass, the task is stopped, or the spec changes."""
-        try:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(_first(runner.stop.wait(), runner.wake.wait()),
-                                       seconds)
-        finally:
-            runner.wake.clear()
+        await runner.wait(seconds, wakeable=True)
 
     # -- issuers -------------------------------------------------------------------------
 
@@ -522,8 +587,7 @@ class CertificateController:
         """One Certificate's issuance until it is stopped; a bug of certop's (an unexpected
         exception) is logged and the certificate looked at again after `RESTART` seconds."""
         try:
-            await _first(self._listed.wait(), runner.stop.wait())
-            while not runner.stop.is_set():
+            while not runner.stopped:
                 try:
                     await self._run(runner)
                 except Exception:
@@ -541,7 +605,7 @@ class CertificateController:
             self.certs.forget(namespace, secret)
             self.journal.forget(namespace, secret)
 
-    async def _stage(self, stage: str, spec: CertificateSpec, stop: asyncio.Event) -> bool:
+    async def _stage(self, stage: str, spec: CertificateSpec, stop: StopFlag) -> bool:
         """Stage `stage` is done: log it, tell the hook; True when the task must stop now."""
         asked = f" (Ingress {', '.join(o.name for o in spec.owners)})" if spec.owners else ""
         log.info("Certificate %s/%s%s: %s done", spec.namespace, spec.secret_name, asked, stage)
@@ -552,12 +616,13 @@ class CertificateController:
     async def _run(self, runner: _Runner) -> None:
         # The backoff continues where the last run left it (its status): a restart is no
         # reason to hammer the CA again from the first, shortest delay.
-        failures, hold = self._restored_backoff(runner.status)
+        status, runner.status = runner.status or {}, None
+        failures, hold = self._restored_backoff(status)
         # An order journal may be left over when the status still shows an order (a run that
         # stopped after storing the certificate): cleared at the first look that finds the
         # Secret current. No status order, no journal to look for.
-        journalled = bool(runner.status.get("order"))
-        await pipeline.run(_Ports(self, runner),
+        journalled = bool(status.get("order"))
+        await pipeline.run(_Ports(self, runner, status),
                            issuing.Restored(failures, hold, journalled),
                            issuing.Policy(self.backoff, self.settings.recheck))
 
@@ -584,7 +649,8 @@ class _Ports:
                                                ApiException)
     expected = errors
 
-    def __init__(self, controller: CertificateController, runner: _Runner) -> None:
+    def __init__(self, controller: CertificateController, runner: _Runner,
+                 status: Mapping[str, Any]) -> None:
         self.controller = controller
         self.runner = runner
         self.name = runner.key[1]
@@ -595,7 +661,7 @@ class _Ports:
         self.key = runner.key
         self.validation_timeout = controller.settings.validation_timeout
         self.orders = controller.orders
-        self.known: dict[str, Any] = dict(runner.status)
+        self.known: dict[str, Any] = dict(status)
         """The status as this task last wrote it (certop is its only writer), from the
         body at start: a report that changes nothing writes nothing."""
 
@@ -612,7 +678,7 @@ class _Ports:
             self.known = {**self.known, **changed}
 
     def stopped(self) -> bool:
-        return self.runner.stop.is_set()
+        return self.runner.stopped
 
     def forced(self) -> bool:
         return False
@@ -651,15 +717,14 @@ class _Ports:
         await self.controller._pause(self.runner, seconds)
 
     async def step_wait(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.runner.stop.wait(), seconds)
+        await self.runner.wait(seconds)
 
     async def stage(self, stage: str, spec: CertificateSpec,
                     session: OrderSession | None) -> None:
         if session is not None and stage in {s.value for s in _ORDER_STATES}:
             await self._patch_status({
                 "order": {"url": session.order_url, "state": _ORDER_STATES[Stage(stage)]}})
-        await self.controller._stage(stage, spec, self.runner.stop)
+        await self.controller._stage(stage, spec, self.runner)
 
     async def ready(self, spec: CertificateSpec, facts: CertFacts,
                     renew_at: datetime.datetime, failures: int) -> None:

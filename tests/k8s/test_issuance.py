@@ -4,7 +4,6 @@ and certop's responder."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import itertools
 import json
@@ -22,7 +21,7 @@ from loopthread import LoopThread
 
 from certop import crypto
 from certop.core.models import CertificateSpec
-from certop.k8s.certificates import OperatorSettings, StageHook
+from certop.k8s.certificates import OperatorSettings, StageHook, StopFlag
 from certop.k8s.operator import build_registry
 from certop.proxy.server import Proxy
 from certop.proxy.tls import CertBook
@@ -292,7 +291,7 @@ def test_an_operator_stopped_after_any_stage_completes_on_restart_with_one_order
 
     reached = threading.Event()
 
-    async def hold(name: str, spec: CertificateSpec, stopped: asyncio.Event) -> None:
+    async def hold(name: str, spec: CertificateSpec, stopped: StopFlag) -> None:
         if name == stage:
             reached.set()
             await stopped.wait()  # the operator stops here, between two stages
@@ -582,7 +581,7 @@ def test_a_restart_with_every_certificate_ready_writes_nothing(
     are no-ops and kopf keeps no records on the objects."""
     looked = threading.Event()
 
-    async def hook(name: str, spec: CertificateSpec, stopped: asyncio.Event) -> None:
+    async def hook(name: str, spec: CertificateSpec, stopped: StopFlag) -> None:
         if name == "ready":
             looked.set()
 
@@ -621,7 +620,7 @@ def test_the_api_budget_per_certificate_first_issuance_and_restart(
     looked: set[str] = set()
     lock = threading.Lock()
 
-    async def hook(name: str, spec: CertificateSpec, stopped: asyncio.Event) -> None:
+    async def hook(name: str, spec: CertificateSpec, stopped: StopFlag) -> None:
         if name == "ready":
             with lock:
                 looked.add(spec.secret_name)
