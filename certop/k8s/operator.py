@@ -57,6 +57,9 @@ class OperatorRun:
 
 API_TIMEOUT = 10.0
 """Seconds any single Kubernetes API request may take (connect included) before it fails."""
+KOPF_WORKERS = 128
+"""kopf's per-object workers per watched resource at once (events of other objects wait in
+the watch stream: backpressure, nothing is lost)."""
 WATCH_TIMEOUT = 300.0
 """Seconds a watch request lasts before kopf reconnects (asked of the server; the client
 gives up a minute later), so a silently dead connection is noticed."""
@@ -67,8 +70,13 @@ def configure_kopf(settings: kopf.OperatorSettings) -> None:
     - no scanning: kopf neither lists CustomResourceDefinitions nor Namespaces, so the RBAC
       needs no grant on them (certop's CRDs are installed before it starts; `-n NS` names
       namespaces that exist);
-    - every API request has a timeout, watches included."""
+    - every API request has a timeout, watches included;
+    - at most `KOPF_WORKERS` objects per resource are worked on at once (kopf runs one worker
+      per object with events; 10,000 Ingresses created at once would otherwise hold 10,000
+      workers and their events in memory), and an idle worker ends after half a second."""
     settings.scanning.disabled = True
+    settings.queueing.worker_limit = KOPF_WORKERS
+    settings.queueing.idle_timeout = 0.5
     settings.networking.request_timeout = API_TIMEOUT
     settings.networking.connect_timeout = API_TIMEOUT
     settings.watching.connect_timeout = API_TIMEOUT
