@@ -42,15 +42,30 @@ def hosts(n: int, tag: str) -> list[str]:
     return [f"h{i}-{tag}.bench.test" for i in range(n)]
 
 
+STALL = 120.0
+"""Seconds without a new certificate after which a run is given up as stalled (Debian's
+Pebble 2.4 can deadlock under many concurrent orders: pebble/pebblectl.py)."""
+
+
 def _wait_files(check: Callable[[], int], want: int, proc: subprocess.Popen[bytes],
                 what: str) -> None:
+    # Polling the disk: 5 ms resolution for a few certificates; for thousands a check costs
+    # thousands of stat() calls, so it is made less often (0.5 s at 10,000), or the poller
+    # would take CPU from what it measures.
+    interval = max(0.005, want / 20000)
     deadline = time.monotonic() + WAIT
-    while check() < want:
+    done, progress = 0, time.monotonic()
+    while (now := check()) < want:
+        if now > done:
+            done, progress = now, time.monotonic()
         if proc.poll() is not None:
             raise RuntimeError(f"{what} exited with {proc.returncode}")
         if time.monotonic() > deadline:
-            raise RuntimeError(f"{what}: {check()}/{want} certificates after {WAIT}s")
-        time.sleep(0.005)  # polling the disk for the condition; resolution 5 ms
+            raise RuntimeError(f"{what}: {now}/{want} certificates after {WAIT}s")
+        if time.monotonic() - progress > STALL:
+            raise RuntimeError(f"{what}: stalled at {now}/{want} certificates (no new one "
+                               f"for {STALL:.0f}s; the CA stopped answering?)")
+        time.sleep(interval)  # polling the disk for the condition above
 
 
 def certop_run(env: Env, names: list[str], tag: str) -> float:

@@ -259,7 +259,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         row = run_operator(count, work)
         if not args.no_standalone:
             print(f"bench: standalone: {count} certificates", file=sys.stderr, flush=True)
-            row["standalone_seconds"] = run_standalone(count, work)
+            try:
+                row["standalone_seconds"] = run_standalone(count, work)
+            except RuntimeError as exc:  # the comparison failed: the operator's row stands
+                row["standalone_error"] = str(exc)
+        print(f"bench: row: {json.dumps(row)}", file=sys.stderr, flush=True)
         runs.append(row)
     return {"sizes": sizes, "runs": runs}
 

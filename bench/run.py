@@ -278,7 +278,8 @@ def render_operator(results: dict[str, Any], command: str) -> str:
             f"{r['pebble_cpu_seconds']:.0f} | {r['api_requests_per_certificate']:.1f} "
             f"({r['api_writes_per_certificate']:.1f}) | "
             f"{r['acme_requests_per_certificate']:.1f} | "
-            + (f"{alone:.1f} s ({r['count'] / alone:.1f}/s) |" if alone else "n/a |"))
+            + (f"{alone:.1f} s ({r['count'] / alone:.1f}/s) |" if alone else
+               f"n/a ({r['standalone_error']}) |" if r.get("standalone_error") else "n/a |"))
     keys = sorted({k for r in runs for k in r["api_per_certificate"]},
                   key=lambda k: (k.split()[1], k.split()[0]))
     verbs = ["| request (verb resource) | " + " | ".join(f"per certificate at {r['count']}"
