@@ -616,7 +616,10 @@ def test_the_api_budget_per_certificate_first_issuance_and_restart(
     watch, events posted), counted by the emulator per verb and resource: at most 12 API
     requests per first issuance, at most 8 of them writes (watch requests, long-lived and
     renewed on a timer, not counted); then a restart with every certificate Ready and nothing
-    changed makes no request per certificate at all: lists and watches only."""
+    changed makes no request per certificate at all: lists and watches only, and no ACME
+    request but the issuer's directory and account lookup (the CA behind a counting proxy)."""
+    from faultproxy import FaultProxy
+
     looked: set[str] = set()
     lock = threading.Lock()
 
@@ -627,8 +630,10 @@ def test_the_api_budget_per_certificate_first_issuance_and_restart(
 
     tokens = TokenStore()
     hosts = [f"budget-{i}.certop.test" for i in range(BUDGET_CERTIFICATES)]
-    with EmulatorThread() as kube, Responder(tokens, pebble.http_port):
-        create_issuer(kube, pebble, {"ingressClassName": "certop"})
+    with EmulatorThread() as kube, Responder(tokens, pebble.http_port), \
+            FaultProxy(pebble, Path(pebble.api_ca).parent) as ca:
+        ca.rate_limited = False
+        create_issuer(kube, pebble, {"ingressClassName": "certop"}, server=ca.directory_url)
         net = client.NetworkingV1Api(kube.api_client())
         custom = kube.custom()
 
@@ -666,9 +671,14 @@ def test_the_api_budget_per_certificate_first_issuance_and_restart(
         assert requests.get(("get", "clusterissuers"), 0) == 0, requests
 
         kube.emulator.reset_counts()
+        ca.counts.clear()
         with operator(kube, tokens, pebble.http_port, posting=True, stage_hook=hook):
             wait_for(lambda: len(looked) == BUDGET_CERTIFICATES + 1, timeout=60,
                      what="every restarted Certificate task looked")
+        # The account, once per issuer (directory, a nonce, the account lookup): no order,
+        # no renewal information, nothing per certificate.
+        assert set(ca.counts) <= {"/dir", "/nonce-plz", "/sign-me-up"}, dict(ca.counts)
+        assert sum(ca.counts.values()) <= 3, dict(ca.counts)
         after = {k: n for k, n in kube.emulator.counts.items()
                  if k[0] not in ("list", "watch")}
         # Per issuer, not per certificate: its account key Secret, read once.
