@@ -19,12 +19,14 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 # Debian's pebble ships `pebble` and `pebble-challtestsrv`; curl is used by the demo;
-# kubectl applies manifests/ to the Kubernetes emulator in one test.
+# kubectl applies manifests/ to the Kubernetes emulator in one test; bind9 (named) and
+# dnsutils (dig, nsupdate) are the DNS servers and tools of the DNS-01 tests.
 deps-debian:
 	@if ! command -v pebble >/dev/null || ! command -v pebble-challtestsrv >/dev/null \
-	    || ! command -v curl >/dev/null || ! command -v kubectl >/dev/null; then \
-	  echo "installing Debian packages: pebble curl kubectl"; \
-	  $(APT) update -qq && $(APT) install -y -qq pebble curl kubectl >/dev/null; \
+	    || ! command -v curl >/dev/null || ! command -v kubectl >/dev/null \
+	    || ! test -x /usr/sbin/named || ! command -v dig >/dev/null; then \
+	  echo "installing Debian packages: pebble curl kubectl bind9 dnsutils"; \
+	  $(APT) update -qq && $(APT) install -y -qq pebble curl kubectl bind9 dnsutils >/dev/null; \
 	fi
 
 demo: venv deps-debian

@@ -1,0 +1,155 @@
+"""One contract for every DNS provider, against the real server it talks to (rfc2136: BIND on
+loopback), checked by asking that server directly: values are added beside others, removed
+one by one, both idempotent; and bad input or a refusal is one clear error naming the field
+or the server."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import bindctl
+import dns.message
+import dns.query
+import dns.rdatatype
+import pytest
+
+from certop.core.errors import ConfigError, PermanentError, TemporaryError
+from solvers.dns01 import provider as providers
+from solvers.dns01.provider import DnsProvider, Where
+from solvers.dns01.rfc2136 import provider as rfc2136
+
+ZONE = "example.test"
+OTHER = "delegated.test"
+KEY, OTHER_KEY = "certop-key", "delegate-key"
+WHERE = Where("ClusterIssuer dns", "spec.acme.solvers[0].dns01.rfc2136")
+
+
+@pytest.fixture(scope="module")
+def bind(tmp_path_factory: pytest.TempPathFactory) -> Iterator[bindctl.BindInfo]:
+    keys = {KEY: os.urandom(32), OTHER_KEY: os.urandom(32)}
+    zones = [bindctl.Zone(ZONE, KEY), bindctl.Zone(OTHER, OTHER_KEY)]
+    with bindctl.running(tmp_path_factory.mktemp("bind"), zones, keys) as info:
+        yield info
+
+
+def txt(bind: bindctl.BindInfo, name: str) -> set[str]:
+    """The TXT values at `name`, as BIND serves them now."""
+    response = dns.query.udp(dns.message.make_query(name + ".", dns.rdatatype.TXT),
+                             bind.host, port=bind.port, timeout=2)
+    return {b"".join(r.strings).decode() for rrset in response.answer for r in rrset}
+
+
+def secrets_of(bind: bindctl.BindInfo, wrong: bool = False) -> Callable[[str, str], bytes | None]:
+    def lookup(name: str, key: str) -> bytes | None:
+        if (name, key) != ("tsig", "secret"):
+            return None
+        secret = os.urandom(32) if wrong else bind.keys[KEY]
+        return base64.b64encode(secret)
+    return lookup
+
+
+def block(bind: bindctl.BindInfo, **extra: Any) -> dict[str, Any]:
+    return {"nameserver": bind.nameserver, "tsigKeyName": KEY, "tsigAlgorithm": "HMACSHA256",
+            "tsigSecretSecretRef": {"name": "tsig", "key": "secret"}, **extra}
+
+
+def providers_under_test(bind: bindctl.BindInfo) -> dict[str, DnsProvider]:
+    return {"rfc2136": rfc2136(block(bind), WHERE, secrets_of(bind))}
+
+
+@pytest.mark.parametrize("name", ["rfc2136"])
+def test_values_are_added_beside_others_and_removed_one_by_one(
+        bind: bindctl.BindInfo, name: str) -> None:
+    dns_provider = providers_under_test(bind)[name]
+    record = f"_acme-challenge.{name}-contract.{ZONE}"
+
+    async def run() -> None:
+        await dns_provider.present(record, "wildcard-value")
+        await dns_provider.present(record, "apex-value")
+        await dns_provider.present(record, "apex-value")  # idempotent
+        assert txt(bind, record) == {"wildcard-value", "apex-value"}
+        await dns_provider.cleanup(record, "wildcard-value")
+        assert txt(bind, record) == {"apex-value"}
+        await dns_provider.cleanup(record, "wildcard-value")  # idempotent
+        await dns_provider.cleanup(record, "apex-value")
+        assert txt(bind, record) == set()
+
+    asyncio.run(run())
+
+
+def test_the_rfc2136_provider_is_installed_under_its_name() -> None:
+    assert providers.installed()["rfc2136"] is rfc2136
+
+
+def test_the_zone_is_found_by_an_soa_query(bind: bindctl.BindInfo) -> None:
+    dns_provider = rfc2136(block(bind), WHERE, secrets_of(bind))
+    assert asyncio.run(dns_provider.zone_of(f"_acme-challenge.a.b.{ZONE}")) == ZONE
+
+
+def test_a_wrong_tsig_secret_is_one_clear_permanent_error(bind: bindctl.BindInfo) -> None:
+    dns_provider = rfc2136(block(bind), WHERE, secrets_of(bind, wrong=True))
+    with pytest.raises(PermanentError) as info:
+        asyncio.run(dns_provider.present(f"_acme-challenge.{ZONE}", "x"))
+    message = str(info.value)
+    assert "ClusterIssuer dns" in message and "tsigSecretSecretRef" in message
+    assert bind.nameserver in message and KEY in message
+    assert txt(bind, f"_acme-challenge.{ZONE}") == set()
+
+
+def test_an_unknown_key_and_a_zone_the_key_may_not_update_are_refused(
+        bind: bindctl.BindInfo) -> None:
+    unknown = rfc2136(block(bind, tsigKeyName="nobody"), WHERE, secrets_of(bind))
+    with pytest.raises(PermanentError, match="does not know TSIG key nobody"):
+        asyncio.run(unknown.present(f"_acme-challenge.{ZONE}", "x"))
+    # certop-key may update example.test only: delegated.test refuses it.
+    other = rfc2136(block(bind), WHERE, secrets_of(bind))
+    with pytest.raises(PermanentError, match=f"refused adding TXT .* zone {OTHER}"):
+        asyncio.run(other.present(f"_acme-challenge.{OTHER}", "x"))
+    assert txt(bind, f"_acme-challenge.{OTHER}") == set()
+
+
+def test_a_nameserver_that_does_not_answer_is_a_temporary_error(
+        bind: bindctl.BindInfo) -> None:
+    import pebblectl
+
+    silent = rfc2136(block(bind, nameserver=f"127.0.0.1:{pebblectl.free_port()}"), WHERE,
+                     secrets_of(bind))
+    with pytest.raises(TemporaryError, match=r"nameserver: 127\.0\.0\.1:"):
+        asyncio.run(silent.present(f"_acme-challenge.{ZONE}", "x"))
+
+
+@pytest.mark.parametrize(("change", "field"), [
+    ({"nameserver": "not a host:port:x"}, "nameserver"),
+    ({"nameserver": ""}, "nameserver"),
+    ({"tsigKeyName": ""}, "tsigKeyName"),
+    ({"tsigAlgorithm": "HMACSHA3"}, "tsigAlgorithm"),
+    ({"tsigSecretSecretRef": {"name": "tsig"}}, "tsigSecretSecretRef"),
+    ({"tsigSecretSecretRef": {"name": "missing", "key": "secret"}}, "tsigSecretSecretRef"),
+])
+def test_bad_configuration_names_the_issuer_and_field(
+        bind: bindctl.BindInfo, change: dict[str, Any], field: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        rfc2136(block(bind, **change), WHERE, secrets_of(bind))
+    assert info.value.source == "ClusterIssuer dns"
+    assert info.value.field == f"{WHERE.field}.{field}"
+
+
+def test_nameservers_are_parsed_as_cert_manager_takes_them() -> None:
+    from solvers.dns01.rfc2136 import parse_nameserver
+
+    assert parse_nameserver("192.0.2.1") == ("192.0.2.1", 53)
+    assert parse_nameserver("192.0.2.1:5353") == ("192.0.2.1", 5353)
+    assert parse_nameserver("[::1]:5353") == ("::1", 5353)
+    assert parse_nameserver("::1") == ("::1", 53)
+    with pytest.raises(ValueError):
+        parse_nameserver("host:99999")
+
+
+def test_a_secret_that_is_not_base64_is_named(bind: bindctl.BindInfo) -> None:
+    with pytest.raises(ConfigError, match="base64"):
+        rfc2136(block(bind), WHERE, lambda name, key: b"not base64 !!")
+
