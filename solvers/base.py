@@ -56,7 +56,9 @@ class Solver(Protocol):
     def present(self, challenge: Challenge) -> None: ...
 
     def check(self, challenge: Challenge) -> bool:
-        """True when the CA would see what was presented (one bounded attempt, no waiting)."""
+        """True when the CA would see what was presented (one bounded attempt, no waiting).
+        A solver may keep what a failed check saw in a `last_check` string: the order
+        driver puts it in its error when the checks keep failing."""
         ...
 
     def cleanup(self, challenge: Challenge) -> None: ...
@@ -96,6 +98,12 @@ class SolverContext:
     """Set in cluster mode only."""
     labels: Mapping[str, str] = field(default_factory=dict)
     """The Certificate's labels."""
+    secrets: Callable[[str, str], bytes | None] | None = None
+    """(Secret name, key) -> value, for solver settings that reference Secrets (DNS
+    providers' credentials): the issuer's namespace in a cluster, the loaded manifests in
+    standalone mode."""
+    dns01_nameservers: tuple[tuple[str, int], ...] = ()
+    """Where DNS-01 propagation is checked (--dns01-nameservers); empty: the provider's."""
 
 
 SolverFactory = Callable[[SolverSpec, SolverContext], Solver]

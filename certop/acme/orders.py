@@ -480,8 +480,13 @@ class OrderSession:
                 tries = self._self_checks.get(identifier, 0) + 1
                 self._self_checks[identifier] = tries
                 if tries >= SELF_CHECK_TRIES:
+                    # A solver may say what its last check saw (DNS-01: the nameserver
+                    # that lags and what it serves).
+                    seen = str(getattr(solver, "last_check", "") or "")
                     where = ("certop's own HTTP listener does not serve the challenge token"
-                             if kind == "http-01" else f"the {kind} challenge is not visible")
+                             if kind == "http-01" else
+                             f"the {kind} challenge is not visible" + (f": {seen}" if seen
+                                                                       else ""))
                     raise ChallengeFailed(identifier, f"self-check failed: {where}")
                 self._look_at_authorizations = True
                 continue

@@ -1,0 +1,170 @@
+"""The propagation check against real nameservers: a primary BIND that takes the updates and
+a second BIND serving a stale copy of the same zone (a secondary that never gets the record);
+CNAME delegation into a second zone."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+from collections.abc import Iterator
+
+import bindctl
+import pytest
+
+from certop.core.errors import ConfigError
+from certop.core.models import SolverSpec
+from solvers.base import Challenge, SolverContext
+from solvers.dns01 import propagation
+from solvers.dns01.provider import Where
+from solvers.dns01.rfc2136 import Rfc2136Provider
+from solvers.dns01.rfc2136 import provider as rfc2136
+from solvers.dns01.solver import Dns01Solver, build
+from solvers.http01.tokens import TokenStore
+
+ZONE, DELEGATED = "example.test", "delegated.test"
+KEY, OTHER_KEY = "certop-key", "delegate-key"
+SECRETS = {KEY: os.urandom(32), OTHER_KEY: os.urandom(32)}
+WHERE = Where("Issuer dns", "spec.acme.solvers[0].dns01.rfc2136")
+BLOCK = Where("Issuer dns", "spec.acme.solvers[0].dns01")
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory: pytest.TempPathFactory
+            ) -> Iterator[tuple[bindctl.BindInfo, bindctl.BindInfo]]:
+    zones = [bindctl.Zone(ZONE, KEY, records=[
+                 "_acme-challenge.app 60 CNAME _acme-challenge.app.delegated.test.",
+                 "_acme-challenge.loop 60 CNAME _acme-challenge.loop2.example.test.",
+                 "_acme-challenge.loop2 60 CNAME _acme-challenge.loop.example.test."]),
+             bindctl.Zone(DELEGATED, OTHER_KEY)]
+    with bindctl.running(tmp_path_factory.mktemp("primary"), zones, SECRETS) as primary, \
+            bindctl.running(tmp_path_factory.mktemp("stale"), zones, SECRETS) as stale:
+        yield primary, stale
+
+
+def update(bind: bindctl.BindInfo, key: str = KEY) -> Rfc2136Provider:
+    return rfc2136({"nameserver": bind.nameserver, "tsigKeyName": key,
+                    "tsigAlgorithm": "HMACSHA256",
+                    "tsigSecretSecretRef": {"name": "tsig", "key": "secret"}}, WHERE,
+                   lambda name, k: base64.b64encode(SECRETS[key]))
+
+
+def server(bind: bindctl.BindInfo) -> propagation.Server:
+    return bind.host, bind.port
+
+
+def test_a_value_is_seen_on_every_server_or_the_lagging_one_is_named(
+        servers: tuple[bindctl.BindInfo, bindctl.BindInfo]) -> None:
+    primary, stale = servers
+    name = f"_acme-challenge.web.{ZONE}"
+
+    async def run() -> None:
+        before = await propagation.check([server(primary)], name, "v1")
+        assert not before.visible
+        assert before.detail == (f"nameserver {primary.nameserver} serves no TXT value at "
+                                 f"{name}")
+        await update(primary).present(name, "v1")
+        await update(primary).present(name, "other")
+        assert (await propagation.check([server(primary)], name, "v1")).visible
+        both = await propagation.check([server(primary), server(stale)], name, "v1")
+        assert not both.visible and both.detail.startswith(f"nameserver {stale.nameserver}")
+        await update(primary).cleanup(name, "v1")
+        gone = await propagation.check([server(primary)], name, "v1")
+        assert gone.detail.endswith(f'serves only "other" at {name}')
+        await update(primary).cleanup(name, "other")
+
+    asyncio.run(run())
+
+
+def test_a_nameserver_that_does_not_answer_is_named_with_why(
+        servers: tuple[bindctl.BindInfo, bindctl.BindInfo]) -> None:
+    import pebblectl
+
+    port = pebblectl.free_udp_tcp_port()
+    seen = asyncio.run(propagation.check([("127.0.0.1", port)], f"_acme-challenge.{ZONE}",
+                                         "v", timeout=0.3))
+    assert not seen.visible and seen.detail.startswith(f"nameserver 127.0.0.1:{port} serves "
+                                                       "no answer")
+
+
+def test_cnames_are_followed_into_the_delegated_zone_and_loops_refused(
+        servers: tuple[bindctl.BindInfo, bindctl.BindInfo]) -> None:
+    primary, _ = servers
+
+    async def run() -> None:
+        target = await propagation.follow_cname(server(primary),
+                                                f"_acme-challenge.app.{ZONE}")
+        assert target == f"_acme-challenge.app.{DELEGATED}"
+        # Only the delegated zone's key may write there; the value shows at the target.
+        await update(primary, OTHER_KEY).present(target, "delegated")
+        assert (await propagation.check([server(primary)], target, "delegated")).visible
+        await update(primary, OTHER_KEY).cleanup(target, "delegated")
+        plain = f"_acme-challenge.plain.{ZONE}"
+        assert await propagation.follow_cname(server(primary), plain) == plain
+        with pytest.raises(ValueError, match="CNAME loop"):
+            await propagation.follow_cname(server(primary), f"_acme-challenge.loop.{ZONE}")
+
+    asyncio.run(run())
+
+
+def _solver(primary: bindctl.BindInfo, checked: tuple[propagation.Server, ...] = (),
+            follow: bool = False, key: str = KEY) -> Dns01Solver:
+    spec = SolverSpec("dns-01", provider="rfc2136", config={
+        "cnameStrategy": "Follow" if follow else "None",
+        "rfc2136": {"nameserver": primary.nameserver, "tsigKeyName": key,
+                    "tsigAlgorithm": "HMACSHA256",
+                    "tsigSecretSecretRef": {"name": "tsig", "key": "secret"}}})
+    context = SolverContext(tokens=TokenStore(), dns01_nameservers=checked,
+                            secrets=lambda name, k: base64.b64encode(SECRETS[key]))
+    return build(spec, context, BLOCK, {"rfc2136": rfc2136})
+
+
+def test_the_solver_presents_checks_against_every_server_and_cleans_up(
+        servers: tuple[bindctl.BindInfo, bindctl.BindInfo]) -> None:
+    primary, stale = servers
+    challenge = Challenge("*.shop.example.test", "dns-01", "tok", "tok.thumb")
+    name = challenge.dns01_record_name
+    # By default the update server itself is asked.
+    solver = _solver(primary)
+    solver.present(challenge)
+    assert solver.check(challenge) and solver.last_check == ""
+    # Given both servers, the stale one is named with what it serves.
+    both = _solver(primary, (server(primary), server(stale)))
+    assert not both.check(challenge)
+    assert both.last_check == f"nameserver {stale.nameserver} serves no TXT value at {name}"
+    solver.cleanup(challenge)
+    solver.cleanup(challenge)
+    assert not solver.check(challenge)
+
+
+def test_the_solver_follows_a_cname_into_a_zone_its_key_may_update(
+        servers: tuple[bindctl.BindInfo, bindctl.BindInfo]) -> None:
+    primary, _ = servers
+    challenge = Challenge("app.example.test", "dns-01", "tok2", "tok2.thumb")
+    solver = _solver(primary, follow=True, key=OTHER_KEY)
+    solver.present(challenge)
+    target = f"_acme-challenge.app.{DELEGATED}"
+    assert asyncio.run(propagation.served(server(primary), target)) == \
+        {challenge.dns01_txt_value}
+    assert solver.check(challenge)
+    solver.cleanup(challenge)
+    assert asyncio.run(propagation.served(server(primary), target)) == set()
+
+
+def test_an_unknown_provider_or_strategy_names_the_field(
+        servers: tuple[bindctl.BindInfo, bindctl.BindInfo]) -> None:
+    context = SolverContext(tokens=TokenStore())
+    with pytest.raises(ConfigError, match="a DNS provider certop has \\(rfc2136\\), not "
+                                          "'route99'"):
+        build(SolverSpec("dns-01", provider="route99", config={"route99": {}}), context,
+              BLOCK, {"rfc2136": rfc2136})
+    primary, _ = servers
+    spec = SolverSpec("dns-01", provider="rfc2136", config={
+        "cnameStrategy": "Sometimes",
+        "rfc2136": {"nameserver": primary.nameserver, "tsigKeyName": KEY,
+                    "tsigSecretSecretRef": {"name": "tsig", "key": "secret"}}})
+    secrets = SolverContext(tokens=TokenStore(),
+                            secrets=lambda name, k: base64.b64encode(SECRETS[KEY]))
+    with pytest.raises(ConfigError) as info:
+        build(spec, secrets, BLOCK, {"rfc2136": rfc2136})
+    assert info.value.field == f"{BLOCK.field}.cnameStrategy"
