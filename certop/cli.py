@@ -61,6 +61,17 @@ def _timeout(text: str) -> float:
     return value
 
 
+def _nameservers(text: str) -> tuple[tuple[str, int], ...]:
+    """--dns01-nameservers: host[:port],... (port 53 by default; [v6]:port)."""
+    from solvers.dns01.rfc2136 import parse_nameserver
+
+    try:
+        return tuple(parse_nameserver(part) for part in text.split(",") if part.strip())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            f"{exc}: expected host[:port][,host[:port]...], e.g. 192.0.2.53:53") from None
+
+
 def _positive(text: str) -> int:
     """A whole number, 1 or more."""
     value = _count(text)
@@ -106,6 +117,10 @@ def _standalone_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     p.add_argument("--max-concurrent-orders", type=_positive, default=32, metavar="N",
                    help="orders in flight at the CA at once; the rest wait in line "
                         "(metric certop_orders_queued)")
+    p.add_argument("--dns01-nameservers", type=_nameservers, default=(),
+                   metavar="HOST:PORT,...", help="ask these nameservers whether a DNS-01 "
+                   "record is visible before answering the challenge (default: the DNS "
+                   "provider's own server, e.g. rfc2136's nameserver)")
     p.add_argument("--check-interval", type=float, default=3600.0, metavar="SECONDS",
                    help="how often every certificate's renewal time is looked at")
     p.add_argument("--certificate", action="append", default=[],
@@ -194,6 +209,10 @@ def _operator_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     p.add_argument("--max-concurrent-orders", type=_positive, default=32, metavar="N",
                    help="orders in flight at the CA at once; the rest wait in line "
                         "(metric certop_orders_queued)")
+    p.add_argument("--dns01-nameservers", type=_nameservers, default=(),
+                   metavar="HOST:PORT,...", help="ask these nameservers whether a DNS-01 "
+                   "record is visible before answering the challenge (default: the DNS "
+                   "provider's own server, e.g. rfc2136's nameserver)")
     p.add_argument("--lease-duration", type=_seconds, default=15, metavar="SECONDS",
                    help="how long a replica that stopped renewing the Lease (crashed, cut "
                         "off) keeps it before another takes over; renewed every third")
@@ -240,6 +259,7 @@ def _settings(args: argparse.Namespace) -> StandaloneSettings:
         self_check_addr=(check_host, args.http_port),
         validation_timeout=args.acme_validation_timeout,
         max_concurrent_orders=args.max_concurrent_orders,
+        dns01_nameservers=args.dns01_nameservers,
     )
 
 
@@ -360,7 +380,8 @@ def _operator(args: argparse.Namespace) -> int:
         resource_namespace=args.cluster_resource_namespace or default_namespace(),
         listen=args.listen, solver_port=args.solver_port, solver_service=args.solver_service,
         admin_port=args.admin_port, lease_name=args.lease,
-        lease_duration=args.lease_duration, max_concurrent_orders=args.max_concurrent_orders)
+        lease_duration=args.lease_duration, max_concurrent_orders=args.max_concurrent_orders,
+        dns01_nameservers=args.dns01_nameservers)
     import kubernetes
 
     try:

@@ -6,7 +6,8 @@ Pebble config file, the two processes, and their shutdown by the handle it start
 name).
 
 Rules (see ../shared/notes/test-stack.md):
-- Pebble always gets `-dnsserver` pointing at challtestsrv, so it never resolves through real DNS.
+- Pebble always gets `-dnsserver` pointing at challtestsrv (or at the loopback BIND a DNS-01
+  test names), so it never resolves through real DNS.
 - challtestsrv answers A queries with 127.0.0.1 and no AAAA, so HTTP-01 dials IPv4 loopback.
 - challtestsrv's own HTTP-01/TLS-ALPN servers are off: certop serves Pebble's `httpPort`.
 
@@ -194,12 +195,16 @@ class Pebble:
         authz_reuse: int = 0,
         eab_keys: dict[str, str] | None = None,
         log: Path | None = None,
+        dns_server: str | None = None,
     ) -> None:
         self.workdir = workdir
         self.http_port = http_port
         self.nonce_reject = nonce_reject
         self.authz_reuse = authz_reuse
         self.eab_keys = eab_keys
+        self.dns_server = dns_server
+        """host:port Pebble resolves names at (a BIND of the DNS-01 tests) instead of
+        challtestsrv's DNS."""
         self.log = log or workdir / "pebble.log"
         self.procs: list[subprocess.Popen[bytes]] = []
         self.info: PebbleInfo | None = None
@@ -243,7 +248,8 @@ class Pebble:
             PEBBLE_AUTHZREUSE=str(self.authz_reuse),
         )
         peb = subprocess.Popen(
-            ["pebble", "-config", str(cfg_path), "-dnsserver", f"{LOOPBACK}:{dns_port}"],
+            ["pebble", "-config", str(cfg_path), "-dnsserver",
+             self.dns_server or f"{LOOPBACK}:{dns_port}"],
             stdout=logf, stderr=subprocess.STDOUT, env=env, start_new_session=True,
         )
         self.procs.append(peb)

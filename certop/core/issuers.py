@@ -120,7 +120,8 @@ def _solver(f: Fields, raw: Any, field: str) -> SolverSpec:
     if "dns01" in solver:
         dns01 = f.mapping(solver.get("dns01"), f"{field}.dns01")
         return SolverSpec("dns-01", selector, provider=_provider(dns01, "cnameStrategy"),
-                          config=dict(dns01))
+                          config=dict(dns01),
+                          origin=(f.ref.source, str(f.ref), f"{field}.dns01"))
     if "http01" not in solver:
         raise f.error(field, "an 'http01' or 'dns01' solver")
     http01 = f.mapping(solver.get("http01"), f"{field}.http01")

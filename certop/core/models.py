@@ -125,6 +125,9 @@ class SolverSpec:
     for dns01 (None when the block names none, as the default solver)."""
     config: Mapping[str, Any] = field(default_factory=dict, hash=False)
     """The `http01` or `dns01` block as the issuer wrote it, for the solver built from it."""
+    origin: tuple[str, str, str] = field(default=("", "", ""), compare=False, hash=False)
+    """(source, issuer, field of the block): where a solver's error about its settings
+    points (e.g. ("issuers.yaml", "ClusterIssuer dns", "spec.acme.solvers[0].dns01"))."""
 
     @property
     def registry_names(self) -> tuple[str, ...]:

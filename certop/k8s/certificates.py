@@ -49,7 +49,7 @@ from certop.core import issuing
 from certop.core.backoff import Backoff
 from certop.core.certificates import spec_of as _spec_of
 from certop.core.clock import Clock, SystemClock
-from certop.core.errors import CertopError
+from certop.core.errors import CertopError, TemporaryError
 from certop.core.issuers import parse_issuer
 from certop.core.models import (
     AcmeIssuer,
@@ -253,6 +253,8 @@ class OperatorSettings:
     """Orders in flight at the CA at once; more wait in line (--max-concurrent-orders)."""
     namespaces: tuple[str, ...] = ()
     """The namespaces the operator serves (empty: all): where certop's Secrets are watched."""
+    dns01_nameservers: tuple[tuple[str, int], ...] = ()
+    """Where DNS-01 propagation is checked (--dns01-nameservers); empty: the provider's."""
 
 
 def _condition(ready: bool, reason: str, message: str, now: datetime.datetime
@@ -552,6 +554,19 @@ class CertificateController:
                         else "", spec.issuer)
         return dataclasses.replace(issuer, ref=ref)
 
+    def _secret_value(self, namespace: str, name: str, key: str) -> bytes | None:
+        """A key of a Secret in the issuer's namespace (a DNS provider's credentials), read
+        when a solver is built for an order (blocking: from the order's thread)."""
+        try:
+            found = self.core.read_namespaced_secret(name, namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise TemporaryError(f"reading Secret {namespace}/{name}: HTTP {exc.status}") \
+                from exc
+        value = (found.data or {}).get(key)
+        return None if value is None else base64.b64decode(value)
+
     def _account_store(self, issuer: AcmeIssuer, namespace: str) -> SecretAccountStore:
         key_id = account_id(issuer.server, issuer.email)
         names = {key_id: issuer.account_key_secret} if issuer.account_key_secret else {}
@@ -704,8 +719,11 @@ class _Ports:
         labels = dict(meta.get("labels") or {})
         cluster = ClusterContext(c.api, spec.namespace, c.settings.solver_service,
                                  c.settings.solver_port, asked)
-        bound = c.solvers.bind(SolverContext(c.tokens, c.settings.self_check_addr, cluster,
-                                             labels))
+        namespace = c._key_namespace(spec)
+        bound = c.solvers.bind(SolverContext(
+            c.tokens, c.settings.self_check_addr, cluster, labels,
+            secrets=lambda name, key: c._secret_value(namespace, name, key),
+            dns01_nameservers=c.settings.dns01_nameservers))
         # The status says whether an order is in flight (written right after the journal):
         # the journal is read only then, and left as it is once the certificate is stored
         # (the Ready status drops the order): one journal write per order.

@@ -53,6 +53,8 @@ class OperatorRun:
     """The coordination.k8s.io Lease that elects the active replica."""
     max_concurrent_orders: int = 32
     """Orders in flight at the CA at once (--max-concurrent-orders)."""
+    dns01_nameservers: tuple[tuple[str, int], ...] = ()
+    """Where DNS-01 propagation is checked (--dns01-nameservers)."""
 
 
 API_TIMEOUT = 10.0
@@ -160,7 +162,7 @@ async def run_operator(run: OperatorRun) -> int:
             settings = OperatorSettings(
                 resource_namespace=run.resource_namespace, solver_service=run.solver_service,
                 solver_port=80, max_concurrent_orders=run.max_concurrent_orders,
-                namespaces=run.namespaces,
+                namespaces=run.namespaces, dns01_nameservers=run.dns01_nameservers,
                 self_check_addr=("127.0.0.1" if run.listen in ("0.0.0.0", "") else run.listen,
                                  run.solver_port))
             registry = kopf.OperatorRegistry()

@@ -178,7 +178,12 @@ def _secret(doc: Mapping[str, Any], source: str) -> tuple[tuple[str, str], dict[
     return (str(namespace), name), data
 
 
-def load(paths: Sequence[Path], resource_namespace: str = "default") -> Manifests:
+RESOURCE_NAMESPACE = "default"
+"""Where the Secrets issuers reference live (EAB keys, DNS providers' credentials): a Secret
+manifest without a namespace is in it."""
+
+
+def load(paths: Sequence[Path], resource_namespace: str = RESOURCE_NAMESPACE) -> Manifests:
     """All manifests behind `paths`; raises ConfigError for the first problem."""
     files = manifest_files(paths)
     raw_issuers: list[tuple[Mapping[str, Any], str]] = []

@@ -85,6 +85,9 @@ class StandaloneSettings:
     """Issue nothing; serve what another process (the issuing worker) stores (--workers)."""
     validation_timeout: float = 600.0
     """Seconds an order may stay pending at the CA once its challenges are answered."""
+    dns01_nameservers: tuple[tuple[str, int], ...] = ()
+    """Where DNS-01 propagation is checked (--dns01-nameservers); empty: the provider's own
+    update server."""
     max_concurrent_orders: int | None = 32
     """Orders in flight at the CA at once; more wait in line (--max-concurrent-orders; None:
     no limit)."""
@@ -227,8 +230,18 @@ class Standalone:
             max_workers=settings.workers, thread_name_prefix="certop-acme"
         )
         self.solver_context = SolverContext(tokens if tokens is not None else TokenStore(),
-                                            settings.self_check_addr)
+                                            settings.self_check_addr,
+                                            secrets=self._secret,
+                                            dns01_nameservers=settings.dns01_nameservers)
         self._file_stamp: tuple[tuple[str, float, int], ...] = ()
+
+    def _secret(self, name: str, key: str) -> bytes | None:
+        """A key of a Secret among the loaded manifests, for solver settings (DNS providers'
+        credentials): the Secret in the issuers' namespace (`loader.RESOURCE_NAMESPACE`)."""
+        if self.config is None:
+            return None
+        data = self.config.manifests.secrets.get((loader.RESOURCE_NAMESPACE, name))
+        return None if data is None else data.get(key)
 
     # -- configuration -----------------------------------------------------------------
 

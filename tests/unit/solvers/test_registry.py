@@ -11,6 +11,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from certop.core.models import SolverSelector, SolverSpec
 from solvers.base import Challenge, ClusterContext, SolverContext
+from solvers.dns01.factory import dns01_solver
 from solvers.http01 import Http01Solver, TokenStore
 from solvers.http01.factory import http01_solver
 from solvers.http01.ingress import IngressSolver
@@ -87,7 +88,9 @@ def test_http01_is_found_through_its_entry_point() -> None:
     assert entry.load() is http01_solver
     registry = SolverRegistry()  # the installed entry points
     assert "http-01" in registry.challenge_types
-    assert "dns-01" not in registry.challenge_types  # no DNS-01 solver ships yet
+    assert "dns-01" in registry.challenge_types
+    (dns,) = [e for e in metadata.entry_points(group=ENTRY_POINT_GROUP) if e.name == "dns-01"]
+    assert dns.load() is dns01_solver
     tokens = TokenStore()
     solver = registry.bind(SolverContext(tokens, None)).solver(SolverSpec())
     assert isinstance(solver, Http01Solver)
@@ -117,7 +120,7 @@ def test_in_cluster_http01_gets_the_blocks_class_and_path_type() -> None:
 
 def test_a_solver_that_does_not_load_is_left_out(monkeypatch: pytest.MonkeyPatch,
                                                  caplog: pytest.LogCaptureFixture) -> None:
-    broken = metadata.EntryPoint("dns-01.broken", "no_such_module_certop:Solver",
+    broken = metadata.EntryPoint("tls-alpn-01", "no_such_module_certop:Solver",
                                  ENTRY_POINT_GROUP)
     real = metadata.entry_points
 
@@ -126,30 +129,43 @@ def test_a_solver_that_does_not_load_is_left_out(monkeypatch: pytest.MonkeyPatch
 
     monkeypatch.setattr(metadata, "entry_points", entry_points)
     registry = SolverRegistry()
-    assert registry.challenge_types == ("http-01",)
-    assert "dns-01.broken" in caplog.text and "could not be loaded" in caplog.text
+    assert registry.challenge_types == ("dns-01", "http-01")
+    assert "tls-alpn-01" in caplog.text and "could not be loaded" in caplog.text
 
 
 def test_the_order_driver_refuses_a_block_no_registered_solver_answers() -> None:
-    """Found by the registry, before the CA counts an order: no DNS-01 solver is installed, so
-    a host the issuer gives to its dns01 block is refused with the message of before."""
+    """Found by the registry, before the CA counts an order: a host the issuer gives to a
+    block of a challenge type certop has no solver for is refused; one given to a dns01 block
+    with bad settings is refused with the field named."""
     from certop.acme.accounts import Account
     from certop.acme.orders import OrderSession
-    from certop.core.errors import ChallengeFailed
+    from certop.core.errors import ChallengeFailed, ConfigError
     from certop.core.models import AcmeIssuer, CertificateSpec, Fqdn, ObjectRef, SecretName
     from certop.store.memory import MemoryAccountStore, MemoryOrderJournal
 
+    alpn = SolverSpec("tls-alpn-01", SolverSelector(dns_zones=("example.com",)))
     issuer = AcmeIssuer(ObjectRef("ClusterIssuer", "", "ca", "issuer.yaml"),
-                        "https://127.0.0.1:1/dir", None, solvers=(SolverSpec(), RFC2136))
+                        "https://127.0.0.1:1/dir", None, solvers=(SolverSpec(), alpn))
     spec = CertificateSpec(namespace="default", secret_name=SecretName("t-tls"),
                            hosts=(Fqdn("web.other.test"), Fqdn("www.example.com")), issuer="ca")
     registry = SolverRegistry()
     session = OrderSession(spec, Account(issuer, MemoryAccountStore(), verify=False),
                            registry.bind(SolverContext(TokenStore())), MemoryOrderJournal())
-    session.step()  # the key, journalled
+    session.step()  # the key
     with pytest.raises(ChallengeFailed) as failed:
         session.step()
     assert str(failed.value) == (
-        f"challenge for www.example.com failed: {issuer.ref} selects a dns-01 solver for "
-        "it; certop solves http-01 only here")
+        f"challenge for www.example.com failed: {issuer.ref} selects a tls-alpn-01 solver "
+        "for it; certop solves dns-01, http-01 only here")
+    assert not session.placed
+    bad = SolverSpec("dns-01", RFC2136.selector, provider="rfc2136", config=RFC2136.config,
+                     origin=("issuer.yaml", "ClusterIssuer ca", "spec.acme.solvers[1].dns01"))
+    issuer = AcmeIssuer(issuer.ref, issuer.server, None, solvers=(SolverSpec(), bad))
+    session = OrderSession(spec, Account(issuer, MemoryAccountStore(), verify=False),
+                           registry.bind(SolverContext(TokenStore())), MemoryOrderJournal())
+    session.step()
+    with pytest.raises(ConfigError) as refused:
+        session.step()
+    assert str(refused.value).startswith("issuer.yaml: ClusterIssuer ca: "
+                                         "spec.acme.solvers[1].dns01.rfc2136.tsigKeyName: ")
     assert not session.placed

@@ -1,0 +1,137 @@
+"""DNS-01 end to end in standalone mode: `certop standalone` (a real process) with a
+cert-manager RFC 2136 ClusterIssuer (only its apiVersion changed) and the TSIG Secret among
+the manifests, a real BIND taking the updates, Pebble resolving at that BIND: one
+certificate for `*.example.test` and `example.test`, served over HTTPS to curl, and the
+challenge records gone from BIND afterwards."""
+
+from __future__ import annotations
+
+import base64
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import bindctl
+import dns.message
+import dns.query
+import dns.rdatatype
+import pebblectl
+import pytest
+from echo import Echo
+
+ZONE = "example.test"
+KEY = "certop-key"
+
+
+@pytest.fixture
+def bind(tmp_path: Path) -> Iterator[bindctl.BindInfo]:
+    secret = os.urandom(32)
+    zone = bindctl.Zone(ZONE, KEY, records=["@ 60 A 127.0.0.1", "* 60 A 127.0.0.1"])
+    with bindctl.running(tmp_path / "bind", [zone], {KEY: secret}) as info:
+        yield info
+
+
+def manifests(bind: bindctl.BindInfo, pebble: pebblectl.PebbleInfo) -> str:
+    tsig = base64.b64encode(base64.b64encode(bind.keys[KEY])).decode()
+    ca = base64.b64encode(Path(pebble.api_ca).read_bytes()).decode()
+    return f"""\
+apiVersion: certop.dev/v1
+kind: ClusterIssuer
+metadata:
+  name: dns
+spec:
+  acme:
+    server: {pebble.directory_url}
+    email: ops@example.test
+    caBundle: {ca}
+    privateKeySecretRef:
+      name: dns-account
+    solvers:
+      - dns01:
+          rfc2136:
+            nameserver: {bind.nameserver}
+            tsigKeyName: {KEY}
+            tsigAlgorithm: HMACSHA256
+            tsigSecretSecretRef:
+              name: tsig-secret
+              key: tsig-secret-key
+---
+apiVersion: v1
+kind: Secret
+metadata:
+  name: tsig-secret
+type: Opaque
+data:
+  tsig-secret-key: {tsig}
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: wild
+  annotations:
+    cert-manager.io/cluster-issuer: dns
+spec:
+  tls:
+    - hosts: ["*.example.test", "example.test"]
+      secretName: wild-tls
+  rules:
+    - host: "*.example.test"
+      http:
+        paths:
+          - {{path: /, pathType: Prefix, backend: {{service: {{name: web, port: {{number: 80}}}}}}}}
+    - host: example.test
+      http:
+        paths:
+          - {{path: /, pathType: Prefix, backend: {{service: {{name: web, port: {{number: 80}}}}}}}}
+"""
+
+
+def txt_names(bind: bindctl.BindInfo) -> set[str]:
+    """The values at _acme-challenge.example.test, as BIND serves them."""
+    response = dns.query.udp(dns.message.make_query(f"_acme-challenge.{ZONE}.",
+                                                    dns.rdatatype.TXT),
+                             bind.host, port=bind.port, timeout=2)
+    return {b"".join(r.strings).decode() for rrset in response.answer for r in rrset}
+
+
+def curl(port: int, host: str, root: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["curl", "--silent", "--show-error", "--max-time", "5", "--cacert", str(root),
+         "--resolve", f"{host}:{port}:127.0.0.1", f"https://{host}:{port}/"],
+        capture_output=True, text=True, check=False)
+
+
+@pytest.mark.slow
+def test_a_wildcard_and_its_apex_through_rfc2136_are_served_over_https(
+        tmp_path: Path, bind: bindctl.BindInfo) -> None:
+    http_port, https_port = pebblectl.free_port(), pebblectl.free_port()
+    with pebblectl.running(tmp_path / "pebble", http_port=http_port,
+                           dns_server=bind.nameserver) as pebble, Echo("web") as echo:
+        root = tmp_path / "root.pem"
+        root.write_text(pebble.root_pem())
+        files = tmp_path / "site.yaml"
+        files.write_text(manifests(bind, pebble))
+        log = tmp_path / "certop.log"
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "certop.cli", "standalone", "-f", str(files),
+                 "--state-dir", str(tmp_path / "state"), "--listen", "127.0.0.1",
+                 "--http-port", str(http_port), "--https-port", str(https_port),
+                 "--service", f"web=127.0.0.1:{echo.port}"],
+                stdout=out, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 60
+            while (answer := curl(https_port, "app.example.test", root)).returncode != 0:
+                assert proc.poll() is None, log.read_text()
+                assert time.monotonic() < deadline, (answer.stderr, log.read_text())
+                time.sleep(0.1)  # polling the condition above (curl verifies the chain)
+            assert "web" in answer.stdout
+            apex = curl(https_port, "example.test", root)
+            assert apex.returncode == 0 and "web" in apex.stdout, apex.stderr
+            # Both challenges' values are gone once the order is done.
+            assert txt_names(bind) == set()
+        finally:
+            pebblectl.stop_process(proc)
