@@ -687,3 +687,44 @@ def test_the_api_budget_per_certificate_first_issuance_and_restart(
         assert after in ({}, {("get", "secrets"): 1}), after
         lists = sum(n for k, n in kube.emulator.counts.items() if k[0] == "list")
         assert lists <= 8, dict(kube.emulator.counts)  # one per watched resource
+
+
+@pytest.mark.slow
+def test_a_wildcard_and_its_apex_through_rfc2136_in_cluster_mode(tmp_path: Path) -> None:
+    """DNS-01 in cluster mode: a ClusterIssuer with an rfc2136 solver whose TSIG Secret
+    lives in the resource namespace, a real BIND, Pebble resolving at it; the Secret holds
+    one certificate for `*.wild.test` and `wild.test`, the TXT values are gone afterwards."""
+    import os
+
+    import bindctl
+    import dns.message
+    import dns.query
+    import dns.rdatatype
+
+    key = "certop-key"
+    zone = bindctl.Zone("wild.test", key)
+    with bindctl.running(tmp_path / "bind", [zone], {key: os.urandom(32)}) as bind, \
+            pebblectl.running(tmp_path / "pebble", http_port=pebblectl.free_port(),
+                              dns_server=bind.nameserver) as info, \
+            EmulatorThread() as kube:
+        kube.core().create_namespaced_secret("certop", {
+            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "tsig"},
+            "data": {"key": base64.b64encode(base64.b64encode(bind.keys[key])).decode()}})
+        create_issuer(kube, info, solvers=[{"dns01": {"rfc2136": {
+            "nameserver": bind.nameserver, "tsigKeyName": key, "tsigAlgorithm": "HMACSHA256",
+            "tsigSecretSecretRef": {"name": "tsig", "key": "key"}}}}])
+        tokens = TokenStore()
+        with operator(kube, tokens, info.http_port, posting=True):
+            wild = ingress("wild", "wild.test", "wild-tls")
+            wild["spec"]["tls"][0]["hosts"] = ["*.wild.test", "wild.test"]
+            client.NetworkingV1Api(kube.api_client()).create_namespaced_ingress(NS, wild)
+            wait_for(lambda: ready_condition(kube, "wild-tls").get("status") == "True",
+                     timeout=60, what="the DNS-01 certificate Ready")
+        secret = secret_data(kube, NS, "wild-tls")
+        pair = crypto.load_pair(base64.b64decode(secret.data["tls.crt"]),
+                                base64.b64decode(secret.data["tls.key"]))
+        assert pair.facts.hosts == {"*.wild.test", "wild.test"}
+        response = dns.query.udp(dns.message.make_query("_acme-challenge.wild.test.",
+                                                        dns.rdatatype.TXT),
+                                 bind.host, port=bind.port, timeout=2)
+        assert response.answer == []
