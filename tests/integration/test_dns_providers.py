@@ -19,6 +19,7 @@ import pytest
 
 from certop.core.errors import ConfigError, PermanentError, TemporaryError
 from solvers.dns01 import provider as providers
+from solvers.dns01.command import provider as exec_provider
 from solvers.dns01.provider import DnsProvider, Where
 from solvers.dns01.rfc2136 import provider as rfc2136
 
@@ -26,6 +27,7 @@ ZONE = "example.test"
 OTHER = "delegated.test"
 KEY, OTHER_KEY = "certop-key", "delegate-key"
 WHERE = Where("ClusterIssuer dns", "spec.acme.solvers[0].dns01.rfc2136")
+EXEC = Where("ClusterIssuer dns", "spec.acme.solvers[0].dns01.exec")
 
 
 @pytest.fixture(scope="module")
@@ -57,14 +59,40 @@ def block(bind: bindctl.BindInfo, **extra: Any) -> dict[str, Any]:
             "tsigSecretSecretRef": {"name": "tsig", "key": "secret"}, **extra}
 
 
-def providers_under_test(bind: bindctl.BindInfo) -> dict[str, DnsProvider]:
-    return {"rfc2136": rfc2136(block(bind), WHERE, secrets_of(bind))}
+HOOK = """#!/bin/sh
+# A lego-style exec hook: $1 present|cleanup, $2 the FQDN (trailing dot), $3 the value.
+set -e
+case "$1" in
+  present) op=add; ttl=60 ;;
+  cleanup) op=delete; ttl= ;;
+  *) echo "unknown action $1" >&2; exit 2 ;;
+esac
+nsupdate -y "hmac-sha256:{key}:{secret}" <<END
+server {host} {port}
+update $op $2 $ttl TXT "$3"
+send
+END
+"""
 
 
-@pytest.mark.parametrize("name", ["rfc2136"])
+@pytest.fixture(scope="module")
+def hook(bind: bindctl.BindInfo, tmp_path_factory: pytest.TempPathFactory) -> str:
+    path = tmp_path_factory.mktemp("hook") / "dns-hook"
+    path.write_text(HOOK.format(key=KEY, secret=base64.b64encode(bind.keys[KEY]).decode(),
+                                host=bind.host, port=bind.port))
+    path.chmod(0o700)
+    return str(path)
+
+
+def providers_under_test(bind: bindctl.BindInfo, hook: str) -> dict[str, DnsProvider]:
+    return {"rfc2136": rfc2136(block(bind), WHERE, secrets_of(bind)),
+            "exec": exec_provider({"command": [hook]}, EXEC, secrets_of(bind))}
+
+
+@pytest.mark.parametrize("name", ["rfc2136", "exec"])
 def test_values_are_added_beside_others_and_removed_one_by_one(
-        bind: bindctl.BindInfo, name: str) -> None:
-    dns_provider = providers_under_test(bind)[name]
+        bind: bindctl.BindInfo, hook: str, name: str) -> None:
+    dns_provider = providers_under_test(bind, hook)[name]
     record = f"_acme-challenge.{name}-contract.{ZONE}"
 
     async def run() -> None:
@@ -153,3 +181,37 @@ def test_a_secret_that_is_not_base64_is_named(bind: bindctl.BindInfo) -> None:
     with pytest.raises(ConfigError, match="base64"):
         rfc2136(block(bind), WHERE, lambda name, key: b"not base64 !!")
 
+
+
+def test_a_failing_command_is_named_with_its_status_and_stderr(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    script = tmp_path_factory.mktemp("failing") / "hook"
+    script.write_text("#!/bin/sh\necho 'zone example.test: permission denied' >&2\nexit 3\n")
+    script.chmod(0o700)
+    failing = exec_provider({"command": [str(script), "--profile", "x"]}, EXEC,
+                            lambda name, key: None)
+    with pytest.raises(TemporaryError) as info:
+        asyncio.run(failing.present(f"_acme-challenge.{ZONE}", "v"))
+    assert str(info.value) == (
+        f"ClusterIssuer dns: {EXEC.field}.command: {script} --profile x present "
+        f"_acme-challenge.{ZONE} exited with 3: zone example.test: permission denied")
+    slow = tmp_path_factory.mktemp("slow") / "hook"
+    slow.write_text("#!/bin/sh\nexec sleep 30\n")
+    slow.chmod(0o700)
+    stuck = exec_provider({"command": str(slow), "timeout": 0.2}, EXEC, lambda n, k: None)
+    with pytest.raises(TemporaryError, match=r"took more than 0\.2s"):
+        asyncio.run(stuck.present(f"_acme-challenge.{ZONE}", "x"))
+
+
+@pytest.mark.parametrize(("command", "field"), [
+    ({}, "command"), ({"command": []}, "command"), ({"command": "/nonexistent/hook"}, "command"),
+    ({"command": "hook", "timeout": 0}, "timeout"),
+])
+def test_bad_exec_settings_name_the_field(command: dict[str, Any], field: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        exec_provider(command, EXEC, lambda name, key: None)
+    assert info.value.field == f"{EXEC.field}.{field}"
+
+
+def test_the_exec_provider_is_installed_under_its_name() -> None:
+    assert providers.installed()["exec"] is exec_provider
