@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -16,9 +17,11 @@ import dns.message
 import dns.query
 import dns.rdatatype
 import pytest
+from cloudflare_fake import CloudflareFake
 
 from certop.core.errors import ConfigError, PermanentError, TemporaryError
 from solvers.dns01 import provider as providers
+from solvers.dns01.cloudflare import provider as cloudflare_provider
 from solvers.dns01.command import provider as exec_provider
 from solvers.dns01.provider import DnsProvider, Where
 from solvers.dns01.rfc2136 import provider as rfc2136
@@ -28,6 +31,7 @@ OTHER = "delegated.test"
 KEY, OTHER_KEY = "certop-key", "delegate-key"
 WHERE = Where("ClusterIssuer dns", "spec.acme.solvers[0].dns01.rfc2136")
 EXEC = Where("ClusterIssuer dns", "spec.acme.solvers[0].dns01.exec")
+CF = Where("ClusterIssuer dns", "spec.acme.solvers[0].dns01.cloudflare")
 
 
 @pytest.fixture(scope="module")
@@ -84,15 +88,35 @@ def hook(bind: bindctl.BindInfo, tmp_path_factory: pytest.TempPathFactory) -> st
     return str(path)
 
 
-def providers_under_test(bind: bindctl.BindInfo, hook: str) -> dict[str, DnsProvider]:
+TOKEN = "cf-token"
+
+
+@pytest.fixture(scope="module")
+def cloudflare(bind: bindctl.BindInfo) -> Iterator[CloudflareFake]:
+    with CloudflareFake(bind, TOKEN) as fake:
+        yield fake
+
+
+def cf_block(fake: CloudflareFake) -> dict[str, Any]:
+    return {"apiTokenSecretRef": {"name": "cloudflare", "key": "api-token"}, "apiURL": fake.url}
+
+
+def cf_secrets(token: str = TOKEN) -> Callable[[str, str], bytes | None]:
+    return lambda name, key: token.encode() if (name, key) == ("cloudflare", "api-token") \
+        else None
+
+
+def providers_under_test(bind: bindctl.BindInfo, hook: str,
+                         cloudflare: CloudflareFake) -> dict[str, DnsProvider]:
     return {"rfc2136": rfc2136(block(bind), WHERE, secrets_of(bind)),
-            "exec": exec_provider({"command": [hook]}, EXEC, secrets_of(bind))}
+            "exec": exec_provider({"command": [hook]}, EXEC, secrets_of(bind)),
+            "cloudflare": cloudflare_provider(cf_block(cloudflare), CF, cf_secrets())}
 
 
-@pytest.mark.parametrize("name", ["rfc2136", "exec"])
+@pytest.mark.parametrize("name", ["rfc2136", "exec", "cloudflare"])
 def test_values_are_added_beside_others_and_removed_one_by_one(
-        bind: bindctl.BindInfo, hook: str, name: str) -> None:
-    dns_provider = providers_under_test(bind, hook)[name]
+        bind: bindctl.BindInfo, hook: str, cloudflare: CloudflareFake, name: str) -> None:
+    dns_provider = providers_under_test(bind, hook, cloudflare)[name]
     record = f"_acme-challenge.{name}-contract.{ZONE}"
 
     async def run() -> None:
@@ -215,3 +239,33 @@ def test_bad_exec_settings_name_the_field(command: dict[str, Any], field: str) -
 
 def test_the_exec_provider_is_installed_under_its_name() -> None:
     assert providers.installed()["exec"] is exec_provider
+
+
+def test_the_cloudflare_provider_is_installed_under_its_name() -> None:
+    assert providers.installed()["cloudflare"] is cloudflare_provider
+
+
+def test_cloudflare_refusals_name_the_api_error(cloudflare: CloudflareFake) -> None:
+    wrong = cloudflare_provider(cf_block(cloudflare), CF, cf_secrets("not-the-token"))
+    with pytest.raises(PermanentError) as info:
+        asyncio.run(wrong.present(f"_acme-challenge.{ZONE}", "x"))
+    assert str(info.value) == (f"ClusterIssuer dns: {CF.field}: Cloudflare answered 403 to "
+                               "GET /zones: 9109: Invalid access token")
+    right = cloudflare_provider(cf_block(cloudflare), CF, cf_secrets())
+    with pytest.raises(PermanentError, match=re.escape(
+            "no Cloudflare zone this token can see holds _acme-challenge.elsewhere.test")):
+        asyncio.run(right.present("_acme-challenge.elsewhere.test", "x"))
+
+
+@pytest.mark.parametrize(("settings", "field"), [
+    ({}, "apiTokenSecretRef"),
+    ({"apiTokenSecretRef": {"name": "cloudflare"}}, "apiTokenSecretRef"),
+    ({"apiTokenSecretRef": {"name": "missing", "key": "api-token"}}, "apiTokenSecretRef"),
+    ({"apiKeySecretRef": {"name": "cloudflare", "key": "api-token"}}, "email"),
+    ({"apiTokenSecretRef": {"name": "cloudflare", "key": "api-token"}, "apiURL": "ftp://x"},
+     "apiURL"),
+])
+def test_bad_cloudflare_settings_name_the_field(settings: dict[str, Any], field: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        cloudflare_provider(settings, CF, cf_secrets())
+    assert info.value.field == f"{CF.field}.{field}"
