@@ -72,6 +72,15 @@ def _nameservers(text: str) -> tuple[tuple[str, int], ...]:
             f"{exc}: expected host[:port][,host[:port]...], e.g. 192.0.2.53:53") from None
 
 
+def _programs(text: str) -> tuple[str, ...]:
+    """--dns01-exec-allow: absolute paths, comma-separated."""
+    found = tuple(part.strip() for part in text.split(",") if part.strip())
+    for path in found:
+        if not path.startswith("/"):
+            raise argparse.ArgumentTypeError(f"{path}: an absolute path")
+    return found
+
+
 def _positive(text: str) -> int:
     """A whole number, 1 or more."""
     value = _count(text)
@@ -121,6 +130,8 @@ def _standalone_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser])
                    metavar="HOST:PORT,...", help="ask these nameservers whether a DNS-01 "
                    "record is visible before answering the challenge (default: the DNS "
                    "provider's own server, e.g. rfc2136's nameserver)")
+    p.add_argument("--dns01-exec-allow", type=_programs, default=(), metavar="PATH,...",
+                   help="programs an issuer's exec DNS provider may run (none by default)")
     p.add_argument("--check-interval", type=float, default=3600.0, metavar="SECONDS",
                    help="how often every certificate's renewal time is looked at")
     p.add_argument("--certificate", action="append", default=[],
@@ -213,6 +224,9 @@ def _operator_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
                    metavar="HOST:PORT,...", help="ask these nameservers whether a DNS-01 "
                    "record is visible before answering the challenge (default: the DNS "
                    "provider's own server, e.g. rfc2136's nameserver)")
+    p.add_argument("--dns01-exec-allow", type=_programs, default=(), metavar="PATH,...",
+                   help="programs a ClusterIssuer's exec DNS provider may run (none by "
+                        "default; never for a namespaced Issuer)")
     p.add_argument("--lease-duration", type=_seconds, default=15, metavar="SECONDS",
                    help="how long a replica that stopped renewing the Lease (crashed, cut "
                         "off) keeps it before another takes over; renewed every third")
@@ -260,6 +274,7 @@ def _settings(args: argparse.Namespace) -> StandaloneSettings:
         validation_timeout=args.acme_validation_timeout,
         max_concurrent_orders=args.max_concurrent_orders,
         dns01_nameservers=args.dns01_nameservers,
+        dns01_exec_allow=args.dns01_exec_allow,
     )
 
 
@@ -381,7 +396,7 @@ def _operator(args: argparse.Namespace) -> int:
         listen=args.listen, solver_port=args.solver_port, solver_service=args.solver_service,
         admin_port=args.admin_port, lease_name=args.lease,
         lease_duration=args.lease_duration, max_concurrent_orders=args.max_concurrent_orders,
-        dns01_nameservers=args.dns01_nameservers)
+        dns01_nameservers=args.dns01_nameservers, dns01_exec_allow=args.dns01_exec_allow)
     import kubernetes
 
     try:

@@ -104,6 +104,10 @@ class SolverContext:
     standalone mode."""
     dns01_nameservers: tuple[tuple[str, int], ...] = ()
     """Where DNS-01 propagation is checked (--dns01-nameservers); empty: the provider's."""
+    exec_allowed: tuple[str, ...] = ()
+    """Programs an issuer's `exec` DNS provider may run (--dns01-exec-allow): the
+    operator's own choice, never an issuer's; empty for a namespaced Issuer in a cluster (a
+    tenant's: it would run a command with the operator's rights)."""
 
 
 SolverFactory = Callable[[SolverSpec, SolverContext], Solver]

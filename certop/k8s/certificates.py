@@ -130,7 +130,8 @@ class _IssuerSink:
         self.cluster = cluster
         self.kind = "ClusterIssuer" if cluster else "Issuer"
 
-    def replace(self, namespace: str | None, items: Iterable[Mapping[str, Any]]) -> None:
+    def replace(self, namespace: str | None, items: Iterable[Mapping[str, Any]],
+                rv: str = "") -> None:
         self._call(self.controller.on_issuers_listed, namespace, self.cluster, list(items))
 
     def apply(self, kind: str, raw: Mapping[str, Any]) -> None:
@@ -255,6 +256,8 @@ class OperatorSettings:
     """The namespaces the operator serves (empty: all): where certop's Secrets are watched."""
     dns01_nameservers: tuple[tuple[str, int], ...] = ()
     """Where DNS-01 propagation is checked (--dns01-nameservers); empty: the provider's."""
+    dns01_exec_allow: tuple[str, ...] = ()
+    """Programs a ClusterIssuer's exec DNS provider may run (--dns01-exec-allow)."""
 
 
 def _condition(ready: bool, reason: str, message: str, now: datetime.datetime
@@ -506,7 +509,8 @@ class CertificateController:
                           items: list[Mapping[str, Any]]) -> None:
         """A fresh listing: what it does not hold is gone."""
         kind = "ClusterIssuer" if cluster else "Issuer"
-        for key in [k for k in self._issuer_docs if k[0] == kind and
+        # (A copy: `_issuer` adds to these from an order's thread.)
+        for key in [k for k in list(self._issuer_docs) if k[0] == kind and
                     (cluster or namespace is None or k[1] == namespace)]:
             self._issuer_docs.pop(key, None)
             self._parsed.pop(key, None)
@@ -723,7 +727,10 @@ class _Ports:
         bound = c.solvers.bind(SolverContext(
             c.tokens, c.settings.self_check_addr, cluster, labels,
             secrets=lambda name, key: c._secret_value(namespace, name, key),
-            dns01_nameservers=c.settings.dns01_nameservers))
+            dns01_nameservers=c.settings.dns01_nameservers,
+            # A namespaced Issuer is a tenant's: its exec hook would run with certop's rights.
+            exec_allowed=c.settings.dns01_exec_allow if spec.issuer_kind == "ClusterIssuer"
+            else ()))
         # The status says whether an order is in flight (written right after the journal):
         # the journal is read only then, and left as it is once the certificate is stored
         # (the Ready status drops the order): one journal write per order.

@@ -55,6 +55,8 @@ class OperatorRun:
     """Orders in flight at the CA at once (--max-concurrent-orders)."""
     dns01_nameservers: tuple[tuple[str, int], ...] = ()
     """Where DNS-01 propagation is checked (--dns01-nameservers)."""
+    dns01_exec_allow: tuple[str, ...] = ()
+    """Programs a ClusterIssuer's exec DNS provider may run (--dns01-exec-allow)."""
 
 
 API_TIMEOUT = 10.0
@@ -163,6 +165,7 @@ async def run_operator(run: OperatorRun) -> int:
                 resource_namespace=run.resource_namespace, solver_service=run.solver_service,
                 solver_port=80, max_concurrent_orders=run.max_concurrent_orders,
                 namespaces=run.namespaces, dns01_nameservers=run.dns01_nameservers,
+                dns01_exec_allow=run.dns01_exec_allow,
                 self_check_addr=("127.0.0.1" if run.listen in ("0.0.0.0", "") else run.listen,
                                  run.solver_port))
             registry = kopf.OperatorRegistry()

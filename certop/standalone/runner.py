@@ -88,6 +88,8 @@ class StandaloneSettings:
     dns01_nameservers: tuple[tuple[str, int], ...] = ()
     """Where DNS-01 propagation is checked (--dns01-nameservers); empty: the provider's own
     update server."""
+    dns01_exec_allow: tuple[str, ...] = ()
+    """Programs an `exec` DNS provider may run (--dns01-exec-allow)."""
     max_concurrent_orders: int | None = 32
     """Orders in flight at the CA at once; more wait in line (--max-concurrent-orders; None:
     no limit)."""
@@ -232,7 +234,8 @@ class Standalone:
         self.solver_context = SolverContext(tokens if tokens is not None else TokenStore(),
                                             settings.self_check_addr,
                                             secrets=self._secret,
-                                            dns01_nameservers=settings.dns01_nameservers)
+                                            dns01_nameservers=settings.dns01_nameservers,
+                                            exec_allowed=settings.dns01_exec_allow)
         self._file_stamp: tuple[tuple[str, float, int], ...] = ()
 
     def _secret(self, name: str, key: str) -> bytes | None:

@@ -26,7 +26,10 @@ log = logging.getLogger(__name__)
 class Sink(Protocol):
     """Where a `ListWatch` puts what it sees (`SecretCache` for Secrets)."""
 
-    def replace(self, namespace: str | None, items: Iterable[Mapping[str, Any]]) -> None: ...
+    def replace(self, namespace: str | None, items: Iterable[Mapping[str, Any]],
+                rv: str = "") -> None:
+        """A fresh listing of `namespace` (None: all), taken at resourceVersion `rv`."""
+        ...
 
     def apply(self, kind: str, raw: Mapping[str, Any]) -> None: ...
 
@@ -113,7 +116,7 @@ class ListWatch:
             token = meta.get("continue") or None
             if not token:
                 break
-        self.sink.replace(namespace, items)
+        self.sink.replace(namespace, items, str(meta.get("resourceVersion") or ""))
         with self._lock:
             self._listed.add(namespace)
             done = len(self._listed) == len(self.namespaces)

@@ -115,23 +115,34 @@ class SecretCache:
                 self._items[key] = cached_of(raw)
         self._changed(key)
 
-    def replace(self, namespace: str | None, items: Iterable[Mapping[str, Any]]) -> None:
-        """A fresh listing of `namespace` (None: all): what it does not hold is gone."""
+    def replace(self, namespace: str | None, items: Iterable[Mapping[str, Any]],
+                rv: str = "") -> None:
+        """A fresh listing of `namespace` (None: all), taken at resourceVersion `rv`: what
+        it does not hold is gone, except what certop wrote after it (a newer write-through
+        entry is kept, as `apply` keeps it against an older event)."""
         fresh = {}
         for raw in items:
             meta = raw.get("metadata") or {}
             fresh[(str(meta.get("namespace") or ""), str(meta.get("name") or ""))] = \
                 cached_of(raw)
+        changed = []
         with self._lock:
             old = {k: v for k, v in self._items.items()
                    if namespace is None or k[0] == namespace}
-            for key in old:
-                if key not in fresh:
+            for key, before in old.items():
+                listed = fresh.get(key)
+                if listed is None and rv and _older(rv, before.rv):
+                    continue  # written after the listing was taken
+                if listed is not None and _older(listed.rv, before.rv):
+                    fresh[key] = before
+                    continue
+                if listed is None:
                     del self._items[key]
+                if listed != before:
+                    changed.append(key)
             self._items.update(fresh)
-        for key in set(old) | set(fresh):
-            if old.get(key) != fresh.get(key) and old.get(key) is not None:
-                self._changed(key)
+        for key in changed:
+            self._changed(key)
 
     def _changed(self, key: Key) -> None:
         if self.on_change is not None:

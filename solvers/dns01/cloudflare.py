@@ -10,14 +10,20 @@
 The zone is the longest suffix of the name that `GET /zones?name=` finds; a value is a TXT
 record of its own (`POST /zones/{id}/dns_records`), so values sit beside each other;
 removal deletes the records with that name and content only. Both are idempotent (a record
-with the same content is not created twice). `apiURL` (certop's own field) points the
-provider at another endpoint (tests: a local fake of the documented API).
+with the same content is not created twice).
+
+The endpoint is the operator's choice, never an issuer's (a tenant's Issuer could aim
+certop's requests anywhere): `CERTOP_CLOUDFLARE_API_URL` in certop's environment (tests: a
+local fake of the documented API), else Cloudflare's. Redirects are not followed. An error
+carries Cloudflare's error codes and messages, never a raw response body, and never the
+credentials (a token with a line break in it is refused when the provider is built).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -28,6 +34,7 @@ from certop.core.errors import ConfigError, PermanentError, TemporaryError
 from solvers.dns01.provider import SecretLookup, Where
 
 API_URL = "https://api.cloudflare.com/client/v4"
+API_URL_ENV = "CERTOP_CLOUDFLARE_API_URL"
 TTL = 120
 TIMEOUT = 30.0
 
@@ -88,7 +95,7 @@ class CloudflareProvider:
                                                   "Content-Type": "application/json"})
         what = f"{method} {path.split('?')[0]}"
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+            with _OPENER.open(request, timeout=self.timeout) as response:
                 answer = json.loads(response.read() or b"{}")
         except urllib.error.HTTPError as exc:
             detail = _errors(exc.read())
@@ -97,20 +104,34 @@ class CloudflareProvider:
             if exc.code in (400, 401, 403, 404):
                 raise PermanentError(message) from exc
             raise TemporaryError(message) from exc
-        except (OSError, ValueError) as exc:
+        except OSError as exc:
+            reason = getattr(exc, "reason", None) or exc.strerror or type(exc).__name__
             raise TemporaryError(f"{self.where.issuer}: {self.where.field}: Cloudflare "
-                                 f"({self.api_url}): {what}: {exc}") from exc
+                                 f"({self.api_url}): {what}: {reason}") from exc
+        except ValueError as exc:  # its message may quote a header: not shown
+            raise TemporaryError(f"{self.where.issuer}: {self.where.field}: Cloudflare "
+                                 f"({self.api_url}): {what}: not an answer certop can "
+                                 "read") from exc
         if not isinstance(answer, Mapping) or not answer.get("success", False):
             raise TemporaryError(f"{self.where.issuer}: {self.where.field}: Cloudflare "
                                  f"refused {what}: {_errors(json.dumps(answer).encode())}")
         return answer.get("result")
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None  # a 3xx is answered as an error, never followed
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect)
+
+
 def _errors(raw: bytes) -> str:
+    """Cloudflare's `errors` (codes and messages): never the raw body."""
     try:
         doc = json.loads(raw)
     except ValueError:
-        return raw.decode(errors="replace")[:200]
+        return ""
     errors = doc.get("errors") if isinstance(doc, Mapping) else None
     return "; ".join(f"{e.get('code')}: {e.get('message')}" for e in errors or []
                      if isinstance(e, Mapping))
@@ -127,7 +148,12 @@ def provider(block: Mapping[str, Any], where: Where,
         if not found:
             raise ConfigError(where.issuer, "", f"{where.field}.{field}",
                               f"Secret {ref['name']} with key {ref['key']}: not found")
-        return found.decode().strip()
+        value = found.decode(errors="replace").strip()
+        if not value or any(ord(c) < 33 or ord(c) > 126 for c in value):
+            raise ConfigError(where.issuer, "", f"{where.field}.{field}",
+                              f"Secret {ref['name']} key {ref['key']}: one credential, "
+                              "printable, without spaces or line breaks")
+        return value
 
     if block.get("apiTokenSecretRef") is not None:
         headers = {"Authorization": f"Bearer {secret('apiTokenSecretRef')}"}
@@ -140,7 +166,4 @@ def provider(block: Mapping[str, Any], where: Where,
     else:
         raise ConfigError(where.issuer, "", f"{where.field}.apiTokenSecretRef",
                           "an API token Secret (or apiKeySecretRef and email)")
-    api_url = block.get("apiURL", API_URL)
-    if not isinstance(api_url, str) or not api_url.startswith(("https://", "http://")):
-        raise ConfigError(where.issuer, "", f"{where.field}.apiURL", "an http(s) URL")
-    return CloudflareProvider(headers, where, api_url)
+    return CloudflareProvider(headers, where, os.environ.get(API_URL_ENV) or API_URL)

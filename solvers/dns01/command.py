@@ -7,23 +7,30 @@
 
 The command is run (never through a shell) as lego's `exec` provider runs it:
 `<command> present <fqdn.> <value>` and `<command> cleanup <fqdn.> <value>`, so a lego hook
-script works unchanged; it must add the value beside others and be idempotent. A non-zero
-exit is an error naming the command, its exit status and the end of its stderr; a command
-that does not exist or cannot run is a configuration error at the attempt.
+script works unchanged; it must add the value beside others and be idempotent. A hook runs
+with certop's own rights: only a program the operator allows (--dns01-exec-allow; never for
+a namespaced Issuer in a cluster, see `solvers.dns01.solver`). A non-zero exit is an error
+naming the command and its exit status (the end of its stderr goes to certop's log, never to
+a status: a hook may print credentials); past its timeout the hook and its children are
+killed; a command that cannot run is an error at the attempt.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import shlex
+import signal
+import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from certop.core.errors import ConfigError, PermanentError, TemporaryError
 from solvers.dns01.provider import SecretLookup, Where
 
+log = logging.getLogger(__name__)
 TIMEOUT = 60.0
 STDERR_TAIL = 400
 
@@ -43,26 +50,34 @@ class ExecProvider:
     async def _run(self, action: str, fqdn: str, value: str) -> None:
         shown = shlex.join(self.command)
         field = f"{self.where.issuer}: {self.where.field}.command"
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                *self.command, action, fqdn.rstrip(".") + ".", value,
-                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.PIPE)
-        except OSError as exc:
-            raise PermanentError(f"{field}: {shown} cannot be run: "
-                                 f"{exc.strerror or exc}") from exc
-        try:
-            _, stderr = await asyncio.wait_for(proc.communicate(), self.timeout)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
-            raise TemporaryError(f"{field}: {shown} {action} {fqdn} took more than "
-                                 f"{self.timeout:g}s (killed)") from None
-        if proc.returncode != 0:
-            tail = stderr.decode(errors="replace").strip()[-STDERR_TAIL:]
-            raise TemporaryError(f"{field}: {shown} {action} {fqdn} exited with "
-                                 f"{proc.returncode}" + (f": {tail}" if tail else ""))
+        # stderr to a file, not a pipe: a helper the hook leaves in the background must not
+        # hold certop up; its own session, so a timeout kills the hook and its children.
+        with tempfile.TemporaryFile() as stderr:
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    *self.command, action, fqdn.rstrip(".") + ".", value,
+                    stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+                    stderr=stderr, start_new_session=True)
+            except OSError as exc:
+                raise PermanentError(f"{field}: {shown} cannot be run: "
+                                     f"{exc.strerror or exc}") from exc
+            try:
+                await asyncio.wait_for(proc.wait(), self.timeout)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                await proc.wait()
+                raise TemporaryError(f"{field}: {shown} {action} {fqdn} took more than "
+                                     f"{self.timeout:g}s (killed)") from None
+            if proc.returncode != 0:
+                stderr.seek(0)
+                tail = stderr.read()[-STDERR_TAIL:].decode(errors="replace").strip()
+                # The hook's words go to certop's log only: a hook may print credentials,
+                # and an error reaches the status that users of the issuer read.
+                log.warning("%s %s %s exited with %s: %s", shown, action, fqdn,
+                            proc.returncode, tail or "(nothing on stderr)")
+                raise TemporaryError(f"{field}: {shown} {action} {fqdn} exited with "
+                                     f"{proc.returncode} (its stderr is in certop's log)")
 
 
 def provider(block: Mapping[str, Any], where: Where, secrets: SecretLookup) -> ExecProvider:

@@ -79,6 +79,8 @@ def build(spec: SolverSpec, context: SolverContext, where: Where,
     settings = block.get(name)
     if not isinstance(settings, Mapping):
         raise ConfigError(where.issuer, "", f"{where.field}.{name}", "a mapping of settings")
+    if name == "exec":
+        _allowed(settings, context, where)
     secrets = context.secrets or (lambda _name, _key: None)
     provider = factories[name](settings, Where(where.issuer, f"{where.field}.{name}"),
                                secrets)
@@ -91,6 +93,17 @@ def build(spec: SolverSpec, context: SolverContext, where: Where,
         raise ConfigError(where.issuer, "", f"{where.field}.cnameStrategy",
                           f"None or Follow, not {strategy!r}")
     return Dns01Solver(provider, servers, follow_cnames=strategy == "Follow")
+
+
+def _allowed(settings: Mapping[str, Any], context: SolverContext, where: Where) -> None:
+    """An `exec` hook runs with certop's own rights: only a program the operator listed
+    (--dns01-exec-allow), and never for a namespaced Issuer in a cluster."""
+    raw = settings.get("command")
+    program = raw if isinstance(raw, str) else raw[0] if isinstance(raw, list) and raw else ""
+    if str(program).strip() not in context.exec_allowed:
+        raise ConfigError(where.issuer, "", f"{where.field}.exec.command",
+                          "a program the operator allows with --dns01-exec-allow (ClusterIssuers "
+                          "only in a cluster: a hook runs with certop's own rights)")
 
 
 def _update_server(provider: DnsProvider) -> tuple[propagation.Server, ...]:

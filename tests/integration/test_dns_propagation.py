@@ -168,3 +168,23 @@ def test_an_unknown_provider_or_strategy_names_the_field(
     with pytest.raises(ConfigError) as info:
         build(spec, secrets, BLOCK, {"rfc2136": rfc2136})
     assert info.value.field == f"{BLOCK.field}.cnameStrategy"
+
+
+def test_an_exec_hook_runs_only_if_the_operator_allows_its_program(
+        servers: tuple[bindctl.BindInfo, bindctl.BindInfo]) -> None:
+    """A hook runs with certop's rights: an issuer alone cannot make certop run a program
+    (a tenant's Issuer in a cluster never: its context allows nothing)."""
+    from solvers.dns01.command import provider as exec_provider
+
+    primary, _ = servers
+    spec = SolverSpec("dns-01", provider="exec",
+                      config={"exec": {"command": ["/bin/sh", "-c", "touch /tmp/pwned"]}})
+    factories = {"exec": exec_provider}
+    tenant = SolverContext(tokens=TokenStore(), dns01_nameservers=(server(primary),))
+    with pytest.raises(ConfigError) as info:
+        build(spec, tenant, BLOCK, factories)
+    assert info.value.field == f"{BLOCK.field}.exec.command"
+    assert "--dns01-exec-allow" in info.value.expected
+    allowed = SolverContext(tokens=TokenStore(), dns01_nameservers=(server(primary),),
+                            exec_allowed=("/bin/sh",))
+    assert build(spec, allowed, BLOCK, factories).provider is not None

@@ -10,6 +10,7 @@ import base64
 import os
 import re
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import bindctl
@@ -97,8 +98,16 @@ def cloudflare(bind: bindctl.BindInfo) -> Iterator[CloudflareFake]:
         yield fake
 
 
+@pytest.fixture(autouse=True)
+def cf_endpoint(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> None:
+    """The operator points the cloudflare provider at the fake (its environment)."""
+    if "cloudflare" in request.fixturenames:
+        fake = request.getfixturevalue("cloudflare")
+        monkeypatch.setenv("CERTOP_CLOUDFLARE_API_URL", fake.url)
+
+
 def cf_block(fake: CloudflareFake) -> dict[str, Any]:
-    return {"apiTokenSecretRef": {"name": "cloudflare", "key": "api-token"}, "apiURL": fake.url}
+    return {"apiTokenSecretRef": {"name": "cloudflare", "key": "api-token"}}
 
 
 def cf_secrets(token: str = TOKEN) -> Callable[[str, str], bytes | None]:
@@ -207,8 +216,8 @@ def test_a_secret_that_is_not_base64_is_named(bind: bindctl.BindInfo) -> None:
 
 
 
-def test_a_failing_command_is_named_with_its_status_and_stderr(
-        tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_a_failing_command_is_named_with_its_status_and_its_stderr_logged(
+        tmp_path_factory: pytest.TempPathFactory, caplog: pytest.LogCaptureFixture) -> None:
     script = tmp_path_factory.mktemp("failing") / "hook"
     script.write_text("#!/bin/sh\necho 'zone example.test: permission denied' >&2\nexit 3\n")
     script.chmod(0o700)
@@ -218,13 +227,24 @@ def test_a_failing_command_is_named_with_its_status_and_stderr(
         asyncio.run(failing.present(f"_acme-challenge.{ZONE}", "v"))
     assert str(info.value) == (
         f"ClusterIssuer dns: {EXEC.field}.command: {script} --profile x present "
-        f"_acme-challenge.{ZONE} exited with 3: zone example.test: permission denied")
-    slow = tmp_path_factory.mktemp("slow") / "hook"
-    slow.write_text("#!/bin/sh\nexec sleep 30\n")
+        f"_acme-challenge.{ZONE} exited with 3 (its stderr is in certop's log)")
+    assert "zone example.test: permission denied" in caplog.text  # the log, not the status
+    # A hook whose child outlives the timeout: both killed, the wait bounded.
+    where = tmp_path_factory.mktemp("slow")
+    slow = where / "hook"
+    slow.write_text(f"#!/bin/sh\nsleep 30 &\necho $! > {where}/child\nwait\n")
     slow.chmod(0o700)
-    stuck = exec_provider({"command": str(slow), "timeout": 0.2}, EXEC, lambda n, k: None)
-    with pytest.raises(TemporaryError, match=r"took more than 0\.2s"):
+    stuck = exec_provider({"command": str(slow), "timeout": 0.3}, EXEC, lambda n, k: None)
+    with pytest.raises(TemporaryError, match=r"took more than 0\.3s"):
         asyncio.run(stuck.present(f"_acme-challenge.{ZONE}", "x"))
+    child = Path(f"/proc/{(where / 'child').read_text().strip()}/stat")
+    assert not child.exists() or child.read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    # A hook that succeeds and leaves a helper behind holding stderr: done when it exits.
+    quick = tmp_path_factory.mktemp("bg") / "hook"
+    quick.write_text("#!/bin/sh\n(sleep 5 >&2 &)\nexit 0\n")
+    quick.chmod(0o700)
+    done = exec_provider({"command": str(quick), "timeout": 3}, EXEC, lambda n, k: None)
+    asyncio.run(done.present(f"_acme-challenge.{ZONE}", "x"))
 
 
 @pytest.mark.parametrize(("command", "field"), [
@@ -262,10 +282,56 @@ def test_cloudflare_refusals_name_the_api_error(cloudflare: CloudflareFake) -> N
     ({"apiTokenSecretRef": {"name": "cloudflare"}}, "apiTokenSecretRef"),
     ({"apiTokenSecretRef": {"name": "missing", "key": "api-token"}}, "apiTokenSecretRef"),
     ({"apiKeySecretRef": {"name": "cloudflare", "key": "api-token"}}, "email"),
-    ({"apiTokenSecretRef": {"name": "cloudflare", "key": "api-token"}, "apiURL": "ftp://x"},
-     "apiURL"),
 ])
 def test_bad_cloudflare_settings_name_the_field(settings: dict[str, Any], field: str) -> None:
     with pytest.raises(ConfigError) as info:
         cloudflare_provider(settings, CF, cf_secrets())
     assert info.value.field == f"{CF.field}.{field}"
+
+
+def test_a_token_with_a_line_break_is_refused_without_showing_it() -> None:
+    token = "CF-ADMIN-TOKEN-s3cr3t\n# rotated 2026-01"
+    with pytest.raises(ConfigError) as info:
+        cloudflare_provider({"apiTokenSecretRef": {"name": "cloudflare", "key": "api-token"}},
+                            CF, cf_secrets(token))
+    assert "s3cr3t" not in str(info.value) and "line breaks" in str(info.value)
+
+
+def test_an_issuer_cannot_choose_the_endpoint_and_bodies_are_never_shown(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`apiURL` in an issuer is ignored (a tenant could aim certop anywhere); a non-JSON
+    error body (an internal service's) is not copied into the error."""
+    import http.server
+    import threading
+
+    seen: list[str] = []
+
+    class Internal(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            seen.append(self.path)
+            body = b"INTERNAL-ONLY: db_password=hunter2"
+            self.send_response(500)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Internal)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/internal#"
+        chosen = cloudflare_provider({"apiTokenSecretRef": {"name": "cloudflare",
+                                                            "key": "api-token"},
+                                      "apiURL": url}, CF, cf_secrets())
+        assert chosen.api_url != url  # the issuer's field is not read
+        monkeypatch.setenv("CERTOP_CLOUDFLARE_API_URL", url)  # the operator's own choice
+        internal = cloudflare_provider(cf_block(None), CF, cf_secrets())  # type: ignore[arg-type]
+        with pytest.raises(TemporaryError) as info:
+            asyncio.run(internal.present(f"_acme-challenge.{ZONE}", "x"))
+        assert seen and "hunter2" not in str(info.value)
+    finally:
+        server.shutdown()
+        server.server_close()

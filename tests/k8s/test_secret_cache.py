@@ -120,7 +120,7 @@ class _Sink:
         self.items: dict[str, Mapping[str, Any]] = {}
         self.lists = 0
 
-    def replace(self, namespace: str | None, items: Any) -> None:
+    def replace(self, namespace: str | None, items: Any, rv: str = "") -> None:
         self.lists += 1
         self.items = {i["metadata"]["name"]: i for i in items}
 
@@ -164,3 +164,19 @@ def test_a_410_gone_lists_again_and_replaces_what_was_held() -> None:
     assert watches[0]["resource_version"] == "2"  # from the first listing
     assert watches[1]["resource_version"] == "5"  # from the second, not from the 410
     assert watch.synced.is_set()
+
+
+def test_a_relist_keeps_what_certop_wrote_after_it_and_tells_only_real_changes() -> None:
+    changed: list[tuple[str, str]] = []
+    cache = SecretCache(on_change=lambda ns, name: changed.append((ns, name)))
+    cache.replace(None, [_raw("old", "3", b"a"), _raw("edited", "4", b"b"),
+                         _raw("gone", "5", b"c")], "5")
+    cache.put(NS, "written", _raw("written", "12", b"new"))  # certop, after the listing
+    cache.put(NS, "old", _raw("old", "13", b"newer"))  # certop rewrote it, after too
+    changed.clear()
+    cache.replace(None, [_raw("old", "3", b"a"), _raw("edited", "9", b"B")], "11")
+    assert getattr(cache.get(NS, "written"), "tls_crt", None) == b"new"
+    assert getattr(cache.get(NS, "old"), "tls_crt", None) == b"newer"
+    assert getattr(cache.get(NS, "edited"), "tls_crt", None) == b"B"
+    assert cache.get(NS, "gone") is None
+    assert sorted(changed) == [(NS, "edited"), (NS, "gone")]
