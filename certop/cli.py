@@ -61,6 +61,19 @@ def _timeout(text: str) -> float:
     return value
 
 
+def _order_flags(p: argparse.ArgumentParser, whose_exec: str) -> None:
+    """The flags both modes share about orders and their challenges."""
+    p.add_argument("--max-concurrent-orders", type=_positive, default=32, metavar="N",
+                   help="orders in flight at the CA at once; the rest wait in line "
+                        "(metric certop_orders_queued)")
+    p.add_argument("--dns01-nameservers", type=_nameservers, default=(),
+                   metavar="HOST:PORT,...", help="ask these nameservers whether a DNS-01 "
+                   "record is visible before answering the challenge (default: the DNS "
+                   "provider's own server, e.g. rfc2136's nameserver)")
+    p.add_argument("--dns01-exec-allow", type=_programs, default=(), metavar="PATH,...",
+                   help=f"programs {whose_exec} exec DNS provider may run (none by default)")
+
+
 def _nameservers(text: str) -> tuple[tuple[str, int], ...]:
     """--dns01-nameservers: host[:port],... (port 53 by default; [v6]:port)."""
     from solvers.dns01.rfc2136 import parse_nameserver
@@ -123,15 +136,7 @@ def _standalone_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     p.add_argument("--acme-validation-timeout", type=_seconds, default=600.0, metavar="SECONDS",
                    help="how long an order may stay pending at the CA once its challenges "
                         "are answered before it is dropped and ordered anew after a backoff")
-    p.add_argument("--max-concurrent-orders", type=_positive, default=32, metavar="N",
-                   help="orders in flight at the CA at once; the rest wait in line "
-                        "(metric certop_orders_queued)")
-    p.add_argument("--dns01-nameservers", type=_nameservers, default=(),
-                   metavar="HOST:PORT,...", help="ask these nameservers whether a DNS-01 "
-                   "record is visible before answering the challenge (default: the DNS "
-                   "provider's own server, e.g. rfc2136's nameserver)")
-    p.add_argument("--dns01-exec-allow", type=_programs, default=(), metavar="PATH,...",
-                   help="programs an issuer's exec DNS provider may run (none by default)")
+    _order_flags(p, "an issuer's")
     p.add_argument("--check-interval", type=float, default=3600.0, metavar="SECONDS",
                    help="how often every certificate's renewal time is looked at")
     p.add_argument("--certificate", action="append", default=[],
@@ -217,16 +222,7 @@ def _operator_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
                    help="/healthz, /readyz (the Lease holder only), /metrics")
     p.add_argument("--lease", default="certop-leader", metavar="NAME",
                    help="the coordination.k8s.io Lease that elects the active replica")
-    p.add_argument("--max-concurrent-orders", type=_positive, default=32, metavar="N",
-                   help="orders in flight at the CA at once; the rest wait in line "
-                        "(metric certop_orders_queued)")
-    p.add_argument("--dns01-nameservers", type=_nameservers, default=(),
-                   metavar="HOST:PORT,...", help="ask these nameservers whether a DNS-01 "
-                   "record is visible before answering the challenge (default: the DNS "
-                   "provider's own server, e.g. rfc2136's nameserver)")
-    p.add_argument("--dns01-exec-allow", type=_programs, default=(), metavar="PATH,...",
-                   help="programs a ClusterIssuer's exec DNS provider may run (none by "
-                        "default; never for a namespaced Issuer)")
+    _order_flags(p, "a ClusterIssuer's (never a namespaced Issuer's)")
     p.add_argument("--lease-duration", type=_seconds, default=15, metavar="SECONDS",
                    help="how long a replica that stopped renewing the Lease (crashed, cut "
                         "off) keeps it before another takes over; renewed every third")
