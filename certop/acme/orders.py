@@ -169,6 +169,8 @@ class OrderSession:
         self._validating_since: float | None = None
         """When this session started waiting for the CA to validate (monotonic seconds)."""
         self._valid_authorizations: set[str] = set()
+        self._journalled_dns01: list[Challenge] = []
+        """DNS-01 records a crashed run of this order may have left: removed at cleanup."""
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -232,6 +234,10 @@ class OrderSession:
             if entry.get("order_url"):
                 self.resumed = self._look_at_authorizations = self.placed = True
                 log.info("%s: resuming order %s", self.spec, entry["order_url"])
+                self._journalled_dns01 = [
+                    Challenge(str(r[0]), "dns-01", str(r[1]), str(r[2]))
+                    for r in entry.get("dns01") or []
+                    if isinstance(r, list) and len(r) == 3]
             return entry
         key = self._kept_key() or crypto.generate_key(self.spec.key_algorithm)
         entry = {
@@ -273,7 +279,10 @@ class OrderSession:
         entry = self._entry
         if not entry.get("order_url"):
             orderr = self._new_order()
-            self._save({**entry, "order_url": orderr.uri})
+            # What DNS-01 will put in DNS goes into the same write: a run that resumes the
+            # order after a crash removes it even if it has nothing left to present.
+            self._save({**entry, "order_url": orderr.uri,
+                        "dns01": self._dns01_records(orderr.authorizations)})
             self.placed = True
             log.info("%s: placed order %s", self.spec, orderr.uri)
             self._new_authorizations = orderr.authorizations
@@ -498,7 +507,32 @@ class OrderSession:
                                       f"{_problem_text(answered.body.error)}")
 
     def cleanup(self) -> None:
-        """Remove every presented token; safe to call on every exit path, more than once."""
+        """Remove every presented token, and the DNS-01 records the journal says an earlier
+        run of this order presented; safe to call on every exit path, more than once."""
         for challenge, solver in list(self._presented.values()):
             solver.cleanup(challenge)
         self._presented.clear()
+        leftover, self._journalled_dns01 = self._journalled_dns01, []
+        for challenge in leftover:
+            try:
+                self._solver_for(challenge.identifier).cleanup(challenge)
+            except CertopError as exc:
+                log.warning("%s: a DNS-01 record of the resumed order could not be removed "
+                            "(%s): %s", self.spec, challenge.dns01_record_name, exc)
+
+    def _dns01_records(self, authzrs: list[messages.AuthorizationResource]
+                       ) -> list[list[str]]:
+        """[identifier, token, key authorization] of each DNS-01 challenge the order's
+        authorizations will have presented (as `_work_authorizations` selects them)."""
+        found = []
+        for authzr in authzrs:
+            identifier = authzr.body.identifier.value
+            if authzr.body.wildcard and not identifier.startswith("*."):
+                identifier = "*." + identifier
+            if self._solver_for(identifier).challenge_type != "dns-01":
+                continue
+            for challb in authzr.body.challenges:
+                if isinstance(challb.chall, challenges.DNS01):
+                    found.append([identifier, challb.chall.encode("token"),
+                                  self.account.key_authorization(challb)])
+        return found

@@ -135,3 +135,56 @@ def test_a_wildcard_and_its_apex_through_rfc2136_are_served_over_https(
             assert txt_names(bind) == set()
         finally:
             pebblectl.stop_process(proc)
+
+
+@pytest.mark.slow
+def test_a_resumed_order_removes_the_records_its_crashed_run_left(
+        tmp_path: Path, bind: bindctl.BindInfo) -> None:
+    """A run answers the DNS-01 challenges and dies (no cleanup); the next run resumes the
+    order, finds the authorizations valid (nothing to present) and still removes the
+    records: the journal said what was presented."""
+    from certop.acme.accounts import Account
+    from certop.acme.orders import OrderSession, Stage
+    from certop.core import issuers
+    from certop.core.models import CertificateSpec, Fqdn, SecretName
+    from certop.store.memory import MemoryAccountStore, MemoryOrderJournal
+    from solvers.base import SolverContext
+    from solvers.http01 import TokenStore
+    from solvers.registry import SolverRegistry
+
+    with pebblectl.running(tmp_path / "pebble", http_port=pebblectl.free_port(),
+                           dns_server=bind.nameserver) as pebble:
+        issuer = issuers.parse_issuer({
+            "apiVersion": "certop.dev/v1", "kind": "ClusterIssuer", "metadata": {"name": "dns"},
+            "spec": {"acme": {"server": pebble.directory_url, "solvers": [{"dns01": {
+                "rfc2136": {"nameserver": bind.nameserver, "tsigKeyName": KEY,
+                            "tsigAlgorithm": "HMACSHA256",
+                            "tsigSecretSecretRef": {"name": "tsig", "key": "k"}}}}]}}},
+            "issuer.yaml", lambda namespace, name: None)
+        secret = base64.b64encode(bind.keys[KEY])
+        context = SolverContext(TokenStore(), secrets=lambda name, key: secret)
+        spec = CertificateSpec(namespace="default", secret_name=SecretName("wild-tls"),
+                               hosts=(Fqdn("*.example.test"), Fqdn("example.test")),
+                               issuer="dns")
+        account = Account(issuer, MemoryAccountStore(), verify=pebble.api_ca)
+        journal = MemoryOrderJournal()
+
+        def session() -> OrderSession:
+            return OrderSession(spec, account, SolverRegistry().bind(context), journal,
+                                poll_min=0.05, poll_max=0.5)
+
+        first = session()
+        deadline = time.monotonic() + 60
+        # Validated and finalizing: the run dies here, its records still in DNS.
+        while (step := first.step()).stage is not Stage.FINALIZE:
+            assert time.monotonic() < deadline and not step.done
+            time.sleep(step.after)  # the order's next check, as the runners schedule it
+        assert len(txt_names(bind)) == 2
+        again = session()
+        while not (step := again.step()).done:
+            assert time.monotonic() < deadline
+            time.sleep(step.after)  # the order's next check, as the runners schedule it
+        # The resumed run had nothing to present (the order was past its challenges) and
+        # removed what the journal said the first one had put there.
+        assert again.resumed and step.fullchain_pem is not None
+        assert txt_names(bind) == set()
