@@ -465,16 +465,10 @@ class OrderSession:
                 # A resumed order whose authorization died: never resume it again.
                 self._drop()
                 raise failed
-            if authz.wildcard and not identifier.startswith("*."):
-                identifier = "*." + identifier  # the CA names a wildcard's authorization bare
+            identifier = _identifier(authz)
             solver = self._solver_for(identifier)
             kind = solver.challenge_type
-            challb = next(
-                (c for c in authz.challenges
-                 if isinstance(c.chall, challenges.KeyAuthorizationChallenge)
-                 and c.chall.typ == kind),
-                None,
-            )
+            challb = _challenge(authz, kind)
             if challb is None:
                 raise ChallengeFailed(identifier, f"the CA offers no {kind} challenge")
             challenge = Challenge(identifier, kind, challb.chall.encode("token"),
@@ -526,13 +520,25 @@ class OrderSession:
         authorizations will have presented (as `_work_authorizations` selects them)."""
         found = []
         for authzr in authzrs:
-            identifier = authzr.body.identifier.value
-            if authzr.body.wildcard and not identifier.startswith("*."):
-                identifier = "*." + identifier
-            if self._solver_for(identifier).challenge_type != "dns-01":
-                continue
-            for challb in authzr.body.challenges:
-                if isinstance(challb.chall, challenges.DNS01):
-                    found.append([identifier, challb.chall.encode("token"),
-                                  self.account.key_authorization(challb)])
+            identifier = _identifier(authzr.body)
+            challb = _challenge(authzr.body, "dns-01")
+            if challb is not None and self._solver_for(identifier).challenge_type == "dns-01":
+                found.append([identifier, challb.chall.encode("token"),
+                              self.account.key_authorization(challb)])
         return found
+
+
+def _identifier(authz: messages.Authorization) -> str:
+    """The identifier an authorization is for, `*.`-prefixed for a wildcard (the CA names a
+    wildcard's authorization bare)."""
+    identifier = str(authz.identifier.value)
+    if authz.wildcard and not identifier.startswith("*."):
+        identifier = "*." + identifier
+    return identifier
+
+
+def _challenge(authz: messages.Authorization, kind: str) -> messages.ChallengeBody | None:
+    """The authorization's challenge of type `kind`, if the CA offers one."""
+    return next((c for c in authz.challenges
+                 if isinstance(c.chall, challenges.KeyAuthorizationChallenge)
+                 and c.chall.typ == kind), None)

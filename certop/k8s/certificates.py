@@ -546,10 +546,9 @@ class CertificateController:
 
         def secret(ns: str, name: str) -> Mapping[str, bytes] | None:
             try:
-                found = self.core.read_namespaced_secret(name, ns)
+                return self._secret_data(ns, name)
             except ApiException:
                 return None
-            return {k: base64.b64decode(v) for k, v in (found.data or {}).items()}
 
         issuer = parse_issuer(doc, f"{spec.issuer_kind} {spec.issuer}",
                               secret, namespace)
@@ -558,18 +557,25 @@ class CertificateController:
                         else "", spec.issuer)
         return dataclasses.replace(issuer, ref=ref)
 
-    def _secret_value(self, namespace: str, name: str, key: str) -> bytes | None:
-        """A key of a Secret in the issuer's namespace (a DNS provider's credentials), read
-        when a solver is built for an order (blocking: from the order's thread)."""
+    def _secret_data(self, namespace: str, name: str) -> Mapping[str, bytes] | None:
+        """A Secret an issuer references, read by name (None: there is none; blocking)."""
         try:
             found = self.core.read_namespaced_secret(name, namespace)
         except ApiException as exc:
             if exc.status == 404:
                 return None
+            raise
+        return {k: base64.b64decode(v) for k, v in (found.data or {}).items()}
+
+    def _secret_value(self, namespace: str, name: str, key: str) -> bytes | None:
+        """A key of a Secret in the issuer's namespace (a DNS provider's credentials), read
+        when a solver is built for an order (blocking: from the order's thread)."""
+        try:
+            data = self._secret_data(namespace, name)
+        except ApiException as exc:
             raise TemporaryError(f"reading Secret {namespace}/{name}: HTTP {exc.status}") \
                 from exc
-        value = (found.data or {}).get(key)
-        return None if value is None else base64.b64decode(value)
+        return None if data is None else data.get(key)
 
     def _account_store(self, issuer: AcmeIssuer, namespace: str) -> SecretAccountStore:
         key_id = account_id(issuer.server, issuer.email)
@@ -620,7 +626,7 @@ class CertificateController:
                 del self._runners[runner.uid]
             namespace, name = runner.key
             self.ari.forget((namespace, name))
-            secret = str((runner.body.get("spec") or {}).get("secretName") or "")
+            secret = runner.secret[1]
             self.certs.forget(namespace, secret)
             self.journal.forget(namespace, secret)
 
