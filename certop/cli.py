@@ -30,10 +30,11 @@ from certop.proxy.libssl import TicketKeys
 from certop.proxy.server import ProxySettings
 from certop.standalone import supplied, wiring
 from certop.standalone.loader import one_line
-from certop.standalone.runner import StandaloneSettings, load_config
+from certop.standalone.runner import StandaloneSettings, check_solvers, load_config
 from certop.store.files import StateDir, ensure_dir
 from certop.store.ports import StoredCert
 from solvers.http01 import TokenStore
+from solvers.registry import SolverRegistry
 
 log = logging.getLogger("certop")
 EXIT_USAGE = 2
@@ -430,7 +431,7 @@ def _check_input(args: argparse.Namespace) -> StandaloneSettings:
     directory. Every failure, expected or not, is a ConfigError (one line, exit 2)."""
     try:
         settings = _settings(args)
-        load_config(settings)
+        check_solvers(settings, load_config(settings), SolverRegistry())
         _proxy_settings(args)
         _default_certificate(args)
         if args.workers < 1 or (args.workers > 1 and 0 in (args.http_port, args.https_port)):

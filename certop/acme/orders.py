@@ -54,8 +54,14 @@ from certop.acme import ari
 from certop.acme.accounts import Account
 from certop.acme.network import parse_retry_after
 from certop.core import solvers
-from certop.core.errors import CertopError, ChallengeFailed, OrderFailed, TemporaryError
-from certop.core.models import CertificateSpec, SolverSpec
+from certop.core.errors import (
+    CertopError,
+    ChallengeFailed,
+    ConfigError,
+    OrderFailed,
+    TemporaryError,
+)
+from certop.core.models import AcmeIssuer, CertificateSpec, SolverSpec
 from certop.store.ports import OrderJournal, StoredCert
 from solvers.base import Challenge, Solver, SolverLookup
 
@@ -293,18 +299,8 @@ class OrderSession:
         return self._advance(entry["order_url"])
 
     def _solver_for(self, identifier: str) -> Solver:
-        """The solver of the issuer's solver block selected for `identifier`; it must be one
-        certop runs here."""
-        chosen = solvers.select(self.solver_specs, identifier, self.labels)
-        if chosen is None:
-            raise ChallengeFailed(identifier, f"no solver of {self.account.issuer.ref} is "
-                                  "for this name (see its solvers' selectors)")
-        solver = self.solvers.solver(chosen)
-        if solver is None:
-            raise ChallengeFailed(identifier, f"{self.account.issuer.ref} selects a "
-                                  f"{chosen.challenge_type} solver for it; certop solves "
-                                  f"{', '.join(self.solvers.challenge_types)} only here")
-        return solver
+        return solver_for(self.account.issuer, self.solver_specs, identifier, self.labels,
+                          self.solvers)
 
     def _new_order(self) -> messages.OrderResource:
         for host in self.spec.hosts:  # before the CA counts an order
@@ -542,3 +538,26 @@ def _challenge(authz: messages.Authorization, kind: str) -> messages.ChallengeBo
     return next((c for c in authz.challenges
                  if isinstance(c.chall, challenges.KeyAuthorizationChallenge)
                  and c.chall.typ == kind), None)
+
+
+def solver_for(issuer: AcmeIssuer, specs: Sequence[SolverSpec], identifier: str,
+               labels: Mapping[str, str] | None, lookup: SolverLookup) -> Solver:
+    """The solver of the issuer's block selected for `identifier`, built (which checks its
+    settings). A ConfigError naming the issuer and field when there is none certop can use:
+    no block's selector matches, the block is of a type certop has no solver for, a wildcard
+    name is given to a block that is not dns01 (RFC 8555 section 7.1.3: a CA validates a
+    wildcard through DNS only), or the block's settings are wrong. Called for every name
+    before an order is placed, and by the modes when they check their configuration."""
+    where = (issuer.ref.source, str(issuer.ref))
+    refused = solvers.refusal(specs, identifier, labels)
+    if refused is not None:
+        raise ConfigError(*where, "spec.acme.solvers", f"a solver for {identifier}: {refused}")
+    chosen = solvers.select(specs, identifier, labels)
+    assert chosen is not None
+    field = f"spec.acme.solvers[{specs.index(chosen)}]"
+    solver = lookup.solver(chosen)
+    if solver is None:
+        raise ConfigError(*where, field, f"a solver certop runs here "
+                          f"({', '.join(lookup.challenge_types)}) for {identifier}, not "
+                          f"{chosen.challenge_type}")
+    return solver

@@ -20,7 +20,7 @@ from certop.core.models import (
     Ingress,
     ObjectRef,
 )
-from certop.core.solvers import select as select_solver
+from certop.core.solvers import refusal
 
 
 @dataclass(frozen=True)
@@ -93,20 +93,10 @@ def certificate_specs(
                 raise ConfigError(ing.ref.source, str(ing.ref),
                                   f"metadata.annotations[{exc.key}]", exc.expected) from None
             for j, host in enumerate(tls.hosts):
-                chosen = select_solver(issuer.solvers, host) if issuer is not None else None
-                if issuer is not None and chosen is None:
-                    raise ConfigError(
-                        ing.ref.source, str(ing.ref), f"{field}.hosts[{j}]",
-                        f"a host one of issuer {issuer_name!r}'s solvers is for; no selector "
-                        f"matches {host}",
-                    )
-                if host.startswith("*.") and chosen is not None \
-                        and chosen.challenge_type != "dns-01":
-                    raise ConfigError(
-                        ing.ref.source, str(ing.ref), f"{field}.hosts[{j}]",
-                        f"a wildcard host ({host}) needs a DNS-01 solver; issuer "
-                        f"{issuer_name!r} selects HTTP-01 for it",
-                    )
+                refused = refusal(issuer.solvers, host) if issuer is not None else None
+                if refused is not None:
+                    raise ConfigError(ing.ref.source, str(ing.ref), f"{field}.hosts[{j}]",
+                                      f"{refused} (issuer {issuer_name!r})")
                 if not _served_by_rule(host, ing):
                     warnings.append(f"{where}: {field}.hosts[{j}]: {host} is served by no rule")
             hosts = tuple(sorted({Fqdn(h) for h in tls.hosts}))
@@ -162,15 +152,10 @@ def with_certificates(
                               f"the name of a known ClusterIssuer, not {spec.issuer!r} "
                               f"(known: {', '.join(sorted(issuers)) or 'none'})")
         for j, host in enumerate(spec.hosts):
-            chosen = select_solver(issuer.solvers, host)
-            if chosen is None:
+            refused = refusal(issuer.solvers, host)
+            if refused is not None:
                 raise ConfigError(ref.source, str(ref), f"spec.dnsNames[{j}]",
-                                  f"a host one of issuer {spec.issuer!r}'s solvers is for; "
-                                  f"no selector matches {host}")
-            if host.startswith("*.") and chosen.challenge_type != "dns-01":
-                raise ConfigError(ref.source, str(ref), f"spec.dnsNames[{j}]",
-                                  f"a wildcard host ({host}) needs a DNS-01 solver; issuer "
-                                  f"{spec.issuer!r} selects HTTP-01 for it")
+                                  f"{refused} (issuer {spec.issuer!r})")
         prior = by_key.get(spec.key)
         if prior is not None:
             old, old_where = prior

@@ -45,6 +45,8 @@ class ObjectRef:
     source: str = ""
 
     def __str__(self) -> str:
+        if not self.namespace:  # cluster-scoped: a ClusterIssuer
+            return f"{self.kind} {self.name}"
         return f"{self.kind} {self.namespace}/{self.name}"
 
 

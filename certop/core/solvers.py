@@ -49,3 +49,17 @@ def select(solvers: Sequence[SolverSpec], identifier: str,
         if rank is not None and (best is None or rank > best[0]):
             best = (rank, index)
     return solvers[best[1]] if best is not None else None
+
+
+def refusal(solvers: Sequence[SolverSpec], identifier: str,
+            labels: Mapping[str, str] | None = None) -> str | None:
+    """Why no solver of `solvers` can be used for `identifier` (None: `select` finds one
+    that may): no selector matches it, or it is a wildcard and the one selected is not
+    dns01 (RFC 8555 section 7.1.3: a CA validates a wildcard through DNS only)."""
+    chosen = select(solvers, identifier, labels)
+    if chosen is None:
+        return f"no selector matches {identifier}"
+    if identifier.startswith("*.") and chosen.challenge_type != "dns-01":
+        return (f"a wildcard host ({identifier}) needs a DNS-01 solver; solvers["
+                f"{solvers.index(chosen)}], selected for it, is {chosen.challenge_type}")
+    return None

@@ -555,7 +555,10 @@ class CertificateController:
         # Who the issuer is comes from where it was read, not from what the object says.
         ref = ObjectRef(spec.issuer_kind, spec.namespace if spec.issuer_kind == "Issuer"
                         else "", spec.issuer)
-        return dataclasses.replace(issuer, ref=ref)
+        # A solver's settings errors name the issuer as its ref does (no file to name).
+        solvers = tuple(dataclasses.replace(block, origin=("", str(ref), block.origin[2]))
+                        for block in issuer.solvers)
+        return dataclasses.replace(issuer, ref=ref, solvers=solvers)
 
     def _secret_data(self, namespace: str, name: str) -> Mapping[str, bytes] | None:
         """A Secret an issuer references, read by name (None: there is none; blocking)."""

@@ -14,6 +14,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import datetime
+import functools
 import logging
 import random
 from collections.abc import Callable
@@ -23,7 +24,7 @@ from typing import TypeVar
 
 from certop import crypto
 from certop.acme.accounts import Account
-from certop.acme.orders import OrderSession
+from certop.acme.orders import OrderSession, solver_for
 from certop.core import annotations as ann
 from certop.core import issuing, serving
 from certop.core.backoff import Backoff
@@ -155,6 +156,38 @@ def _load_config(settings: StandaloneSettings, strict: bool) -> Config:
     return Config(manifests, issuers, default, desired.specs, snapshot, warnings)
 
 
+def solver_context(settings: StandaloneSettings, tokens: TokenStore,
+                   secrets: Callable[[str, str], bytes | None]) -> SolverContext:
+    """What standalone mode offers the solvers it builds."""
+    return SolverContext(tokens, settings.self_check_addr, secrets=secrets,
+                         dns01_nameservers=settings.dns01_nameservers,
+                         exec_allowed=settings.dns01_exec_allow)
+
+
+def check_solvers(settings: StandaloneSettings, config: Config,
+                  registry: SolverRegistry) -> None:
+    """Every name of every certificate `config` wants has a solver certop can build from
+    its issuer's blocks (selected, of a type certop runs, dns01 for a wildcard, settings
+    and their Secrets right); else a ConfigError naming the issuer and field: exit 2 at
+    start-up, the last good configuration kept on a reload. Nothing is asked of the
+    network and nothing is written."""
+    if settings.serve_only:
+        return
+    bound = registry.bind(solver_context(settings, TokenStore(),
+                                         functools.partial(_secret_of, config)))
+    for spec in config.specs:  # each block is built once (`bound` keeps them)
+        issuer = config.issuers[spec.issuer]
+        for host in spec.hosts:
+            solver_for(issuer, issuer.solvers, host, None, bound)
+
+
+def _secret_of(config: Config, name: str, key: str) -> bytes | None:
+    """A key of a Secret among `config`'s manifests: the Secret in the issuers' namespace
+    (`loader.RESOURCE_NAMESPACE`)."""
+    data = config.manifests.secrets.get((loader.RESOURCE_NAMESPACE, name))
+    return None if data is None else data.get(key)
+
+
 @dataclass
 class _CertState:
     spec: CertificateSpec
@@ -231,20 +264,14 @@ class Standalone:
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=settings.workers, thread_name_prefix="certop-acme"
         )
-        self.solver_context = SolverContext(tokens if tokens is not None else TokenStore(),
-                                            settings.self_check_addr,
-                                            secrets=self._secret,
-                                            dns01_nameservers=settings.dns01_nameservers,
-                                            exec_allowed=settings.dns01_exec_allow)
+        self.solver_context = solver_context(
+            settings, tokens if tokens is not None else TokenStore(), self._secret)
         self._file_stamp: tuple[tuple[str, float, int], ...] = ()
 
     def _secret(self, name: str, key: str) -> bytes | None:
         """A key of a Secret among the loaded manifests, for solver settings (DNS providers'
-        credentials): the Secret in the issuers' namespace (`loader.RESOURCE_NAMESPACE`)."""
-        if self.config is None:
-            return None
-        data = self.config.manifests.secrets.get((loader.RESOURCE_NAMESPACE, name))
-        return None if data is None else data.get(key)
+        credentials)."""
+        return None if self.config is None else _secret_of(self.config, name, key)
 
     # -- configuration -----------------------------------------------------------------
 
@@ -438,6 +465,7 @@ class Standalone:
         try:
             config = await loop.run_in_executor(self._executor, load_config, self.settings,
                                                 False)
+            check_solvers(self.settings, config, self.solvers)
         except ConfigError as exc:
             log.error("manifests changed but are invalid, keeping the last good ones: %s",
                       exc)

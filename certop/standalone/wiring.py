@@ -17,7 +17,13 @@ from certop.core.clock import Clock, SystemClock
 from certop.proxy.libssl import TicketKeys
 from certop.proxy.server import Proxy, ProxySettings
 from certop.proxy.tls import CertBook
-from certop.standalone.runner import Config, Standalone, StandaloneSettings, load_config
+from certop.standalone.runner import (
+    Config,
+    Standalone,
+    StandaloneSettings,
+    check_solvers,
+    load_config,
+)
 from certop.store.files import (
     FileAccountStore,
     FileCertStore,
@@ -55,13 +61,17 @@ async def standalone(
     solvers: SolverRegistry | None = None,
     grace: float = 5.0,
 ) -> AsyncIterator[Wired]:
-    """Load the manifests (unless `config` is given), start the proxy on `listen` (a port
-    None is not opened, 0 is a free one), build the runner over the file stores in
-    `settings.state_dir` and apply the configuration. Raises ConfigError for bad input and
+    """Load the manifests and check their solvers (unless `config` is given: checked by the
+    caller), start the proxy on `listen` (a port None is not opened, 0 is a free one),
+    build the runner over the file stores in `settings.state_dir` and apply the
+    configuration. Raises ConfigError for bad input and
     OSError when a port cannot be bound (nothing is left running then). `tokens`: the HTTP-01
     token store (shared between workers through a directory); `tickets`: TLS session-ticket
     keys shared between workers; `grace`: seconds requests in flight get when leaving."""
-    config = config if config is not None else load_config(settings)
+    solvers = solvers if solvers is not None else SolverRegistry()
+    if config is None:
+        config = load_config(settings)
+        check_solvers(settings, config, solvers)
     # `is not None`: an empty TokenStore is falsy (it has a length), and the shared one of
     # --workers starts empty.
     tokens = tokens if tokens is not None else TokenStore()

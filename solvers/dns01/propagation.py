@@ -41,9 +41,10 @@ def _absolute(name: str) -> str:
 
 
 async def _ask(server: Server, name: str, rdtype: dns.rdatatype.RdataType,
-               timeout: float) -> dns.message.Message:
+               timeout: float, recursive: bool = False) -> dns.message.Message:
     query = dns.message.make_query(_absolute(name), rdtype)
-    query.flags &= ~dns.flags.RD  # an authoritative answer, not a recursion
+    if not recursive:
+        query.flags &= ~dns.flags.RD  # an authoritative answer, not a recursion
     response = await dns.asyncquery.udp(query, server[0], port=server[1], timeout=timeout)
     if response.flags & dns.flags.TC:
         response = await dns.asyncquery.tcp(query, server[0], port=server[1], timeout=timeout)
@@ -83,12 +84,14 @@ async def check(servers: Sequence[Server], name: str, value: str,
     return Seen(True, "")
 
 
-async def follow_cname(server: Server, name: str, timeout: float = 2.0) -> str:
+async def follow_cname(server: Server, name: str, timeout: float = 2.0,
+                       recursive: bool = False) -> str:
     """Where `name` leads through CNAMEs, as `server` answers (the name itself when it is
-    no alias); a loop or a chain longer than MAX_CNAMES is a ValueError."""
+    no alias; `recursive`: `server` is a resolver); a loop or a chain longer than
+    MAX_CNAMES is a ValueError."""
     seen = [name.rstrip(".")]
     for _ in range(MAX_CNAMES):
-        response = await _ask(server, seen[-1], dns.rdatatype.CNAME, timeout)
+        response = await _ask(server, seen[-1], dns.rdatatype.CNAME, timeout, recursive)
         target = next((str(rdata.target).rstrip(".") for rrset in response.answer
                        if rrset.rdtype == dns.rdatatype.CNAME
                        and rrset.name == dns.name.from_text(_absolute(seen[-1]))

@@ -6,32 +6,32 @@ leads, with `cnameStrategy: Follow`), `check` makes one propagation round
 error, `cleanup` removes that one value. The order driver calls them from a worker thread;
 each runs its provider's coroutine on a loop of its own there.
 
-Which nameservers `check` asks, in order of precedence: those given (`--dns01-nameservers`,
-`SolverContext.dns01_nameservers`); else the provider's own update server (rfc2136's
-`nameserver`). A provider with neither is refused when the solver is built (until the
-authoritative servers are looked up through the machine's resolver).
+Which nameservers `check` asks: `solvers.dns01.authorities` (those given with
+`--dns01-nameservers`; else the provider's update server and the zone's other authoritative
+servers it names; else those the machine's resolver finds).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 from certop.core.errors import ConfigError, TemporaryError
 from certop.core.models import SolverSpec
 from solvers.base import Challenge, SolverContext
 from solvers.dns01 import propagation
+from solvers.dns01.authorities import Authorities
 from solvers.dns01.provider import DnsProvider, ProviderFactory, Where, installed
 
 
 class Dns01Solver:
     challenge_type = "dns-01"
 
-    def __init__(self, provider: DnsProvider, servers: Sequence[propagation.Server],
+    def __init__(self, provider: DnsProvider, authorities: Authorities,
                  follow_cnames: bool = False, timeout: float = 2.0) -> None:
         self.provider = provider
-        self.servers = tuple(servers)
+        self.authorities = authorities
         self.follow_cnames = follow_cnames
         self.timeout = timeout
         self.last_check = ""
@@ -44,9 +44,11 @@ class Dns01Solver:
         if key not in self._names:
             name = challenge.dns01_record_name
             if self.follow_cnames:
+                first = self.authorities.first
                 try:
-                    name = asyncio.run(propagation.follow_cname(self.servers[0], name,
-                                                                self.timeout))
+                    name = asyncio.run(propagation.follow_cname(
+                        first or self.authorities.recursive, name, self.timeout,
+                        recursive=first is None))
                 except ValueError as exc:
                     raise TemporaryError(f"{challenge.identifier}: {exc}") from exc
             self._names[key] = name
@@ -56,10 +58,16 @@ class Dns01Solver:
         asyncio.run(self.provider.present(self._name(challenge), challenge.dns01_txt_value))
 
     def check(self, challenge: Challenge) -> bool:
-        seen = asyncio.run(propagation.check(self.servers, self._name(challenge),
-                                             challenge.dns01_txt_value, self.timeout))
+        seen = asyncio.run(self._check(self._name(challenge), challenge.dns01_txt_value))
         self.last_check = seen.detail
         return seen.visible
+
+    async def _check(self, name: str, value: str) -> propagation.Seen:
+        try:
+            servers = await self.authorities.servers(name)
+        except TemporaryError as exc:  # no server to ask yet: another round may find one
+            return propagation.Seen(False, str(exc))
+        return await propagation.check(servers, name, value, self.timeout)
 
     def cleanup(self, challenge: Challenge) -> None:
         asyncio.run(self.provider.cleanup(self._name(challenge), challenge.dns01_txt_value))
@@ -84,15 +92,12 @@ def build(spec: SolverSpec, context: SolverContext, where: Where,
     secrets = context.secrets or (lambda _name, _key: None)
     provider = factories[name](settings, Where(where.issuer, f"{where.field}.{name}"),
                                secrets)
-    servers = context.dns01_nameservers or _update_server(provider)
-    if not servers:
-        raise ConfigError(where.issuer, "", where.field, "nameservers to check propagation "
-                          "against: give them with --dns01-nameservers host:port[,...]")
+    authorities = Authorities(context.dns01_nameservers, _update_server(provider))
     strategy = str(block.get("cnameStrategy") or "None")
     if strategy not in ("None", "Follow"):
         raise ConfigError(where.issuer, "", f"{where.field}.cnameStrategy",
                           f"None or Follow, not {strategy!r}")
-    return Dns01Solver(provider, servers, follow_cnames=strategy == "Follow")
+    return Dns01Solver(provider, authorities, follow_cnames=strategy == "Follow")
 
 
 def _allowed(settings: Mapping[str, Any], context: SolverContext, where: Where) -> None:
@@ -106,8 +111,9 @@ def _allowed(settings: Mapping[str, Any], context: SolverContext, where: Where) 
                           "only in a cluster: a hook runs with certop's own rights)")
 
 
-def _update_server(provider: DnsProvider) -> tuple[propagation.Server, ...]:
+def _update_server(provider: DnsProvider) -> propagation.Server | None:
+    """The one server a provider sends its updates to, if it has one (rfc2136)."""
     host, port = getattr(provider, "host", None), getattr(provider, "port", None)
     if isinstance(host, str) and isinstance(port, int):
-        return ((host, port),)
-    return ()
+        return host, port
+    return None

@@ -78,6 +78,23 @@ def laughs(levels: int = 9) -> str:
     return "\n".join(lines) + "\n"
 
 
+def dns_issuer(block: str, secret: bool = True) -> str:
+    """A ClusterIssuer `dns` whose one solver is `dns01: {block}`, an Ingress for it and
+    (`secret`) the TSIG Secret `tsig` (key `secret`)."""
+    return (ingress(annotations={"cert-manager.io/cluster-issuer": "dns"}) + "---\n"
+            "apiVersion: cert-manager.io/v1\nkind: ClusterIssuer\nmetadata: {name: dns}\n"
+            "spec:\n  acme:\n    server: https://127.0.0.1:9/dir\n"
+            f"    privateKeySecretRef: {{name: dns-account}}\n    solvers:\n"
+            f"      - dns01: {block}\n"
+            + ("---\napiVersion: v1\nkind: Secret\nmetadata: {name: tsig}\n"
+               "stringData: {secret: c2VjcmV0}\n" if secret else ""))
+
+
+RFC2136 = "{{rfc2136: {{nameserver: '127.0.0.1:9', tsigKeyName: k, tsigAlgorithm: {algo}, " \
+    "tsigSecretSecretRef: {{name: tsig, key: secret}}}}}}"
+DNS01 = "ClusterIssuer default/dns: spec.acme.solvers[0].dns01"
+
+
 LABEL = "a DNS-1123 label"
 SUBDOMAIN = "a DNS-1123 subdomain"
 BODY_SIZE = "nginx.ingress.kubernetes.io/proxy-body-size"
@@ -166,6 +183,19 @@ CASES = [
                  "valid YAML", id="certificate-yaml"),
     pytest.param(certificate(api="cert-manager.io/v2"), "Certificate: apiVersion/kind",
                  "not cert-manager.io/v2/Certificate", id="certificate-unknown-version"),
+    # An issuer's DNS-01 settings are checked at start-up, before any order (exit 2).
+    pytest.param(dns_issuer("{route66: {}}"), f"{DNS01}:",
+                 "a DNS provider certop has (cloudflare, exec, rfc2136), not 'route66'",
+                 id="dns01-unknown-provider"),
+    pytest.param(dns_issuer(RFC2136.format(algo="HMACSHA256"), secret=False),
+                 f"{DNS01}.rfc2136.tsigSecretSecretRef", "Secret tsig with key secret: not found",
+                 id="dns01-tsig-secret-missing"),
+    pytest.param(dns_issuer(RFC2136.format(algo="HMACSHA3")), f"{DNS01}.rfc2136.tsigAlgorithm",
+                 "one of HMACMD5, HMACSHA1", id="dns01-unknown-algorithm"),
+    pytest.param(dns_issuer("{rfc2136: {nameserver: 'ns:x', tsigKeyName: k}}"),
+                 f"{DNS01}.rfc2136.nameserver", "host[:port]", id="dns01-bad-nameserver"),
+    pytest.param(dns_issuer("{exec: {command: /bin/true}}"), f"{DNS01}.exec.command",
+                 "--dns01-exec-allow", id="dns01-exec-not-allowed"),
     # Anything that goes wrong while reading manifests is a configuration error.
     pytest.param(ingress(annotations={BODY_SIZE: "\u00b2"}),
                  f"Ingress default/web: metadata.annotations[{BODY_SIZE}]", "a size like 8m",

@@ -7,9 +7,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import bindctl
+import pebblectl
 import pytest
 
 from certop.core.errors import ConfigError
@@ -188,3 +191,109 @@ def test_an_exec_hook_runs_only_if_the_operator_allows_its_program(
     allowed = SolverContext(tokens=TokenStore(), dns01_nameservers=(server(primary),),
                             exec_allowed=("/bin/sh",))
     assert build(spec, allowed, BLOCK, factories).provider is not None
+
+
+NS_ZONE = "ns.test"
+
+
+@pytest.fixture(scope="module")
+def ns_set(tmp_path_factory: pytest.TempPathFactory
+           ) -> Iterator[tuple[bindctl.BindInfo, bindctl.BindInfo]]:
+    """A hidden primary that takes the updates, and zone ns.test's NS set: ns1 (127.0.0.1,
+    served by a second BIND holding a stale copy: it never gets the updates) and ns3
+    (127.0.0.3, where nothing answers). The NS set's servers are asked on the second BIND's
+    port, as NS records name servers on port 53."""
+    zone = bindctl.Zone(NS_ZONE, KEY, records=["@ 60 NS ns3.ns.test.", "ns3 60 A 127.0.0.3"])
+    with bindctl.running(tmp_path_factory.mktemp("hidden"), [zone], SECRETS) as primary, \
+            bindctl.running(tmp_path_factory.mktemp("ns1"), [zone], SECRETS) as stale:
+        yield primary, stale
+
+
+def test_the_update_server_and_the_servers_its_ns_set_names_that_answer_are_checked(
+        ns_set: tuple[bindctl.BindInfo, bindctl.BindInfo]) -> None:
+    """Without --dns01-nameservers: the update server, plus every server of the zone's NS
+    set that answers for the zone (ns3 does not: left out); the stale one is named."""
+    from solvers.dns01.authorities import Authorities
+
+    primary, stale = ns_set
+    name = f"_acme-challenge.app.{NS_ZONE}"
+    authorities = Authorities(update_server=server(primary), port=stale.port, timeout=0.5)
+    assert asyncio.run(authorities.servers(name)) == (server(primary), server(stale))
+    solver = Dns01Solver(update(primary), authorities)
+    challenge = Challenge(f"app.{NS_ZONE}", "dns-01", "tok3", "tok3.thumb")
+    solver.present(challenge)
+    try:
+        assert not solver.check(challenge)
+        assert solver.last_check == (f"nameserver {stale.nameserver} serves no TXT value at "
+                                     f"{name}")
+    finally:
+        solver.cleanup(challenge)
+    assert asyncio.run(propagation.served(server(primary), name)) == set()
+
+
+def test_without_an_update_server_the_resolver_finds_the_zones_servers(
+        ns_set: tuple[bindctl.BindInfo, bindctl.BindInfo]) -> None:
+    """The last resort (a provider with an HTTP API): the zone by SOA, its NS set and their
+    addresses through the resolver (here the loopback BIND: no query leaves loopback), then
+    those that answer; none answering is a clear error asking for --dns01-nameservers."""
+    from certop.core.errors import TemporaryError
+    from solvers.dns01.authorities import Authorities
+
+    primary, stale = ns_set
+    name = f"_acme-challenge.app.{NS_ZONE}"
+    authorities = Authorities(resolver=[server(primary)], port=stale.port, timeout=0.5)
+    assert asyncio.run(authorities.servers(name)) == (server(stale),)
+    port = pebblectl.free_udp_tcp_port()
+    nobody = Authorities(resolver=[server(primary)], port=port, timeout=0.5)
+    with pytest.raises(TemporaryError) as refused:
+        asyncio.run(nobody.servers(name))
+    assert str(refused.value) == (
+        f"no authoritative nameserver of zone {NS_ZONE} answers from here (asked: "
+        f"127.0.0.1:{port}, 127.0.0.3:{port}); give the nameservers to check with "
+        "--dns01-nameservers")
+
+
+@pytest.mark.slow
+def test_an_order_whose_value_a_secondary_never_serves_fails_naming_it_and_leaves_no_record(
+        tmp_path: Path, ns_set: tuple[bindctl.BindInfo, bindctl.BindInfo]) -> None:
+    """The order driver against Pebble: the value never reaches ns1 (the stale secondary),
+    so the self-check rounds end (bounded) in an error naming that server and what it
+    serves, the CA is never asked to validate, and the records are removed from the
+    primary after the failure."""
+    from certop.acme.accounts import Account
+    from certop.acme.orders import OrderSession
+    from certop.core import issuers
+    from certop.core.errors import ChallengeFailed
+    from certop.core.models import CertificateSpec, Fqdn, SecretName
+    from certop.store.memory import MemoryAccountStore, MemoryOrderJournal
+    from solvers.dns01.authorities import Authorities
+    from solvers.registry import SolverRegistry
+
+    primary, stale = ns_set
+    record = f"_acme-challenge.{NS_ZONE}"
+    with pebblectl.running(tmp_path / "pebble", http_port=pebblectl.free_port(),
+                           dns_server=primary.nameserver) as pebble:
+        issuer = issuers.parse_issuer({
+            "apiVersion": "certop.dev/v1", "kind": "ClusterIssuer", "metadata": {"name": "dns"},
+            "spec": {"acme": {"server": pebble.directory_url, "solvers": [{"dns01": {
+                "rfc2136": {}}}]}}}, "issuer.yaml", lambda namespace, name: None)
+
+        def solver(spec: SolverSpec, context: SolverContext) -> Dns01Solver:
+            return Dns01Solver(update(primary), Authorities(
+                update_server=server(primary), port=stale.port, timeout=0.5))
+
+        spec = CertificateSpec(namespace="default", secret_name=SecretName("ns-tls"),
+                               hosts=(Fqdn(f"*.{NS_ZONE}"), Fqdn(NS_ZONE)), issuer="dns")
+        session = OrderSession(
+            spec, Account(issuer, MemoryAccountStore(), verify=pebble.api_ca),
+            SolverRegistry({"dns-01": solver}).bind(SolverContext(TokenStore())),
+            MemoryOrderJournal(), poll_min=0.05, poll_max=0.2)
+        try:
+            with pytest.raises(ChallengeFailed) as failed:
+                while not (step := session.step()).done:
+                    time.sleep(step.after)  # the order's next check, as the runners do
+        finally:
+            session.cleanup()
+        assert (f"self-check failed: the dns-01 challenge is not visible: nameserver "
+                f"{stale.nameserver} serves no TXT value at {record}") in str(failed.value)
+        assert asyncio.run(propagation.served(server(primary), record)) == set()

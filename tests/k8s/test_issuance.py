@@ -728,3 +728,71 @@ def test_a_wildcard_and_its_apex_through_rfc2136_in_cluster_mode(tmp_path: Path)
                                                         dns.rdatatype.TXT),
                                  bind.host, port=bind.port, timeout=2)
         assert response.answer == []
+
+
+@pytest.mark.slow
+def test_dns01_refusals_are_a_ready_false_condition_and_never_a_repeated_order(
+        tmp_path: Path) -> None:
+    """Bad DNS-01 input in cluster mode: a TSIG Secret that does not exist and a wildcard
+    given to an http01 solver are refused before any order (Ready=False naming the issuer
+    and field); a wrong TSIG secret is refused by BIND when the record is presented. Each
+    is retried with the backoff, and the retry of the wrong key resumes its one order
+    instead of placing another (the CA behind a counting proxy sees one newOrder)."""
+    import os
+
+    import bindctl
+    from faultproxy import FaultProxy
+
+    key = "certop-key"
+    zones = [bindctl.Zone("bad.test", key), bindctl.Zone("missing.test", key)]
+    with bindctl.running(tmp_path / "bind", zones, {key: os.urandom(32)}) as bind, \
+            pebblectl.running(tmp_path / "pebble", http_port=pebblectl.free_port(),
+                              dns_server=bind.nameserver) as info, \
+            FaultProxy(info, tmp_path / "pebble") as ca, EmulatorThread() as kube:
+        ca.rate_limited = False
+        wrong = base64.b64encode(os.urandom(32))  # not BIND's secret for the key
+        kube.core().create_namespaced_secret("certop", {
+            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "tsig"},
+            "data": {"key": base64.b64encode(wrong).decode()}})
+
+        def rfc2136(secret: str, zone: str) -> dict[str, Any]:
+            return {"selector": {"dnsZones": [zone]}, "dns01": {"rfc2136": {
+                "nameserver": bind.nameserver, "tsigKeyName": key,
+                "tsigAlgorithm": "HMACSHA256",
+                "tsigSecretSecretRef": {"name": secret, "key": "key"}}}}
+
+        create_issuer(kube, info, server=ca.directory_url, solvers=[
+            rfc2136("tsig", "bad.test"), rfc2136("nope", "missing.test"),
+            {"http01": {"ingress": {}}}])
+        net = client.NetworkingV1Api(kube.api_client())
+        for name, hosts in (("wrong-key", ["*.bad.test", "bad.test"]),
+                            ("no-secret", ["www.missing.test"]),
+                            ("wild-http", ["*.web.test"])):
+            body = ingress(name, hosts[-1], f"{name}-tls")
+            body["spec"]["tls"][0]["hosts"] = hosts
+            net.create_namespaced_ingress(NS, body)
+        expected = {
+            "wrong-key-tls": "rejected the signature of key certop-key",
+            "no-secret-tls": "ClusterIssuer pebble: spec.acme.solvers[1].dns01.rfc2136."
+                             "tsigSecretSecretRef: Secret nope with key key: not found",
+            "wild-http-tls": "ClusterIssuer pebble: spec.acme.solvers: a solver for "
+                             "*.web.test: a wildcard host (*.web.test) needs a DNS-01 solver; "
+                             "solvers[2], selected for it, is http-01",
+        }
+        tokens = TokenStore()
+        with operator(kube, tokens, info.http_port, posting=True):
+            # Two attempts each (the second after the backoff's first delay, 5-10 s).
+            wait_for(lambda: all(certificate_status(kube, name).get("failedIssuanceAttempts",
+                                                                    0) >= 2
+                                 for name in expected), timeout=60,
+                     what="two failed attempts of each Certificate")
+            for name, text in expected.items():
+                ready = ready_condition(kube, name)
+                assert ready["status"] == "False", (name, ready)
+                assert text in ready["message"], (name, ready)
+                assert "attempt 2 failed, next in" in ready["message"], (name, ready)
+            assert ready_condition(kube, "no-secret-tls")["reason"] == "ConfigError"
+        ordered = [sorted(str(i["value"]) for i in order["identifiers"])  # type: ignore[union-attr]
+                   for order in ca.orders]
+        assert ordered == [["*.bad.test", "bad.test"]], ordered
+        assert ca.counts["/order-plz"] == 1, dict(ca.counts)

@@ -133,13 +133,47 @@ def test_a_solver_that_does_not_load_is_left_out(monkeypatch: pytest.MonkeyPatch
     assert "tls-alpn-01" in caplog.text and "could not be loaded" in caplog.text
 
 
+def test_a_wildcard_for_http01_or_a_name_no_selector_matches_is_refused_before_ordering() -> None:
+    """RFC 8555 section 7.1.3: a CA validates a wildcard through DNS only. certop refuses one
+    its issuer gives to an http01 block before the CA counts an order, naming the block; so
+    is a name that no block's selector matches."""
+    from certop.acme.accounts import Account
+    from certop.acme.orders import OrderSession
+    from certop.core.errors import ConfigError
+    from certop.core.models import AcmeIssuer, CertificateSpec, Fqdn, ObjectRef, SecretName
+    from certop.store.memory import MemoryAccountStore, MemoryOrderJournal
+
+    ref = ObjectRef("ClusterIssuer", "", "ca", "issuer.yaml")
+    only_zone = SolverSpec(selector=SolverSelector(dns_zones=("example.com",)))
+    cases = [
+        ((SolverSpec(),), "*.example.com", "spec.acme.solvers: a solver for *.example.com: "
+         "a wildcard host (*.example.com) needs a DNS-01 solver; solvers[0], selected for it, "
+         "is http-01"),
+        ((only_zone,), "web.other.test", "spec.acme.solvers: a solver for web.other.test: "
+         "no selector matches web.other.test"),
+    ]
+    registry = SolverRegistry()
+    for blocks, host, message in cases:
+        issuer = AcmeIssuer(ref, "https://127.0.0.1:1/dir", None, solvers=blocks)
+        spec = CertificateSpec(namespace="default", secret_name=SecretName("t-tls"),
+                               hosts=(Fqdn("www.example.com"), Fqdn(host)), issuer="ca")
+        session = OrderSession(spec, Account(issuer, MemoryAccountStore(), verify=False),
+                               registry.bind(SolverContext(TokenStore())),
+                               MemoryOrderJournal())
+        session.step()  # the key
+        with pytest.raises(ConfigError) as refused:
+            session.step()
+        assert str(refused.value) == f"issuer.yaml: {ref}: {message}"
+        assert not session.placed
+
+
 def test_the_order_driver_refuses_a_block_no_registered_solver_answers() -> None:
     """Found by the registry, before the CA counts an order: a host the issuer gives to a
     block of a challenge type certop has no solver for is refused; one given to a dns01 block
     with bad settings is refused with the field named."""
     from certop.acme.accounts import Account
     from certop.acme.orders import OrderSession
-    from certop.core.errors import ChallengeFailed, ConfigError
+    from certop.core.errors import ConfigError
     from certop.core.models import AcmeIssuer, CertificateSpec, Fqdn, ObjectRef, SecretName
     from certop.store.memory import MemoryAccountStore, MemoryOrderJournal
 
@@ -152,11 +186,11 @@ def test_the_order_driver_refuses_a_block_no_registered_solver_answers() -> None
     session = OrderSession(spec, Account(issuer, MemoryAccountStore(), verify=False),
                            registry.bind(SolverContext(TokenStore())), MemoryOrderJournal())
     session.step()  # the key
-    with pytest.raises(ChallengeFailed) as failed:
+    with pytest.raises(ConfigError) as failed:
         session.step()
     assert str(failed.value) == (
-        f"challenge for www.example.com failed: {issuer.ref} selects a tls-alpn-01 solver "
-        "for it; certop solves dns-01, http-01 only here")
+        f"issuer.yaml: {issuer.ref}: spec.acme.solvers[1]: a solver certop runs "
+        "here (dns-01, http-01) for www.example.com, not tls-alpn-01")
     assert not session.placed
     bad = SolverSpec("dns-01", RFC2136.selector, provider="rfc2136", config=RFC2136.config,
                      origin=("issuer.yaml", "ClusterIssuer ca", "spec.acme.solvers[1].dns01"))
