@@ -7,13 +7,17 @@ Operator: 1000 annotated Ingresses at once in the emulator against Pebble (bench
 --ingresses 1000,5000,10000 for more sizes), beside standalone mode for the same counts.
 Handshakes: full and resumed TLS handshakes per second, certop and nginx, 1 and 4 workers
 (bench/proxy.py `run_handshakes`).
+DNS-01: a wildcard + apex certificate through RFC 2136 against one local BIND and Pebble, certop
+vs. `lego --dns rfc2136`, one certificate (median of --dns01-runs) and --dns01-count at once
+(bench/dns01.py).
 Instructions: instructions per proxied request under valgrind, certop and --baseline-certop
 (bench/instructions.py): the per-request cost, deterministic where req/s is noisy.
 Everything in the same run so the ratios compare like with like; raw results also go to
 bench/results/*.json.
 
-Usage: bench/run.py [--only issuance|proxy|operator|handshakes|instructions] [--runs 5]
-                    [--sizes 20,100] [--seconds 8] [--requests 3000]
+Usage: bench/run.py [--only issuance|dns01|proxy|operator|handshakes|instructions] [--runs 5]
+                    [--sizes 20,100] [--dns01-runs 11] [--dns01-count 20] [--seconds 8]
+                    [--requests 3000]
                     [--baseline-certop OTHER/.venv/bin/certop]
                     [--ingresses 1000[,5000,10000]] [--no-standalone]
 """
@@ -21,6 +25,7 @@ Usage: bench/run.py [--only issuance|proxy|operator|handshakes|instructions] [--
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -37,6 +42,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path[:0] = [str(HERE), str(ROOT / "pebble")]
 
+import dns01  # noqa: E402
 import instructions  # noqa: E402
 import issuance  # noqa: E402
 import pebblectl  # noqa: E402
@@ -54,6 +60,12 @@ INSTRUCTIONS_BEGIN = "<!-- instructions:begin -->"
 INSTRUCTIONS_END = "<!-- instructions:end -->"
 HANDSHAKES_BEGIN = "<!-- handshakes:begin -->"
 HANDSHAKES_END = "<!-- handshakes:end -->"
+DNS01_BEGIN = "<!-- dns01:begin -->"
+DNS01_END = "<!-- dns01:end -->"
+DNS01_TARGET_MEDIAN = 0.5
+DNS01_TARGET_RATIO = 10.0
+DNS01_TARGET_RATE = 10.0
+"""Issue 10's targets: certop's median, its lead over lego, its rate at --dns01-count."""
 SCENARIOS = [("http_keepalive", "HTTP keep-alive"), ("https_keepalive", "HTTPS keep-alive"),
              ("https_new_connections", "new TLS connections")]
 
@@ -147,6 +159,64 @@ def render(results: dict[str, object], command: str) -> str:
         "",
         "![Issuance time, log scale](benchmarks-issuance.svg)",
         END,
+    ])
+
+
+def _bind_version() -> str:
+    with contextlib.suppress(OSError, subprocess.CalledProcessError):
+        out = subprocess.run(["/usr/sbin/named", "-v"], capture_output=True, text=True,
+                             check=True).stdout.split()
+        return " ".join(out[:2])
+    return "BIND"
+
+
+def _lego_version() -> str:
+    with contextlib.suppress(OSError, subprocess.CalledProcessError):
+        out = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", "lego"],
+                             capture_output=True, text=True, check=True).stdout
+        return f"lego {out.strip()} (Debian)"
+    return "lego"
+
+
+def render_dns01(results: dict[str, Any], command: str) -> str:
+    table: dict[str, dict[str, Any]] = results["tools"]
+    n = results["count"]
+    lines = [f"| tool | one certificate (median of {results['runs']}) | min / mean / max | "
+             f"{n} certificates total | {n} certificates: certs/s |",
+             "|---|---|---|---|---|"]
+    for tool, row in table.items():
+        runs = row["one_runs"]
+        lines.append(f"| {tool} | {_fmt(row['one_median'])} | {min(runs):.2f} / "
+                     f"{row['one_mean']:.2f} / {max(runs):.2f} s | "
+                     f"{_fmt(row[f'total_{n}'])} | {row[f'rate_{n}']:.1f} |")
+    notes = []
+    if "certop" in table:
+        c = table["certop"]
+        med, rate = c["one_median"], c[f"rate_{n}"]
+        notes.append(f"- certop: median **{med:.2f} s** (target <= {DNS01_TARGET_MEDIAN} s: "
+                     f"{'met' if med <= DNS01_TARGET_MEDIAN else 'missed'}), {n} certificates "
+                     f"at **{rate:.1f}/s** (target >= {DNS01_TARGET_RATE:.0f}/s: "
+                     f"{'met' if rate >= DNS01_TARGET_RATE else 'missed'}).")
+        if "lego" in table:
+            lego = table["lego"]
+            one = lego["one_median"] / med
+            mean = lego["one_mean"] / c["one_mean"]
+            many = lego[f"total_{n}"] / c[f"total_{n}"]
+            notes.append(f"- certop / lego: one certificate **{one:.1f}x** faster by the "
+                         f"medians (target >= {DNS01_TARGET_RATIO:.0f}x: "
+                         f"{'met' if one >= DNS01_TARGET_RATIO else 'missed'}), {mean:.1f}x by "
+                         f"the means; {n} certificates **{many:.1f}x** faster.")
+    env = " ".join(f"{k}={v}" for k, v in results["lego_env"].items())
+    when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return "\n".join([
+        DNS01_BEGIN,
+        f"Measured {when} on {platform.machine()}, {os.cpu_count()} cores, Python "
+        f"{platform.python_version()}, {_bind_version()}, Debian pebble 2.4.0 with "
+        f"`PEBBLE_VA_NOSLEEP=1`, {_lego_version()}. Every certificate is `*.NAME` + `NAME` "
+        f"(NAME a fresh subdomain of one zone). lego: `{' '.join(results['lego_flags'])} "
+        f"--dns.resolvers <BIND>` with `{env}`. Command: `{command}`.",
+        "", *lines, "", *notes,
+        DNS01_END,
     ])
 
 
@@ -314,9 +384,15 @@ def main() -> int:
     parser.add_argument("--tools", default="certop,lego,certbot,caddy")
     parser.add_argument("--proxies", default="certop,nginx,haproxy,caddy")
     parser.add_argument("--seconds", type=int, default=8, help="length of each proxy run")
-    parser.add_argument("--only", choices=["issuance", "proxy", "operator", "handshakes",
-                                           "instructions"],
+    parser.add_argument("--only", choices=["issuance", "dns01", "proxy", "operator",
+                                           "handshakes", "instructions"],
                         help="run one of the benchmarks (default: all)")
+    parser.add_argument("--dns01-count", type=int, default=20,
+                        help="DNS-01 certificates (wildcard + apex each) for the rate row")
+    parser.add_argument("--dns01-runs", type=int, default=11,
+                        help="single DNS-01 certificates per tool for the median (lego's times "
+                             "are bimodal: docs/benchmarks.md)")
+    parser.add_argument("--dns01-tools", default="certop,lego")
     parser.add_argument("--ingresses", default="1000",
                         help="Ingress counts (comma-separated) created at once for the operator "
                              "benchmark, one run each, e.g. 1000,5000,10000 (minutes each)")
@@ -342,6 +418,17 @@ def main() -> int:
         text = _replace(text, BEGIN, END, section)
         if not args.no_doc:
             plot.issuance_svg(results, ROOT / "docs" / "benchmarks-issuance.svg")
+    if args.only in (None, "dns01"):
+        work = Path(tempfile.mkdtemp(prefix="certop-bench-dns01-"))
+        try:
+            dresults = dns01.run(work, Path(sys.executable).with_name("certop"),
+                                 args.dns01_tools.split(","), args.dns01_runs, args.dns01_count)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        (out / "dns01.json").write_text(json.dumps(dresults, indent=2))
+        section = render_dns01(dresults, command)
+        print(section)
+        text = _replace(text, DNS01_BEGIN, DNS01_END, section)
     if args.only in (None, "proxy"):
         work = Path(tempfile.mkdtemp(prefix="certop-bench-proxy-"))
         try:
