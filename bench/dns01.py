@@ -40,7 +40,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
 sys.path[:0] = [str(ROOT / "pebble"), str(ROOT / "tests" / "helpers"),
                 str(ROOT / "bench")]
 
@@ -146,19 +147,25 @@ def certop_run(env: Env, hosts: list[str], tag: str) -> float:
            "--https-port", str(pebblectl.free_port()), "--service", "web=127.0.0.1:9",
            "--dns01-nameservers", env.bind.nameserver]
 
-    def count() -> int:
-        if not certs.exists():
-            return 0
-        return sum(1 for d in certs.iterdir() if (d / "current" / "tls.crt").exists())
+    return issuance.time_certop(cmd, certs, len(hosts), work / "certop.log")
 
-    with open(work / "certop.log", "wb") as log:
-        start = time.monotonic()
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            issuance._wait_files(count, len(hosts), proc, "certop")
-            return time.monotonic() - start
-        finally:
-            pebblectl.stop_process(proc)
+
+def certop_running(env: Env, hosts: list[str], tag: str) -> float:
+    """certop's issuance alone, as in a process that is already running when the Ingresses
+    appear (no interpreter start-up): bench/inprocess.py over the same manifests."""
+    work = env.work / f"certop-running-{tag}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    manifest = work / "site.yaml"
+    manifest.write_text(_certop_manifests(env, hosts))
+    out = subprocess.run(
+        [str(env.certop.with_name("python")), str(HERE / "inprocess.py"), "--manifests",
+         str(manifest), str(work / "state"), env.bind.nameserver],
+        capture_output=True, text=True, check=True, timeout=WAIT)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    if result["issued"] != len(hosts):
+        raise RuntimeError(f"certop (running): {result}")
+    return float(result["seconds"])
 
 
 def lego_run(env: Env, hosts: list[str], tag: str) -> float:
@@ -188,6 +195,7 @@ def lego_run(env: Env, hosts: list[str], tag: str) -> float:
 
 TOOLS: dict[str, Callable[[Env, list[str], str], float]] = {
     "certop": certop_run,
+    "certop-running": certop_running,
     "lego": lego_run,
 }
 

@@ -1,7 +1,8 @@
 """certop's issuance measured inside one process: from the runner's start to all certificates
 stored, without interpreter start-up. Prints one JSON line: seconds, orders, ACME requests.
 
-Usage: inprocess.py DIRECTORY_URL CA_PEM HTTP_PORT WORKDIR HOST [HOST ...]
+Usage: inprocess.py DIRECTORY_URL CA_PEM HTTP_PORT WORKDIR HOST [HOST ...]   (HTTP-01)
+       inprocess.py --manifests FILE STATE_DIR DNS01_NAMESERVER   (the issuers in FILE)
 """
 
 from __future__ import annotations
@@ -34,6 +35,11 @@ async def main(directory: str, ca: str, http_port: int, work: Path, names: list[
         cli_issuer=AcmeIssuer(ObjectRef("ClusterIssuer", "", "default"), directory, None),
         ca_bundle=Path(ca), self_check_addr=("127.0.0.1", http_port),
     )
+    await measure(settings, http_port)
+
+
+async def measure(settings: StandaloneSettings, http_port: int | None) -> None:
+    """Load and wire (not timed), then time the runner from its start to all stored."""
     async with wiring.standalone(settings, "127.0.0.1", http_port, None) as wired:
         runner = wired.runner
         stop = asyncio.Event()
@@ -49,5 +55,11 @@ async def main(directory: str, ca: str, http_port: int, work: Path, names: list[
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3]), Path(sys.argv[4]),
-                     sys.argv[5:]))
+    if sys.argv[1] == "--manifests":
+        host, _, port = sys.argv[4].rpartition(":")
+        asyncio.run(measure(StandaloneSettings(
+            files=(Path(sys.argv[2]),), state_dir=Path(sys.argv[3]),
+            services=("web=127.0.0.1:9",), dns01_nameservers=((host, int(port)),)), None))
+    else:
+        asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3]), Path(sys.argv[4]),
+                         sys.argv[5:]))

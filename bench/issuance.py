@@ -96,16 +96,23 @@ spec:
            "--http-port", str(env.pebble.http_port), "--https-port",
            str(pebblectl.free_port()), "--service", "web=127.0.0.1:9"]
 
+    return time_certop(cmd, certs, len(names), work / "certop.log")
+
+
+def time_certop(cmd: list[str], certs: Path, want: int, log_path: Path) -> float:
+    """Start `certop standalone` (`cmd`); seconds until `want` certificates are stored under
+    `certs` (its state directory's certs/<namespace>)."""
+
     def count() -> int:
         if not certs.exists():
             return 0
         return sum(1 for d in certs.iterdir() if (d / "current" / "tls.crt").exists())
 
-    with open(work / "certop.log", "wb") as log:
+    with open(log_path, "wb") as log:
         start = time.monotonic()
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         try:
-            _wait_files(count, len(names), proc, "certop")
+            _wait_files(count, want, proc, "certop")
             return time.monotonic() - start
         finally:
             pebblectl.stop_process(proc)

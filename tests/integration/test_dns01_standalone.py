@@ -34,41 +34,33 @@ def bind(tmp_path: Path) -> Iterator[bindctl.BindInfo]:
         yield info
 
 
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def readme_issuer() -> str:
+    """The README's DNS-01 example: a cert-manager RFC 2136 ClusterIssuer with only its
+    apiVersion changed, and its TSIG Secret."""
+    text = README.read_text()
+    start = text.index("```yaml\n", text.index("### DNS-01")) + len("```yaml\n")
+    return text[start:text.index("\n```", start)] + "\n"
+
+
 def manifests(bind: bindctl.BindInfo, pebble: pebblectl.PebbleInfo,
               server: str | None = None) -> str:
-    """The ClusterIssuer (ACME `server`: Pebble's directory unless given), the TSIG Secret,
-    the Ingress for `*.example.test` and `example.test`."""
+    """The README's ClusterIssuer and TSIG Secret with this test's values (ACME `server`:
+    Pebble's directory unless given, trusted through caBundle; the nameserver; the secret),
+    and the Ingress for `*.example.test` and `example.test`."""
     tsig = base64.b64encode(base64.b64encode(bind.keys[KEY])).decode()
     ca = base64.b64encode(Path(pebble.api_ca).read_bytes()).decode()
-    return f"""\
-apiVersion: certop.dev/v1
-kind: ClusterIssuer
-metadata:
-  name: dns
-spec:
-  acme:
-    server: {server or pebble.directory_url}
-    email: ops@example.test
-    caBundle: {ca}
-    privateKeySecretRef:
-      name: dns-account
-    solvers:
-      - dns01:
-          rfc2136:
-            nameserver: {bind.nameserver}
-            tsigKeyName: {KEY}
-            tsigAlgorithm: HMACSHA256
-            tsigSecretSecretRef:
-              name: tsig-secret
-              key: tsig-secret-key
----
-apiVersion: v1
-kind: Secret
-metadata:
-  name: tsig-secret
-type: Opaque
-data:
-  tsig-secret-key: {tsig}
+    issuer = readme_issuer()
+    for old, new in (("https://acme-v02.api.letsencrypt.org/directory",
+                      f"{server or pebble.directory_url}\n    caBundle: {ca}"),
+                     ("192.0.2.53:53", bind.nameserver),
+                     ("<base64 of the tsig-keygen secret>", tsig)):
+        assert old in issuer, f"README's DNS-01 example changed: {old} not found"
+        issuer = issuer.replace(old, new)
+    assert f"tsigKeyName: {KEY}" in issuer and "apiVersion: certop.dev/v1" in issuer
+    return issuer + """\
 ---
 apiVersion: networking.k8s.io/v1
 kind: Ingress
@@ -84,11 +76,11 @@ spec:
     - host: "*.example.test"
       http:
         paths:
-          - {{path: /, pathType: Prefix, backend: {{service: {{name: web, port: {{number: 80}}}}}}}}
+          - {path: /, pathType: Prefix, backend: {service: {name: web, port: {number: 80}}}}
     - host: example.test
       http:
         paths:
-          - {{path: /, pathType: Prefix, backend: {{service: {{name: web, port: {{number: 80}}}}}}}}
+          - {path: /, pathType: Prefix, backend: {service: {name: web, port: {number: 80}}}}
 """
 
 
@@ -240,5 +232,43 @@ def test_kill_9_with_the_records_in_dns_then_a_restart_removes_them(
             assert "web" in answer.stdout
             assert txt_names(bind) == set(), log.read_text()
             assert len(ca.orders) == 1, ca.orders  # the order was resumed, not placed again
+        finally:
+            pebblectl.stop_process(proc)
+
+
+@pytest.mark.slow
+def test_a_wrong_tsig_key_is_one_clear_line_per_attempt_and_never_a_second_order(
+        tmp_path: Path, bind: bindctl.BindInfo) -> None:
+    """BIND refuses the update signed with a wrong secret: each attempt fails with a line
+    naming the issuer field and the key, the attempts follow the backoff, and the retry
+    resumes the one order (the counting proxy in front of Pebble sees one newOrder)."""
+    from faultproxy import FaultProxy
+
+    http_port, https_port = pebblectl.free_port(), pebblectl.free_port()
+    wrong = bindctl.BindInfo(bind.host, bind.port, {KEY: os.urandom(32)}, bind.zones,
+                             bind.workdir)
+    with pebblectl.running(tmp_path / "pebble", http_port=http_port,
+                           dns_server=bind.nameserver) as pebble, \
+            FaultProxy(pebble, Path(pebble.api_ca).parent) as ca, Echo("web") as echo:
+        ca.rate_limited = False
+        files = tmp_path / "site.yaml"
+        files.write_text(manifests(wrong, pebble, server=ca.directory_url))
+        log = tmp_path / "certop.log"
+        proc = start(tmp_path, files, http_port, https_port, echo, log)
+        try:
+            deadline = time.monotonic() + 60
+            while "attempt 2 failed, next attempt in" not in log.read_text():
+                assert proc.poll() is None, log.read_text()
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.1)  # polling the log for the second attempt's line
+            failures = [line for line in log.read_text().splitlines()
+                        if "attempt" in line and "failed, next attempt in" in line]
+            assert len(failures) == 2, failures
+            for line in failures:
+                assert ("ClusterIssuer default/dns: spec.acme.solvers[0].dns01.rfc2136."
+                        "tsigSecretSecretRef: " in line), line
+                assert f"rejected the signature of key {KEY}" in line, line
+            assert len(ca.orders) == 1, ca.orders
+            assert txt_names(bind) == set()
         finally:
             pebblectl.stop_process(proc)
