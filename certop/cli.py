@@ -17,9 +17,10 @@ import re
 import resource
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from certop import __version__
 from certop.core import annotations as ann
@@ -129,9 +130,6 @@ def _standalone_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     p.add_argument("--email", metavar="ADDR", help="contact email for the ACME account")
     p.add_argument("--state-dir", type=Path, required=True, metavar="DIR",
                    help="where accounts, certificates, keys and in-flight orders are kept")
-    p.add_argument("--listen", default="0.0.0.0", metavar="ADDR", help="address to listen on")
-    p.add_argument("--http-port", type=int, default=80, help="plain HTTP port (HTTP-01, redirects)")
-    p.add_argument("--https-port", type=int, default=443, help="HTTPS port")
     p.add_argument("--service", action="append", default=[], metavar="NAME[:PORT]=HOST:PORT",
                    help="where an Ingress backend Service lives (repeatable)")
     p.add_argument("--acme-validation-timeout", type=_seconds, default=600.0, metavar="SECONDS",
@@ -144,6 +142,17 @@ def _standalone_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser])
                    metavar="SECRET=CERT.pem,KEY.pem",
                    help="serve this certificate for the tls[] entries naming SECRET (no ACME "
                         "order for them; repeatable; SECRET may be namespace/name)")
+    _serving_flags(p)
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="proxy processes sharing the ports (SO_REUSEPORT); the first one also "
+                        "issues certificates, the others serve what it stores")
+
+
+def _serving_flags(p: argparse.ArgumentParser) -> None:
+    """What the proxy serves with and how (`standalone`, `proxy`)."""
+    p.add_argument("--listen", default="0.0.0.0", metavar="ADDR", help="address to listen on")
+    p.add_argument("--http-port", type=int, default=80, help="plain HTTP port (HTTP-01, redirects)")
+    p.add_argument("--https-port", type=int, default=443, help="HTTPS port")
     p.add_argument("--default-certificate", metavar="CERT.pem,KEY.pem",
                    help="certificate for unknown SNI (default: a generated self-signed one)")
     p.add_argument("--hsts", action="store_true",
@@ -184,9 +193,29 @@ def _standalone_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     p.add_argument("--allowed-upgrades", default="websocket", metavar="PROTO,...",
                    help="Upgrade protocols relayed to backends; other offers are dropped "
                         "(default: websocket; empty: none)")
-    p.add_argument("--workers", type=int, default=1, metavar="N",
-                   help="proxy processes sharing the ports (SO_REUSEPORT); the first one also "
-                        "issues certificates, the others serve what it stores")
+
+
+def _proxy_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "proxy", help="serve a cluster's Ingresses (an Ingress controller)",
+        description="Serve the Ingresses of IngressClass --ingress-class (controller "
+                    "--controller-name) over HTTP(S): backends from Services and "
+                    "EndpointSlices, certificates from the kubernetes.io/tls Secrets their "
+                    "spec.tls names. Logs in like kubectl (in-cluster or KUBECONFIG).")
+    scope = p.add_mutually_exclusive_group()
+    scope.add_argument("-A", "--all-namespaces", action="store_true",
+                       help="serve Ingresses of every namespace (the default)")
+    scope.add_argument("-n", "--namespace", action="append", default=[],
+                       help="serve only this namespace's Ingresses (repeatable)")
+    p.add_argument("--ingress-class", default="certop", metavar="NAME",
+                   help="this controller's IngressClass (the deprecated "
+                        "kubernetes.io/ingress.class annotation is compared with it)")
+    p.add_argument("--controller-name", default="certop.dev/ingress-controller",
+                   metavar="NAME", help="the spec.controller of the IngressClasses served")
+    p.add_argument("--api-grace", type=_seconds, default=30.0, metavar="SECONDS",
+                   help="how long the API server may be unreachable before /readyz says "
+                        "not ready (the last configuration is served meanwhile)")
+    _serving_flags(p)
 
 
 def _loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -239,6 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _standalone_parser(sub)
     _operator_parser(sub)
+    _proxy_parser(sub)
     return parser
 
 
@@ -394,11 +424,36 @@ def _operator(args: argparse.Namespace) -> int:
         admin_port=args.admin_port, lease_name=args.lease,
         lease_duration=args.lease_duration, max_concurrent_orders=args.max_concurrent_orders,
         dns01_nameservers=args.dns01_nameservers, dns01_exec_allow=args.dns01_exec_allow)
+    return _run_in_cluster(run_operator(run), args)
+
+
+def _proxy(args: argparse.Namespace) -> int:
+    from certop.k8s.ingress_source import SourceSettings
+    from certop.k8s.proxy_run import ProxyRun, run_proxy
+
+    try:
+        run = ProxyRun(
+            listen=args.listen, http_port=args.http_port, https_port=args.https_port,
+            admin_port=args.admin_port,
+            source=SourceSettings(controller=args.controller_name,
+                                  class_name=args.ingress_class,
+                                  namespaces=tuple(args.namespace),
+                                  hsts_default=ann.DEFAULT_HSTS if args.hsts else None,
+                                  grace=args.api_grace),
+            proxy=_proxy_settings(args), default_certificate=_default_certificate(args))
+    except ConfigError as exc:
+        print(f"certop: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return _run_in_cluster(run_proxy(run), args)
+
+
+def _run_in_cluster(main: Coroutine[Any, Any, int], args: argparse.Namespace) -> int:
+    """Run a cluster command; no Kubernetes login is one line and exit 2."""
     import kubernetes
 
     try:
         with asyncio.Runner(loop_factory=_loop_factory(args.event_loop)) as runner:
-            return runner.run(run_operator(run))
+            return runner.run(main)
     except kubernetes.config.ConfigException as exc:
         print(f"certop: error: no Kubernetes login: not in a cluster and no usable KUBECONFIG "
               f"({exc})", file=sys.stderr)
@@ -458,6 +513,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.command == "operator":
         return _operator(args)
+    if args.command == "proxy":
+        return _proxy(args)
     try:
         settings = _check_input(args)
         # One set of session-ticket keys for all workers: a session one of them issued

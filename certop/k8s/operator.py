@@ -103,7 +103,7 @@ class TimedApiClient(kubernetes.client.ApiClient):
                                 else API_TIMEOUT)
 
 
-def _load_kubernetes_config() -> kubernetes.client.ApiClient:
+def load_kubernetes_config() -> kubernetes.client.ApiClient:
     try:
         kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
     except kubernetes.config.ConfigException:
@@ -137,7 +137,7 @@ def build_registry(api: kubernetes.client.ApiClient, tokens: TokenStore,
 
 
 async def run_operator(run: OperatorRun) -> int:
-    api = await asyncio.to_thread(_load_kubernetes_config)
+    api = await asyncio.to_thread(load_kubernetes_config)
     tokens = TokenStore()
     responder = Proxy(CertBook(), tokens)
     await responder.start(run.listen, run.solver_port, None)

@@ -14,6 +14,7 @@ import json
 import logging
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -46,11 +47,13 @@ class ListWatch:
     def __init__(self, call: ListCall, sink: Sink, namespaces: Sequence[str] = (),
                  selector: str = "", what: str = "objects", timeout: int = 300,
                  page: int = 500, request_timeout: float = 10.0,
-                 on_synced: Callable[[], None] | None = None) -> None:
+                 on_synced: Callable[[], None] | None = None, fields: str = "") -> None:
         self.call = call
         self.sink = sink
         self.namespaces: tuple[str | None, ...] = tuple(namespaces) or (None,)
         self.selector = selector
+        self.fields = fields
+        """An equality field selector (`type=kubernetes.io/tls`), sent and checked."""
         self.what = what
         self.timeout = timeout
         """Seconds a watch request lasts (asked of the server) before it is renewed."""
@@ -63,6 +66,8 @@ class ListWatch:
         self._lock = threading.Lock()
         self._responses: dict[str | None, Any] = {}
         self._threads: list[threading.Thread] = []
+        self.failing_since: float | None = None
+        """When the API server stopped answering (monotonic), None while it answers."""
 
     def start(self) -> None:
         for namespace in self.namespaces:
@@ -86,19 +91,28 @@ class ListWatch:
         while not self._stop.is_set():
             try:
                 rv: str | None = self._list(namespace)
+                self.failing_since = None
                 delay = 0.5
                 while not self._stop.is_set() and rv is not None:
                     rv = self._watch(namespace, rv)
             except Exception as exc:
                 if self._stop.is_set():
                     return
+                if self.failing_since is None:
+                    self.failing_since = time.monotonic()
                 log.warning("watching %s in %s: %s; listing again in %.1fs", self.what,
                             where, _why(exc), delay)
                 self._stop.wait(delay)
                 delay = min(delay * 2, 30.0)
 
     def _selector(self) -> dict[str, Any]:
-        return {"label_selector": self.selector} if self.selector else {}
+        found: dict[str, Any] = {"label_selector": self.selector} if self.selector else {}
+        if self.fields:
+            found["field_selector"] = self.fields
+        return found
+
+    def _selected(self, items: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+        return _by_fields(_selected(items, self.selector), self.fields)
 
     def _list(self, namespace: str | None) -> str:
         items: list[Mapping[str, Any]] = []
@@ -111,7 +125,7 @@ class ListWatch:
                 kwargs["_continue"] = token
             response = self.call(namespace, **kwargs)
             doc = json.loads(response.data)
-            items.extend(_selected(doc.get("items") or [], self.selector))
+            items.extend(self._selected(doc.get("items") or []))
             meta = doc.get("metadata") or {}
             token = meta.get("continue") or None
             if not token:
@@ -152,8 +166,7 @@ class ListWatch:
                 if kind in ("ADDED", "MODIFIED", "DELETED"):
                     # An object that left the selector is gone for this watch (an API
                     # server says DELETED; one that ignores selectors does not).
-                    self.sink.apply(kind if _selected([raw], self.selector) else "DELETED",
-                                    raw)
+                    self.sink.apply(kind if self._selected([raw]) else "DELETED", raw)
         finally:
             with self._lock:
                 self._responses.pop(namespace, None)
@@ -180,6 +193,20 @@ def _selected(items: Iterable[Mapping[str, Any]], selector: str) -> list[Mapping
     return [raw for raw in items
             if all(((raw.get("metadata") or {}).get("labels") or {}).get(k) == v
                    for k, v in wanted.items())]
+
+
+def _by_fields(items: Iterable[Mapping[str, Any]], fields: str) -> list[Mapping[str, Any]]:
+    """The items an equality field selector (`type=kubernetes.io/tls`,
+    `metadata.name=x`) selects."""
+    wanted = [part.split("=", 1) for part in fields.split(",") if "=" in part]
+
+    def value(raw: Mapping[str, Any], path: str) -> Any:
+        found: Any = raw
+        for key in path.split("."):
+            found = found.get(key) if isinstance(found, Mapping) else None
+        return found
+
+    return [raw for raw in items if all(str(value(raw, k)) == v for k, v in wanted)]
 
 
 def _why(exc: BaseException) -> str:

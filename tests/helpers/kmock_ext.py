@@ -56,6 +56,8 @@ ADMIN_TOKEN = "emulator-admin-token"
 ADMIN_USER = "emulator:admin"
 OPERATOR_TOKEN = "certop-operator-token"
 OPERATOR_USER = "system:serviceaccount:certop:certop"
+PROXY_TOKEN = "certop-proxy-token"
+PROXY_USER = "system:serviceaccount:certop:certop-proxy"
 ADMIN_PATH = "/_emulator"
 """The emulator's own paths (the admin's only): `/_emulator/counts`."""
 RBAC_GROUP = "rbac.authorization.k8s.io"
@@ -392,7 +394,8 @@ class Emulator(kmock.KubernetesEmulator, _RoutedByAction):  # type: ignore[misc]
         self._own_payloads = tuple(map(id, self._payloads))
         self._rv_counter = itertools.count(1)
         self.current_rv = 0
-        self.users: dict[str, str] = {ADMIN_TOKEN: ADMIN_USER, OPERATOR_TOKEN: OPERATOR_USER}
+        self.users: dict[str, str] = {ADMIN_TOKEN: ADMIN_USER, OPERATOR_TOKEN: OPERATOR_USER,
+                                      PROXY_TOKEN: PROXY_USER}
         """Bearer token -> user name."""
         self.superusers: set[str] = {ADMIN_USER}
         """Users granted everything without RBAC objects."""

@@ -15,18 +15,21 @@ from typing import Any
 import kmock
 import kopf
 import yaml
-from kmock_ext import ADMIN_TOKEN, OPERATOR_TOKEN, RBAC_RESOURCES, Emulator, apply
+from kmock_ext import ADMIN_TOKEN, OPERATOR_TOKEN, PROXY_TOKEN, RBAC_RESOURCES, Emulator, apply
 from kubernetes import client
 from loopthread import LoopThread
 
 from certop.k8s.operator import configure_kopf
 
-RBAC_MANIFEST = Path(__file__).resolve().parents[2] / "manifests" / "rbac.yaml"
+MANIFESTS = Path(__file__).resolve().parents[2] / "manifests"
+RBAC_MANIFEST = MANIFESTS / "rbac.yaml"
+RBAC_MANIFESTS = (RBAC_MANIFEST, MANIFESTS / "rbac-proxy.yaml")
 
 
 def rbac_documents() -> list[dict[str, Any]]:
-    """The operator's ServiceAccount, Roles and bindings, as `kubectl apply -k` applies them."""
-    return [d for d in yaml.safe_load_all(RBAC_MANIFEST.read_text()) if d]
+    """The ServiceAccounts, Roles and bindings of the operator and the proxy, as
+    `kubectl apply -k` applies them."""
+    return [d for path in RBAC_MANIFESTS for d in yaml.safe_load_all(path.read_text()) if d]
 
 VERBS = ["get", "list", "watch", "create", "patch", "delete"]
 # Discovery for what certop uses, plus v1/namespaces (without it kopf silently never watches).
@@ -36,6 +39,11 @@ RESOURCES: dict[str, dict[str, Any]] = {
     "v1/events": {"kind": "Event", "namespaced": True, "verbs": VERBS},
     "networking.k8s.io/v1/ingresses": {"kind": "Ingress", "namespaced": True, "verbs": VERBS,
                                        "subresources": ["status"]},
+    "networking.k8s.io/v1/ingressclasses": {"kind": "IngressClass", "namespaced": False,
+                                            "verbs": VERBS},
+    "v1/services": {"kind": "Service", "namespaced": True, "verbs": VERBS},
+    "discovery.k8s.io/v1/endpointslices": {"kind": "EndpointSlice", "namespaced": True,
+                                           "verbs": VERBS},
     "certop.dev/v1/certificates": {"kind": "Certificate", "namespaced": True,
                                    "verbs": VERBS, "subresources": ["status"]},
     "certop.dev/v1/clusterissuers": {"kind": "ClusterIssuer", "namespaced": False,
@@ -100,6 +108,10 @@ class EmulatorThread(LoopThread):
     def operator_client(self) -> client.ApiClient:
         """A client as the operator's ServiceAccount (what manifests/rbac.yaml grants)."""
         return self.api_client(OPERATOR_TOKEN)
+
+    def proxy_client(self) -> client.ApiClient:
+        """A client as the proxy's ServiceAccount (what manifests/rbac-proxy.yaml grants)."""
+        return self.api_client(PROXY_TOKEN)
 
     def core(self) -> client.CoreV1Api:
         return client.CoreV1Api(self.api_client())

@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 
 import yaml
-from kmock_ext import ADMIN_USER, OPERATOR_USER
+from kmock_ext import ADMIN_USER, OPERATOR_USER, PROXY_USER
 from kube import EmulatorThread
 
 ROOT = Path(__file__).resolve().parents[2] / "manifests"
@@ -36,7 +36,7 @@ def test_kubectl_applies_the_kustomization(tmp_path: Path) -> None:
 
         applied = run("apply", "--validate=false", "-k", str(ROOT))
         assert applied.returncode == 0, applied.stderr
-        assert applied.stdout.count(" created") == objects == 12, applied.stdout
+        assert applied.stdout.count(" created") == objects == 15, applied.stdout
         assert "namespace/certop created" in applied.stdout
         replicas = run("get", "deployment", "certop", "-n", "certop", "-o",
                        "jsonpath={.spec.replicas}")
@@ -57,6 +57,17 @@ def test_kubectl_applies_the_kustomization(tmp_path: Path) -> None:
                         ("get", "leases", "x", "-n", "default"),
                         ("delete", "secret", "x", "-n", "certop")):
             result = run("--as", OPERATOR_USER, *refused)
+            assert result.returncode != 0 and "Forbidden" in result.stderr, (refused, result)
+        # The proxy's: it reads what it serves and writes nothing but events.
+        for allowed in (("get", "ingressclasses", "-o", "name"),
+                        ("get", "endpointslices", "-A", "-o", "name"),
+                        ("get", "services", "-A", "-o", "name")):
+            result = run("--as", PROXY_USER, *allowed)
+            assert result.returncode == 0, (allowed, result.stderr)
+        for refused in (("get", "secret", "x", "-n", "certop"),
+                        ("delete", "ingresses", "x", "-n", "certop"),
+                        ("get", "pods", "-n", "certop")):
+            result = run("--as", PROXY_USER, *refused)
             assert result.returncode != 0 and "Forbidden" in result.stderr, (refused, result)
         denied = "\n".join(kube.emulator.denied)
         for expected in ('cannot list resource "pods"', 'cannot get resource "leases" in '
