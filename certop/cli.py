@@ -20,7 +20,7 @@ import sys
 from collections.abc import Callable, Coroutine
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from certop import __version__
 from certop.core import annotations as ann
@@ -36,6 +36,10 @@ from certop.store.files import StateDir, ensure_dir
 from certop.store.ports import StoredCert
 from solvers.http01 import TokenStore
 from solvers.registry import SolverRegistry
+
+if TYPE_CHECKING:  # the cluster modules load kubernetes: imported when a command needs them
+    from certop.k8s.operator import OperatorRun
+    from certop.k8s.proxy_run import ProxyRun
 
 log = logging.getLogger("certop")
 EXIT_USAGE = 2
@@ -202,11 +206,13 @@ def _proxy_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
                     "--controller-name) over HTTP(S): backends from Services and "
                     "EndpointSlices, certificates from the kubernetes.io/tls Secrets their "
                     "spec.tls names. Logs in like kubectl (in-cluster or KUBECONFIG).")
-    scope = p.add_mutually_exclusive_group()
-    scope.add_argument("-A", "--all-namespaces", action="store_true",
-                       help="serve Ingresses of every namespace (the default)")
-    scope.add_argument("-n", "--namespace", action="append", default=[],
-                       help="serve only this namespace's Ingresses (repeatable)")
+    _scope_flags(p, "serve Ingresses of")
+    _class_flags(p)
+    _serving_flags(p)
+
+
+def _class_flags(p: argparse.ArgumentParser) -> None:
+    """Which Ingresses the proxy serves and what it tells them (`proxy`, `run`)."""
     p.add_argument("--ingress-class", default="certop", metavar="NAME",
                    help="this controller's IngressClass (the deprecated "
                         "kubernetes.io/ingress.class annotation is compared with it)")
@@ -215,7 +221,16 @@ def _proxy_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("--api-grace", type=_seconds, default=30.0, metavar="SECONDS",
                    help="how long the API server may be unreachable before /readyz says "
                         "not ready (the last configuration is served meanwhile)")
-    _serving_flags(p)
+    publish = p.add_mutually_exclusive_group()
+    publish.add_argument("--publish-service", metavar="NAMESPACE/NAME",
+                         help="write this Service's load-balancer address into the status "
+                              "of the Ingresses served")
+    publish.add_argument("--publish-address", metavar="ADDR",
+                         help="write this IP address or host name into the status of the "
+                              "Ingresses served")
+    p.add_argument("--status-lease", default="certop-proxy-status", metavar="NAME",
+                   help="the Lease (in $POD_NAMESPACE, else certop) electing the one replica "
+                        "that writes Ingress status")
 
 
 def _loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -233,29 +248,52 @@ def _operator_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
                     "obtain certificates over ACME (HTTP-01 through temporary Ingresses) and "
                     "write kubernetes.io/tls Secrets. Logs in like kubectl (in-cluster or "
                     "KUBECONFIG).")
+    _scope_flags(p, "watch")
+    _operator_flags(p)
+    p.add_argument("--listen", default="0.0.0.0", metavar="ADDR")
+    p.add_argument("--admin-port", type=int, metavar="PORT",
+                   help="/healthz, /readyz (the Lease holder only), /metrics")
+
+
+def _scope_flags(p: argparse.ArgumentParser, what: str) -> None:
     scope = p.add_mutually_exclusive_group()
     scope.add_argument("-A", "--all-namespaces", action="store_true",
-                       help="watch every namespace (the default)")
+                       help=f"{what} every namespace (the default)")
     scope.add_argument("-n", "--namespace", action="append", default=[],
-                       help="watch only this namespace (repeatable)")
+                       help=f"{what} only this namespace (repeatable)")
+
+
+def _operator_flags(p: argparse.ArgumentParser) -> None:
+    """The operator's own flags (`operator`, `run`)."""
     p.add_argument("--default-issuer", metavar="NAME",
                    help="ClusterIssuer for Ingresses with kubernetes.io/tls-acme: \"true\"")
     p.add_argument("--cluster-resource-namespace", metavar="NS",
                    help="where ClusterIssuers' Secrets and the Lease live (default: "
                         "$POD_NAMESPACE or certop)")
-    p.add_argument("--listen", default="0.0.0.0", metavar="ADDR")
     p.add_argument("--solver-port", type=int, default=8089,
                    help="port of the HTTP-01 responder")
     p.add_argument("--solver-service", default="certop-solver",
                    help="Service the temporary Ingresses route challenges to")
-    p.add_argument("--admin-port", type=int, metavar="PORT",
-                   help="/healthz, /readyz (the Lease holder only), /metrics")
     p.add_argument("--lease", default="certop-leader", metavar="NAME",
                    help="the coordination.k8s.io Lease that elects the active replica")
     _order_flags(p, "a ClusterIssuer's (never a namespaced Issuer's)")
     p.add_argument("--lease-duration", type=_seconds, default=15, metavar="SECONDS",
                    help="how long a replica that stopped renewing the Lease (crashed, cut "
                         "off) keeps it before another takes over; renewed every third")
+
+
+def _run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "run", help="the operator and the proxy in one process (small clusters)",
+        description="certop operator and certop proxy in one process: issue certificates "
+                    "for annotated Ingresses and serve the Ingresses of IngressClass "
+                    "--ingress-class. The proxy answers HTTP-01 tokens itself; the temporary "
+                    "challenge Ingresses work as in the split layout. --admin-port serves "
+                    "the proxy's /healthz, /readyz and /metrics.")
+    _scope_flags(p, "watch and serve")
+    _operator_flags(p)
+    _class_flags(p)
+    _serving_flags(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -269,6 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     _standalone_parser(sub)
     _operator_parser(sub)
     _proxy_parser(sub)
+    _run_parser(sub)
     return parser
 
 
@@ -414,37 +453,73 @@ async def run_standalone(settings: StandaloneSettings, args: argparse.Namespace,
     return 0
 
 
-def _operator(args: argparse.Namespace) -> int:
-    from certop.k8s.operator import OperatorRun, default_namespace, run_operator
+def _operator_run(args: argparse.Namespace, admin: bool = True) -> OperatorRun:
+    from certop.k8s.operator import OperatorRun, default_namespace
 
-    run = OperatorRun(
+    return OperatorRun(
         namespaces=tuple(args.namespace), default_issuer=args.default_issuer,
         resource_namespace=args.cluster_resource_namespace or default_namespace(),
         listen=args.listen, solver_port=args.solver_port, solver_service=args.solver_service,
-        admin_port=args.admin_port, lease_name=args.lease,
+        admin_port=args.admin_port if admin else None, lease_name=args.lease,
         lease_duration=args.lease_duration, max_concurrent_orders=args.max_concurrent_orders,
         dns01_nameservers=args.dns01_nameservers, dns01_exec_allow=args.dns01_exec_allow)
-    return _run_in_cluster(run_operator(run), args)
+
+
+def _operator(args: argparse.Namespace) -> int:
+    from certop.k8s.operator import run_operator
+
+    return _run_in_cluster(run_operator(_operator_run(args)), args)
+
+
+def _proxy_run(args: argparse.Namespace) -> ProxyRun:
+    """`certop proxy`'s (and `run`'s) settings; ConfigError for a bad flag."""
+    from certop.k8s.ingress_source import SourceSettings
+    from certop.k8s.operator import default_namespace
+    from certop.k8s.proxy_run import ProxyRun
+
+    return ProxyRun(
+        listen=args.listen, http_port=args.http_port, https_port=args.https_port,
+        admin_port=args.admin_port,
+        source=SourceSettings(controller=args.controller_name, class_name=args.ingress_class,
+                              namespaces=tuple(args.namespace),
+                              hsts_default=ann.DEFAULT_HSTS if args.hsts else None,
+                              grace=args.api_grace),
+        proxy=_proxy_settings(args), default_certificate=_default_certificate(args),
+        publish_service=_publish_service(args.publish_service),
+        publish_address=args.publish_address, lease_namespace=default_namespace(),
+        status_lease=args.status_lease)
 
 
 def _proxy(args: argparse.Namespace) -> int:
-    from certop.k8s.ingress_source import SourceSettings
-    from certop.k8s.proxy_run import ProxyRun, run_proxy
+    from certop.k8s.proxy_run import run_proxy
 
     try:
-        run = ProxyRun(
-            listen=args.listen, http_port=args.http_port, https_port=args.https_port,
-            admin_port=args.admin_port,
-            source=SourceSettings(controller=args.controller_name,
-                                  class_name=args.ingress_class,
-                                  namespaces=tuple(args.namespace),
-                                  hsts_default=ann.DEFAULT_HSTS if args.hsts else None,
-                                  grace=args.api_grace),
-            proxy=_proxy_settings(args), default_certificate=_default_certificate(args))
+        run = _proxy_run(args)
     except ConfigError as exc:
         print(f"certop: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     return _run_in_cluster(run_proxy(run), args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from certop.k8s.proxy_run import run_both
+
+    try:
+        run = _proxy_run(args)
+    except ConfigError as exc:
+        print(f"certop: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    # One admin port: the proxy's (every replica serving is ready).
+    return _run_in_cluster(run_both(_operator_run(args, admin=False), run), args)
+
+
+def _publish_service(value: str | None) -> tuple[str, str] | None:
+    if value is None:
+        return None
+    namespace, slash, name = value.partition("/")
+    if not slash or not namespace or not name or "/" in name:
+        raise ConfigError("--publish-service", value, "", "NAMESPACE/NAME of a Service")
+    return namespace, name
 
 
 def _run_in_cluster(main: Coroutine[Any, Any, int], args: argparse.Namespace) -> int:
@@ -515,6 +590,8 @@ def main(argv: list[str] | None = None) -> int:
         return _operator(args)
     if args.command == "proxy":
         return _proxy(args)
+    if args.command == "run":
+        return _run(args)
     try:
         settings = _check_input(args)
         # One set of session-ticket keys for all workers: a session one of them issued

@@ -36,6 +36,9 @@ class Service:
     ports: tuple[ServicePort, ...]
     external_name: str | None = None
     """Set for `type: ExternalName`."""
+    load_balancer: tuple[tuple[str, str], ...] = ()
+    """Its status.loadBalancer.ingress as (("ip" or "hostname", value), ...): where a
+    LoadBalancer Service is reachable (an Ingress controller's published address)."""
 
 
 @dataclass(frozen=True)
@@ -69,7 +72,12 @@ def parse_service(raw: Mapping[str, Any]) -> Service:
                   for p in spec.get("ports") or []
                   if isinstance(p, Mapping) and isinstance(p.get("port"), int))
     external = spec.get("externalName") if spec.get("type") == "ExternalName" else None
-    return Service(namespace, name, ports, str(external).rstrip(".") if external else None)
+    balancer = ((raw.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
+    addresses = tuple((field, str(item[field])) for item in balancer
+                      if isinstance(item, Mapping) for field in ("ip", "hostname")
+                      if item.get(field))
+    return Service(namespace, name, ports, str(external).rstrip(".") if external else None,
+                   addresses)
 
 
 def parse_slice(raw: Mapping[str, Any]) -> EndpointSlice | None:

@@ -27,7 +27,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from kubernetes import client
@@ -38,6 +38,7 @@ from certop.core.errors import ConfigError
 from certop.core.ingress import parse_ingress
 from certop.core.ingress_class import Claim, IngressClass, parse_class, serves
 from certop.core.models import Ingress, ServiceBackend
+from certop.k8s.ingress_status import LbEntry, Seen, entries_of
 from certop.metrics import Metrics
 from certop.store.listwatch import ListWatch
 
@@ -67,6 +68,8 @@ class _Ingress:
     error: ConfigError | None
     uid: str
     version: str
+    status: LbEntry = ()
+    """What its status.loadBalancer.ingress says now."""
 
 
 @dataclass(frozen=True)
@@ -124,6 +127,10 @@ class _Store(Generic[_T]):
         with self._lock:
             return dict(self._items)
 
+    def get(self, key: Key) -> _T | None:
+        with self._lock:
+            return self._items.get(key)
+
 
 def _version(raw: Mapping[str, Any]) -> tuple[str, str]:
     meta = raw.get("metadata") or {}
@@ -133,10 +140,11 @@ def _version(raw: Mapping[str, Any]) -> tuple[str, str]:
 def _parse_ingress(raw: Mapping[str, Any], _old: _Ingress | None) -> _Ingress:
     uid, version = _version(raw)
     doc = {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress", **raw}
+    status = entries_of(((raw.get("status") or {}).get("loadBalancer") or {}).get("ingress"))
     try:
-        return _Ingress(Claim.of(raw), parse_ingress(doc), None, uid, version)
+        return _Ingress(Claim.of(raw), parse_ingress(doc), None, uid, version, status)
     except ConfigError as exc:
-        return _Ingress(Claim.of(raw), None, exc, uid, version)
+        return _Ingress(Claim.of(raw), None, exc, uid, version, status)
 
 
 def _parse_secret(raw: Mapping[str, Any], old: _Secret | None) -> _Secret:
@@ -172,6 +180,8 @@ class Built:
     ingresses: tuple[Ingress, ...]
     skipped: Mapping[Key, str]
     """Served Ingresses left out, and why."""
+    seen: Mapping[Key, Seen] = field(default_factory=dict)
+    """Every Ingress: served here or not, and its status (for the status writer)."""
 
 
 class ClusterSource:
@@ -287,9 +297,12 @@ class ClusterSource:
         secrets = self.secrets.snapshot()
         served: list[Ingress] = []
         skipped: dict[Key, str] = {}
+        seen: dict[Key, Seen] = {}
         raws = self.ingresses.snapshot()
         for key, entry in sorted(raws.items()):
-            if not serves(entry.claim, classes, s.controller, s.class_name):
+            ours = serves(entry.claim, classes, s.controller, s.class_name)
+            seen[key] = Seen(ours and entry.ingress is not None, entry.status)
+            if not ours:
                 continue
             if entry.ingress is None:
                 assert entry.error is not None
@@ -333,9 +346,14 @@ class ClusterSource:
                                meta_uid.version, "BackendNotFound", problems[backend])
         self.server.swap(snapshot)
         self.rebuilds += 1
-        self.built = Built(tuple(served), skipped)
+        self.built = Built(tuple(served), skipped, seen)
         if self.on_built is not None:
             self.on_built(self.built)
+
+    def published(self, service: Key) -> LbEntry:
+        """The addresses a Service's status gives (--publish-service), from the cache."""
+        found = self.services.get(service)
+        return found.load_balancer if found is not None else ()
 
     def _tell(self, key: Key, kind: str, uid: str, version: str, reason: str,
               message: str) -> None:

@@ -136,22 +136,31 @@ def build_registry(api: kubernetes.client.ApiClient, tokens: TokenStore,
     return Wiring(registry, certificates)
 
 
-async def run_operator(run: OperatorRun) -> int:
-    api = await asyncio.to_thread(load_kubernetes_config)
-    tokens = TokenStore()
+async def run_operator(run: OperatorRun, api: kubernetes.client.ApiClient | None = None,
+                       tokens: TokenStore | None = None,
+                       stop: asyncio.Event | None = None) -> int:
+    """`certop operator`: the responder, the election, and once leading the shim and the
+    Certificate controller, until SIGTERM/SIGINT. `certop run` passes its own `api`,
+    `tokens` (shared with its proxy, which answers them directly) and `stop` (it handles
+    the signals)."""
+    if api is None:
+        api = await asyncio.to_thread(load_kubernetes_config)
+    tokens = tokens if tokens is not None else TokenStore()
     responder = Proxy(CertBook(), tokens)
     await responder.start(run.listen, run.solver_port, None)
     identity = f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
     lease = Lease(api, run.resource_namespace, run.lease_name, identity,
                   run.lease_duration)
-    leading, lost, stop = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    leading, lost = asyncio.Event(), asyncio.Event()
     admin = Admin(responder, lambda: leading.is_set() and not lost.is_set() and lease.held,
                   healthy=lease.healthy)
     if run.admin_port is not None:
         await admin.start(run.listen, run.admin_port)
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    if stop is None:
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
     holder = asyncio.create_task(lease.hold(leading, lost, stop))
     code = 0
     try:

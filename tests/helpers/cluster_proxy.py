@@ -5,6 +5,7 @@ builders for the objects it serves (IngressClass, Ingress, Service, EndpointSlic
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import http.client
 from collections.abc import Sequence
@@ -16,6 +17,8 @@ from loopthread import LoopThread
 
 from certop import crypto
 from certop.k8s.ingress_source import ClusterSource, SourceSettings
+from certop.k8s.ingress_status import StatusWriter, address_entries
+from certop.k8s.lease import Lease
 from certop.proxy.server import Proxy, ProxySettings
 from certop.proxy.tls import CertBook
 from solvers.http01 import TokenStore
@@ -24,9 +27,14 @@ CONTROLLER = "certop.dev/ingress-controller"
 
 
 class ClusterProxy(LoopThread):
-    def __init__(self, kube: EmulatorThread, settings: SourceSettings | None = None) -> None:
+    def __init__(self, kube: EmulatorThread, settings: SourceSettings | None = None,
+                 publish: str | None = None) -> None:
+        """`publish`: write this address into served Ingresses' status (as
+        --publish-address), holding the Lease certop/certop-proxy-status."""
         super().__init__()
         self.kube = kube
+        self.publish = publish
+        self.writer: StatusWriter | None = None
         self.settings = settings or SourceSettings(settle=0.01)
         self.proxy: Proxy | None = None
         self.source: ClusterSource | None = None
@@ -41,11 +49,22 @@ class ClusterProxy(LoopThread):
         source = ClusterSource(self.kube.proxy_client(), proxy, self.settings, proxy.metrics,
                                events=lambda *event: self.events.append(event))  # type: ignore[arg-type]
         self.source = source
+        writing = None
+        if self.publish is not None:
+            api = self.kube.proxy_client()
+            address = address_entries(self.publish)
+            self.writer = StatusWriter(api, Lease(api, "certop", "certop-proxy-status",
+                                                  f"test-{id(self)}", duration=3.0),
+                                       lambda: address)
+            source.on_built = lambda built: self.writer.update(built.seen)  # type: ignore[union-attr]
+            writing = asyncio.create_task(self.writer.run(self.stopping))
         await source.start(timeout=30)
         self.started()
         try:
             await self.stopping.wait()
         finally:
+            if writing is not None:
+                await writing
             source.stop()
             await proxy.close(grace=0.5)
 

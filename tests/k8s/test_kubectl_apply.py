@@ -36,7 +36,7 @@ def test_kubectl_applies_the_kustomization(tmp_path: Path) -> None:
 
         applied = run("apply", "--validate=false", "-k", str(ROOT))
         assert applied.returncode == 0, applied.stderr
-        assert applied.stdout.count(" created") == objects == 15, applied.stdout
+        assert applied.stdout.count(" created") == objects == 17, applied.stdout
         assert "namespace/certop created" in applied.stdout
         replicas = run("get", "deployment", "certop", "-n", "certop", "-o",
                        "jsonpath={.spec.replicas}")

@@ -223,3 +223,32 @@ def test_an_external_name_service_and_a_default_backend(kube: EmulatorThread) ->
         with ClusterProxy(kube) as proxy:
             assert served_by(proxy.wait_status("ext.example.test", 200)) == "external"
             assert served_by(proxy.wait_status("anything.example.test", 200)) == "fallback"
+
+
+def lb_status(kube: EmulatorThread, name: str) -> list[dict[str, Any]]:
+    found = client.NetworkingV1Api(kube.api_client()).read_namespaced_ingress(name, NS)
+    balancer = found.status.load_balancer if found.status else None
+    return [{k: v for k, v in (("ip", i.ip), ("hostname", i.hostname)) if v}
+            for i in (balancer.ingress or [])] if balancer else []
+
+
+def test_the_lease_holder_writes_the_address_into_served_ingresses_only(
+        kube: EmulatorThread) -> None:
+    """status.loadBalancer.ingress: set on the Ingresses this proxy serves, never on
+    another controller's, and removed when an Ingress moves to another class; two replicas,
+    one writer (the Lease holder)."""
+    with Echo("web") as web:
+        create(kube, NS, ingress_class("certop"), ingress_class("other", "example.com/x"),
+               service("web"), endpoint_slice("web-1", "web", web.port, ["127.0.0.1"]),
+               ingress("ours", "ours.test"), ingress("theirs", "theirs.test", klass="other"))
+        with ClusterProxy(kube, publish="127.0.0.1") as one, \
+                ClusterProxy(kube, publish="127.0.0.1") as two:
+            wait_for(lambda: lb_status(kube, "ours") == [{"ip": "127.0.0.1"}],
+                     what="the served Ingress's status")
+            assert lb_status(kube, "theirs") == []
+            net = client.NetworkingV1Api(kube.api_client())
+            net.patch_namespaced_ingress("ours", NS, {"spec": {"ingressClassName": "other"}})
+            wait_for(lambda: lb_status(kube, "ours") == [], what="the status removed")
+            assert one.get("ours.test")[0] == 404
+            assert one.writer is not None and two.writer is not None
+            assert sorted((one.writer.writes, two.writer.writes)) == [0, 2]
