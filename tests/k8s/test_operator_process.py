@@ -41,7 +41,7 @@ def emulator_process(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[byt
         proc.wait(timeout=15)
         if proc.stdout is not None:
             proc.stdout.close()
-    # The operator ran under manifests/rbac.yaml: nothing it asked for was refused.
+    # The operator ran under manifests/base/rbac.yaml: nothing it asked for was refused.
     refused = [line for line in (tmp_path / "emu.log").read_text().splitlines()
                if "forbidden:" in line]
     assert not refused, refused
