@@ -1,5 +1,5 @@
 """`certop proxy` in-process against the emulator: the proxy on free loopback ports, fed by
-`ClusterSource` as the proxy's ServiceAccount (manifests/rbac-proxy.yaml, enforced), and
+`ClusterSource` as the proxy's ServiceAccount (manifests/base/rbac-proxy.yaml, enforced), and
 builders for the objects it serves (IngressClass, Ingress, Service, EndpointSlice, Secret).
 """
 

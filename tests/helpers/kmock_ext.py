@@ -12,7 +12,7 @@ Stock kmock 0.8 (pinned; this touches its internals, keep it small and tested):
 - parses `/api/v1/namespaces[/NAME]` as a namespace segment, so Namespace objects themselves
   cannot be created, read or listed (its path parser is wrapped below, once, at import);
 - ignores label and field selectors on LIST and WATCH;
-- authenticates nobody and grants everything: a verb missing from `manifests/rbac.yaml` would
+- authenticates nobody and grants everything: a verb missing from `manifests/base/rbac.yaml` would
   only show on a real cluster.
 This subclass fixes those; `tests/k8s/test_kmock_ext.py` proves each fix.
 
@@ -22,7 +22,7 @@ Authentication and RBAC, as an API server does them (the subset certop meets):
   (unless `anonymous` names a user); the admin may impersonate (`Impersonate-User`);
 - any other user (the operator's `OPERATOR_TOKEN` is `system:serviceaccount:certop:certop`)
   gets exactly what the Roles, ClusterRoles, RoleBindings and ClusterRoleBindings stored in the
-  emulator grant it (apply `manifests/rbac.yaml` to it: `apply()`), else 403 with a `Status`;
+  emulator grant it (apply `kube.rbac_documents()` to it: `apply()`), else 403 with a `Status`;
 - the verb comes from the method (GET with a name: get, without: list, `?watch=true`: watch;
   POST create, PATCH patch, PUT update, DELETE delete), with the resource, the subresource
   (`certificates/status`), the API group, the namespace and `resourceNames`;
@@ -726,7 +726,7 @@ class Emulator(kmock.KubernetesEmulator, _RoutedByAction):  # type: ignore[misc]
 _KINDS = {"ServiceAccount": ("serviceaccounts", True), "Role": ("roles", True),
           "RoleBinding": ("rolebindings", True), "ClusterRole": ("clusterroles", False),
           "ClusterRoleBinding": ("clusterrolebindings", False)}
-"""What `apply()` knows how to create: the kinds of `manifests/rbac.yaml`."""
+"""What `apply()` knows how to create: the kinds of the RBAC files of `manifests/`."""
 
 
 async def apply(emulator: Emulator, docs: Iterable[Mapping[str, Any]]) -> None:

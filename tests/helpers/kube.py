@@ -22,14 +22,24 @@ from loopthread import LoopThread
 from certop.k8s.operator import configure_kopf
 
 MANIFESTS = Path(__file__).resolve().parents[2] / "manifests"
-RBAC_MANIFEST = MANIFESTS / "rbac.yaml"
-RBAC_MANIFESTS = (RBAC_MANIFEST, MANIFESTS / "rbac-proxy.yaml")
+RBAC_MANIFESTS = {
+    # ServiceAccount certop: the operator's roles; certop-proxy: the proxy's.
+    "split": (MANIFESTS / "base" / "rbac.yaml", MANIFESTS / "base" / "rbac-proxy.yaml",
+              MANIFESTS / "split" / "serviceaccounts.yaml"),
+    # ServiceAccount certop (`certop run`): both.
+    "all-in-one": (MANIFESTS / "base" / "rbac.yaml", MANIFESTS / "base" / "rbac-proxy.yaml",
+                   MANIFESTS / "all-in-one" / "serviceaccount.yaml"),
+}
+"""The RBAC files of each layout of manifests/ (its roles and its ServiceAccounts' bindings)."""
 
 
-def rbac_documents() -> list[dict[str, Any]]:
-    """The ServiceAccounts, Roles and bindings of the operator and the proxy, as
-    `kubectl apply -k` applies them."""
-    return [d for path in RBAC_MANIFESTS for d in yaml.safe_load_all(path.read_text()) if d]
+def rbac_documents(layout: str = "split") -> list[dict[str, Any]]:
+    """The Roles, ServiceAccounts and bindings of a layout of manifests/, as
+    `kubectl apply -k manifests/LAYOUT` applies them. "split" (the default) binds
+    ServiceAccount certop (`OPERATOR_TOKEN`) to the operator's roles and certop-proxy
+    (`PROXY_TOKEN`) to the proxy's; "all-in-one" binds certop to both (`certop run`)."""
+    return [d for path in RBAC_MANIFESTS[layout]
+            for d in yaml.safe_load_all(path.read_text()) if d]
 
 VERBS = ["get", "list", "watch", "create", "patch", "delete"]
 # Discovery for what certop uses, plus v1/namespaces (without it kopf silently never watches).
@@ -57,19 +67,23 @@ RESOURCES: dict[str, dict[str, Any]] = {
 
 
 class EmulatorThread(LoopThread):
-    """The emulator with the RBAC of `manifests/rbac.yaml` applied and enforced: clients from
-    `operator_client()` (and `OperatorThread`) are the operator's ServiceAccount, the others
+    """The emulator with the RBAC of a layout of manifests/ applied and enforced (`layout`,
+    default the split one's: `rbac_documents`): clients from `operator_client()` (and
+    `OperatorThread`) are ServiceAccount certop, `proxy_client()` certop-proxy, the others
     are the test's admin. Leaving the block fails the test if any request was refused (set
     `denials_expected` when refusals are the point)."""
 
     def __init__(self, resources: dict[str, dict[str, Any]] | None = None,
-                 bundled: bool = False, rbac: bool = True) -> None:
+                 bundled: bool = False, rbac: bool = True, layout: str = "split") -> None:
         super().__init__()
         self.resources = resources or RESOURCES
         self.bundled = bundled
         """Also declare kmock's bundled built-in resources (what kubectl apply needs)."""
         self.rbac = rbac
-        """Apply manifests/rbac.yaml at start (else only the admin can do anything)."""
+        """Apply the layout's RBAC at start (else only the admin can do anything)."""
+        self.layout = layout
+        """Whose RBAC: "split" (certop and certop-proxy each its own roles) or "all-in-one"
+        (certop bound to both, `certop run`'s)."""
         self.denials_expected = False
         self.url = ""
         self.emulator: Any = None
@@ -83,7 +97,7 @@ class EmulatorThread(LoopThread):
             for resource, info in self.resources.items():
                 emulator.resources[resource] = info
             if self.rbac:
-                await apply(emulator, rbac_documents())
+                await apply(emulator, rbac_documents(self.layout))
             self.emulator = emulator
             self.url = f"http://{server.host}:{server.port}"
             self.started()
@@ -94,7 +108,7 @@ class EmulatorThread(LoopThread):
         denied = list(self.emulator.denied) if self.emulator is not None else []
         if exc[0] is None and denied and not self.denials_expected:
             raise AssertionError(f"the emulator refused {len(denied)} request(s) under "
-                                 f"manifests/rbac.yaml, first: {denied[0]}")
+                                 f"the {self.layout} RBAC of manifests/, first: {denied[0]}")
 
     def api_client(self, token: str = ADMIN_TOKEN) -> client.ApiClient:
         """A client as the test's admin (granted everything)."""
@@ -106,11 +120,11 @@ class EmulatorThread(LoopThread):
         return client.ApiClient(config)
 
     def operator_client(self) -> client.ApiClient:
-        """A client as the operator's ServiceAccount (what manifests/rbac.yaml grants)."""
+        """A client as ServiceAccount certop (split: what manifests/base/rbac.yaml grants)."""
         return self.api_client(OPERATOR_TOKEN)
 
     def proxy_client(self) -> client.ApiClient:
-        """A client as the proxy's ServiceAccount (what manifests/rbac-proxy.yaml grants)."""
+        """A client as ServiceAccount certop-proxy (split: manifests/base/rbac-proxy.yaml)."""
         return self.api_client(PROXY_TOKEN)
 
     def core(self) -> client.CoreV1Api:

@@ -1,5 +1,5 @@
 """The order journal in Secrets, as the operator's ServiceAccount uses it under the RBAC of
-manifests/rbac.yaml: cleared without a `delete` grant, never touching a Secret certop does not
+manifests/base/rbac.yaml: cleared without a `delete` grant, never touching a Secret certop does not
 own, and one distinct journal per TLS Secret name however long."""
 
 from __future__ import annotations

@@ -136,7 +136,7 @@ def test_namespaces_are_objects_of_their_own_and_namespaced_paths_still_work(
     assert info.value.status == 404
 
 
-# -- authentication and RBAC, as manifests/rbac.yaml grants it -----------------------------
+# -- authentication and RBAC, as manifests/base/rbac.yaml grants it ------------------------
 
 
 def status_of(exc: ApiException) -> dict[str, Any]:

@@ -24,11 +24,13 @@ HELPERS = Path(__file__).resolve().parents[1] / "helpers"
 
 
 @contextlib.contextmanager
-def emulator_process(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """The emulator in a process of its own: (its URL, the process)."""
+def emulator_process(tmp_path: Path, layout: str = "split"
+                     ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """The emulator in a process of its own, with the RBAC of `layout` (manifests/LAYOUT):
+    (its URL, the process)."""
     env = dict(os.environ, PYTHONPATH=f"{HELPERS}{os.pathsep}{HELPERS.parent.parent / 'pebble'}")
     with open(tmp_path / "emu.log", "wb") as log:
-        proc = subprocess.Popen([sys.executable, str(HELPERS / "emulator_server.py")],
+        proc = subprocess.Popen([sys.executable, str(HELPERS / "emulator_server.py"), layout],
                                 stdout=subprocess.PIPE, stderr=log, env=env)
     try:
         assert proc.stdout is not None
@@ -41,7 +43,7 @@ def emulator_process(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[byt
         proc.wait(timeout=15)
         if proc.stdout is not None:
             proc.stdout.close()
-    # The operator ran under manifests/rbac.yaml: nothing it asked for was refused.
+    # The operator ran under manifests/base/rbac.yaml: nothing it asked for was refused.
     refused = [line for line in (tmp_path / "emu.log").read_text().splitlines()
                if "forbidden:" in line]
     assert not refused, refused

@@ -1,7 +1,7 @@
 """`certop proxy`'s source against the emulator: Ingresses, Services, EndpointSlices,
 IngressClasses and TLS Secrets created through the API reach the data path (requests through
 the real proxy to loopback echo backends), as the proxy's ServiceAccount under
-manifests/rbac-proxy.yaml."""
+manifests/base/rbac-proxy.yaml."""
 
 from __future__ import annotations
 

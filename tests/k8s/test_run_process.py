@@ -1,6 +1,6 @@
-"""`certop run` out of process: the emulator as a subprocess, `certop run` logged in through a
-KUBECONFIG as one ServiceAccount bound to the operator's and the proxy's roles (the
-all-in-one layout), Pebble validating HTTP-01 through the proxy's own HTTP port, curl
+"""`certop run` out of process: the emulator as a subprocess with the all-in-one layout's
+RBAC, `certop run` logged in through a KUBECONFIG as that layout's ServiceAccount (the
+operator's and the proxy's roles), Pebble validating HTTP-01 through the proxy's own HTTP port, curl
 verifying HTTPS through it, a renewal the CA asks for (ARI through the fault-injecting proxy)
 swapping the certificate live, and the Ingress's deletion stopping its routes."""
 
@@ -28,23 +28,6 @@ from certop.acme import ari
 
 NS = "shop"
 HOST = "run.certop.test"
-
-
-def bind_proxy_roles(api: client.ApiClient) -> None:
-    """The all-in-one ServiceAccount: the operator's (certop/certop) also gets the proxy's
-    roles."""
-    rbac = client.RbacAuthorizationV1Api(api)
-    subject = [{"kind": "ServiceAccount", "name": "certop", "namespace": "certop"}]
-    rbac.create_cluster_role_binding({
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-        "metadata": {"name": "certop-run-proxy"}, "subjects": subject,
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
-                    "name": "certop-proxy"}})
-    rbac.create_namespaced_role_binding("certop", {
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-        "metadata": {"name": "certop-run-proxy-status"}, "subjects": subject,
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
-                    "name": "certop-proxy-status"}})
 
 
 def plain(port: int) -> int:
@@ -87,7 +70,7 @@ def test_certop_run_issues_through_its_own_proxy_serves_renews_live_and_unroutes
     from faultproxy import FaultProxy
 
     http_port, https_port, admin = (pebblectl.free_port() for _ in range(3))
-    with emulator_process(tmp_path) as (url, _), Echo("web") as web, \
+    with emulator_process(tmp_path, "all-in-one") as (url, _), Echo("web") as web, \
             pebblectl.running(tmp_path / "pebble", http_port=http_port) as info, \
             FaultProxy(info, tmp_path / "pebble") as ca:
         ca.rate_limited = False
@@ -95,7 +78,6 @@ def test_certop_run_issues_through_its_own_proxy_serves_renews_live_and_unroutes
         ca.ari_window = (now + datetime.timedelta(days=1), now + datetime.timedelta(days=2))
         ca.ari_due_first = True  # the first certificate is to be renewed at once
         api = api_client(url)
-        bind_proxy_roles(api)
         client.CustomObjectsApi(api).create_cluster_custom_object(
             "certop.dev", "v1", "clusterissuers", {
                 "apiVersion": "certop.dev/v1", "kind": "ClusterIssuer",
