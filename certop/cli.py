@@ -274,6 +274,10 @@ def _operator_flags(p: argparse.ArgumentParser) -> None:
                    help="port of the HTTP-01 responder")
     p.add_argument("--solver-service", default="certop-solver",
                    help="Service the temporary Ingresses route challenges to")
+    p.add_argument("--http01-self-check", type=_host_port, metavar="HOST:PORT",
+                   help="ask the Ingress controller here for a token before telling the CA "
+                        "(e.g. certop-proxy.certop.svc:80 in the split layout): the token is "
+                        "served by the time the CA asks (default: certop's own responder)")
     p.add_argument("--lease", default="certop-leader", metavar="NAME",
                    help="the coordination.k8s.io Lease that elects the active replica")
     _order_flags(p, "a ClusterIssuer's (never a namespaced Issuer's)")
@@ -462,7 +466,15 @@ def _operator_run(args: argparse.Namespace, admin: bool = True) -> OperatorRun:
         listen=args.listen, solver_port=args.solver_port, solver_service=args.solver_service,
         admin_port=args.admin_port if admin else None, lease_name=args.lease,
         lease_duration=args.lease_duration, max_concurrent_orders=args.max_concurrent_orders,
-        dns01_nameservers=args.dns01_nameservers, dns01_exec_allow=args.dns01_exec_allow)
+        dns01_nameservers=args.dns01_nameservers, dns01_exec_allow=args.dns01_exec_allow,
+        http01_self_check=args.http01_self_check)
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    host, colon, port = text.rpartition(":")
+    if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"HOST:PORT, not {text!r}")
+    return host.strip("[]"), int(port)
 
 
 def _operator(args: argparse.Namespace) -> int:

@@ -41,6 +41,9 @@ from certop.core.models import Ingress, ServiceBackend
 from certop.k8s.ingress_status import LbEntry, Seen, entries_of
 from certop.metrics import Metrics
 from certop.store.listwatch import ListWatch
+from solvers.base import TokenSink
+from solvers.http01.ingress import KEY_AUTHORIZATION, TOKEN_LABEL
+from solvers.http01.tokens import CHALLENGE_PATH
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -70,6 +73,8 @@ class _Ingress:
     version: str
     status: LbEntry = ()
     """What its status.loadBalancer.ingress says now."""
+    challenge: tuple[str, str] | None = None
+    """(token, key authorization) of a temporary HTTP-01 Ingress of certop's operator."""
 
 
 @dataclass(frozen=True)
@@ -142,9 +147,26 @@ def _parse_ingress(raw: Mapping[str, Any], _old: _Ingress | None) -> _Ingress:
     doc = {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress", **raw}
     status = entries_of(((raw.get("status") or {}).get("loadBalancer") or {}).get("ingress"))
     try:
-        return _Ingress(Claim.of(raw), parse_ingress(doc), None, uid, version, status)
+        ingress = parse_ingress(doc)
     except ConfigError as exc:
         return _Ingress(Claim.of(raw), None, exc, uid, version, status)
+    return _Ingress(Claim.of(raw), ingress, None, uid, version, status,
+                    _challenge(raw, ingress))
+
+
+def _challenge(raw: Mapping[str, Any], ingress: Ingress) -> tuple[str, str] | None:
+    """The token and key authorization a temporary HTTP-01 Ingress carries: its label, its
+    annotation, one rule with the one challenge path of that token."""
+    meta = raw.get("metadata") or {}
+    key_authorization = ingress.annotations.get(KEY_AUTHORIZATION)
+    if (meta.get("labels") or {}).get(TOKEN_LABEL) != "true" or not key_authorization \
+            or len(ingress.rules) != 1 or len(ingress.rules[0].paths) != 1:
+        return None
+    path = ingress.rules[0].paths[0].path
+    token = path.removeprefix(CHALLENGE_PATH)
+    if token == path or not token or key_authorization.split(".", 1)[0] != token:
+        return None
+    return token, key_authorization
 
 
 def _parse_secret(raw: Mapping[str, Any], old: _Secret | None) -> _Secret:
@@ -191,9 +213,15 @@ class ClusterSource:
     def __init__(self, api: client.ApiClient, server: serving.Server,
                  settings: SourceSettings | None = None, metrics: Metrics | None = None,
                  events: Callable[[Mapping[str, Any], str, str, str], None] | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 tokens: TokenSink | None = None) -> None:
+        """`tokens`: where the HTTP-01 key authorizations of the operator's temporary
+        Ingresses go (the proxy's token store: it answers them before any route)."""
         self.settings = settings or SourceSettings()
         self.server = server
+        self.tokens = tokens
+        self._tokens: dict[str, str] = {}
+        """The tokens this source put into `tokens` (it removes only its own)."""
         self.metrics = metrics or Metrics()
         self.clock = clock
         self.events = events if events is not None else EventPoster(api)
@@ -337,6 +365,7 @@ class ClusterSource:
                                   else "its hosts get the default certificate"))
                 if secret.pair is not None:
                     pairs[key] = secret.pair
+        self._sync_tokens(raws[(i.ref.namespace, i.ref.name)].challenge for i in served)
         snapshot = serving.build(served, resolve, s.hsts_default, pairs)
         for ing in served:
             for backend in serving.backends([ing]):
@@ -349,6 +378,17 @@ class ClusterSource:
         self.built = Built(tuple(served), skipped, seen)
         if self.on_built is not None:
             self.on_built(self.built)
+
+    def _sync_tokens(self, challenges: Iterable[tuple[str, str] | None]) -> None:
+        if self.tokens is None:
+            return
+        wanted = dict(c for c in challenges if c is not None)
+        for token in set(self._tokens) - set(wanted):
+            self.tokens.remove(token)
+        for token, key_authorization in wanted.items():
+            if self._tokens.get(token) != key_authorization:
+                self.tokens.put(token, key_authorization)
+        self._tokens = wanted
 
     def published(self, service: Key) -> LbEntry:
         """The addresses a Service's status gives (--publish-service), from the cache."""

@@ -57,6 +57,9 @@ class OperatorRun:
     """Where DNS-01 propagation is checked (--dns01-nameservers)."""
     dns01_exec_allow: tuple[str, ...] = ()
     """Programs a ClusterIssuer's exec DNS provider may run (--dns01-exec-allow)."""
+    http01_self_check: tuple[str, int] | None = None
+    """Where the HTTP-01 self-check asks for a token (--http01-self-check): the Ingress
+    controller that serves the temporary Ingresses; None: certop's own responder."""
 
 
 API_TIMEOUT = 10.0
@@ -175,8 +178,9 @@ async def run_operator(run: OperatorRun, api: kubernetes.client.ApiClient | None
                 solver_port=80, max_concurrent_orders=run.max_concurrent_orders,
                 namespaces=run.namespaces, dns01_nameservers=run.dns01_nameservers,
                 dns01_exec_allow=run.dns01_exec_allow,
-                self_check_addr=("127.0.0.1" if run.listen in ("0.0.0.0", "") else run.listen,
-                                 run.solver_port))
+                self_check_addr=run.http01_self_check or (
+                    "127.0.0.1" if run.listen in ("0.0.0.0", "") else run.listen,
+                    run.solver_port))
             registry = kopf.OperatorRegistry()
             # The same login as our own client: in-cluster service account or KUBECONFIG.
             kopf.on.login(registry=registry)(kopf.login_via_client)

@@ -61,7 +61,9 @@ async def run_proxy(run: ProxyRun, stop: asyncio.Event | None = None,
     proxy = Proxy(CertBook(run.default_certificate),
                   tokens if tokens is not None else TokenStore(), run.proxy)
     await proxy.start(run.listen, run.http_port, run.https_port)
-    source = ClusterSource(api, proxy, run.source, proxy.metrics)
+    # The operator's temporary HTTP-01 Ingresses carry their key authorization: every replica
+    # answers them itself, whichever one the CA's request reaches.
+    source = ClusterSource(api, proxy, run.source, proxy.metrics, tokens=proxy.tokens)
     admin = Admin(proxy, source.ready)
     if stop is None:
         stop = asyncio.Event()

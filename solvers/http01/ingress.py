@@ -24,10 +24,15 @@ from solvers.http01.tokens import CHALLENGE_PATH
 
 log = logging.getLogger(__name__)
 TOKEN_LABEL = "certop.dev/http01-solver"
+KEY_AUTHORIZATION = "certop.dev/http01-key-authorization"
+"""Annotation of the temporary Ingress: the key authorization to serve (public: it is what
+the CA fetches), so that every replica of certop's own proxy answers the challenge itself,
+whichever replica the CA's request reaches."""
 
 
 def temporary_ingress(namespace: str, host: str, token: str, service: str, port: int,
-                      ingress_class: str | None, path_type: str = "Exact") -> dict[str, Any]:
+                      ingress_class: str | None, path_type: str = "Exact",
+                      key_authorization: str | None = None) -> dict[str, Any]:
     """The temporary Ingress for one challenge (pure)."""
     name = "certop-http01-" + hashlib.sha256(f"{host}/{token}".encode()).hexdigest()[:12]
     spec: dict[str, Any] = {"rules": [{"host": host, "http": {"paths": [{
@@ -35,9 +40,11 @@ def temporary_ingress(namespace: str, host: str, token: str, service: str, port:
         "backend": {"service": {"name": service, "port": {"number": port}}}}]}}]}
     if ingress_class:
         spec["ingressClassName"] = ingress_class
-    return {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
-            "metadata": {"name": name, "namespace": namespace,
-                         "labels": {TOKEN_LABEL: "true"}},
+    metadata: dict[str, Any] = {"name": name, "namespace": namespace,
+                                "labels": {TOKEN_LABEL: "true"}}
+    if key_authorization is not None:
+        metadata["annotations"] = {KEY_AUTHORIZATION: key_authorization}
+    return {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": metadata,
             "spec": spec}
 
 
@@ -60,7 +67,8 @@ class IngressSolver:
         self.local.present(challenge)
         identifier, token = challenge.identifier, challenge.token
         body = temporary_ingress(self.namespace, identifier, token, self.service, self.port,
-                                 self.ingress_class, self.path_type)
+                                 self.ingress_class, self.path_type,
+                                 challenge.key_authorization)
         name = body["metadata"]["name"]
         try:
             self.net.create_namespaced_ingress(self.namespace, cast(Any, body))

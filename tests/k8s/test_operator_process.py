@@ -55,11 +55,13 @@ def emulator_url(tmp_path: Path) -> Iterator[str]:
         yield url
 
 
-def kubeconfig(path: Path, url: str) -> Path:
+def kubeconfig(path: Path, url: str, token: str = OPERATOR_TOKEN) -> Path:
+    """A KUBECONFIG for the emulator at `url`, logging in with `token` (the operator's
+    ServiceAccount by default)."""
     path.write_text(f"""apiVersion: v1
 kind: Config
 clusters: [{{name: emu, cluster: {{server: "{url}"}}}}]
-users: [{{name: me, user: {{token: {OPERATOR_TOKEN}}}}}]
+users: [{{name: me, user: {{token: {token}}}}}]
 contexts: [{{name: emu, context: {{cluster: emu, user: me}}}}]
 current-context: emu
 """)

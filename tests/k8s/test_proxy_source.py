@@ -252,3 +252,35 @@ def test_the_lease_holder_writes_the_address_into_served_ingresses_only(
             assert one.get("ours.test")[0] == 404
             assert one.writer is not None and two.writer is not None
             assert sorted((one.writer.writes, two.writer.writes)) == [0, 2]
+
+
+def test_the_operators_temporary_ingress_is_answered_by_every_replica_itself(
+        kube: EmulatorThread) -> None:
+    """The temporary HTTP-01 Ingress carries its key authorization: a proxy replica that
+    holds no token of its own answers it before any route (the user's `/` Prefix route and
+    the responder Service behind the temporary Ingress are not asked), and stops when the
+    Ingress is gone. An Ingress without certop's label is never taken for one."""
+    from solvers.http01.ingress import temporary_ingress
+
+    with Echo("web") as web:
+        token = "tok-" + "a" * 40
+        body = temporary_ingress(NS, "h.example.test", token, "certop-solver", 80, "certop",
+                                 key_authorization=f"{token}.thumbprint")
+        forged = temporary_ingress(NS, "h.example.test", "forged", "web", 80, "certop",
+                                   key_authorization="forged.thumbprint")
+        forged["metadata"]["labels"] = {}
+        forged["metadata"]["name"] = "forged"
+        create(kube, NS, ingress_class("certop"), service("web"),
+               endpoint_slice("web-1", "web", web.port, ["127.0.0.1"]),
+               ingress("site", "h.example.test"), body, forged)
+        with ClusterProxy(kube) as proxy:
+            path = f"/.well-known/acme-challenge/{token}"
+            assert proxy.get("h.example.test", path) == (200, f"{token}.thumbprint".encode())
+            assert not web.requests
+            # Without certop's label: an ordinary route to its backend, never a token answer.
+            status, answer = proxy.get("h.example.test", "/.well-known/acme-challenge/forged")
+            assert (status, served_by(answer)) == (200, "web")
+            client.NetworkingV1Api(kube.api_client()).delete_namespaced_ingress(
+                body["metadata"]["name"], NS)
+            wait_for(lambda: proxy.get("h.example.test", path)[1] != f"{token}.thumbprint"
+                     .encode(), what="the token no longer answered")

@@ -64,13 +64,30 @@ def stored_id(api: client.ApiClient) -> str | None:
     return ari.cert_id(base64.b64decode(found.data["tls.crt"]))
 
 
+def start(tmp_path: Path, url: str, name: str, token: str, *args: str
+          ) -> tuple[subprocess.Popen[bytes], Path]:
+    """`certop ARGS` logged in through a KUBECONFIG with `token`; its output in NAME.log."""
+    env = dict(os.environ, KUBECONFIG=str(kubeconfig(tmp_path / f"{name}.kubeconfig", url,
+                                                     token)))
+    log_path = tmp_path / f"{name}.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "certop.cli", *args],
+                                stdout=log, stderr=subprocess.STDOUT, env=env)
+    return proc, log_path
+
+
 @pytest.mark.slow
-def test_certop_run_issues_through_its_own_proxy_serves_renews_live_and_unroutes(
-        tmp_path: Path) -> None:
+@pytest.mark.parametrize("layout", ["all-in-one", "split"])
+def test_issued_through_certops_proxy_served_renewed_live_and_unrouted(
+        tmp_path: Path, layout: str) -> None:
+    """all-in-one: `certop run` (HTTP-01 tokens shared in-process). split: `certop operator`
+    and `certop proxy` as two processes, each as its own ServiceAccount: the proxy answers
+    the operator's challenges from its temporary Ingress."""
     from faultproxy import FaultProxy
+    from kmock_ext import OPERATOR_TOKEN, PROXY_TOKEN
 
     http_port, https_port, admin = (pebblectl.free_port() for _ in range(3))
-    with emulator_process(tmp_path, "all-in-one") as (url, _), Echo("web") as web, \
+    with emulator_process(tmp_path, layout) as (url, _), Echo("web") as web, \
             pebblectl.running(tmp_path / "pebble", http_port=http_port) as info, \
             FaultProxy(info, tmp_path / "pebble") as ca:
         ca.rate_limited = False
@@ -105,16 +122,19 @@ def test_certop_run_issues_through_its_own_proxy_serves_renews_live_and_unroutes
         net.create_namespaced_ingress(NS, body)
         root = tmp_path / "root.pem"
         root.write_text(info.root_pem())
-        env = dict(os.environ, KUBECONFIG=str(kubeconfig(tmp_path / "kubeconfig", url)))
-        log_path = tmp_path / "run.log"
-        with open(log_path, "wb") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "certop.cli", "run", "-A",
-                 "--cluster-resource-namespace", "certop", "--listen", "127.0.0.1",
-                 "--http-port", str(http_port), "--https-port", str(https_port),
-                 "--solver-port", str(pebblectl.free_port()), "--admin-port", str(admin),
-                 "--publish-address", "127.0.0.1"],
-                stdout=log, stderr=subprocess.STDOUT, env=env)
+        common = ["--listen", "127.0.0.1", "-A"]
+        serving = ["--http-port", str(http_port), "--https-port", str(https_port),
+                   "--admin-port", str(admin), "--publish-address", "127.0.0.1"]
+        operating = ["--cluster-resource-namespace", "certop",
+                     "--solver-port", str(pebblectl.free_port())]
+        if layout == "all-in-one":
+            procs = [start(tmp_path, url, "run", OPERATOR_TOKEN, "run", *common, *serving,
+                           *operating)]
+        else:
+            procs = [start(tmp_path, url, "operator", OPERATOR_TOKEN, "operator", *common,
+                           *operating, "--http01-self-check", f"127.0.0.1:{http_port}"),
+                     start(tmp_path, url, "proxy", PROXY_TOKEN, "proxy", *common, *serving)]
+        log_path = procs[0][1]
         try:
             wait_for(lambda: status(admin, "/readyz") == 200, timeout=30,
                      what=f"the proxy ready: {log_path.read_text()[-2000:]}")
@@ -138,5 +158,7 @@ def test_certop_run_issues_through_its_own_proxy_serves_renews_live_and_unroutes
             assert plain(http_port) == 308
             wait_for(lambda: plain(http_port) == 404, timeout=10, what="the routes gone")
         finally:
-            proc.send_signal(signal.SIGTERM)
-            assert proc.wait(timeout=30) == 0, log_path.read_text()[-3000:]
+            for proc, _ in procs:
+                proc.send_signal(signal.SIGTERM)
+            for proc, path in procs:
+                assert proc.wait(timeout=30) == 0, path.read_text()[-3000:]
