@@ -221,6 +221,9 @@ def _class_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--api-grace", type=_seconds, default=30.0, metavar="SECONDS",
                    help="how long the API server may be unreachable before /readyz says "
                         "not ready (the last configuration is served meanwhile)")
+    p.add_argument("--allow-external-name-services", action="store_true",
+                   help="follow ExternalName Services as backends (off: a tenant's "
+                        "ExternalName could send the proxy anywhere its network reaches)")
     publish = p.add_mutually_exclusive_group()
     publish.add_argument("--publish-service", metavar="NAMESPACE/NAME",
                          help="write this Service's load-balancer address into the status "
@@ -495,7 +498,8 @@ def _proxy_run(args: argparse.Namespace) -> ProxyRun:
         source=SourceSettings(controller=args.controller_name, class_name=args.ingress_class,
                               namespaces=tuple(args.namespace),
                               hsts_default=ann.DEFAULT_HSTS if args.hsts else None,
-                              grace=args.api_grace),
+                              grace=args.api_grace,
+                              external_names=args.allow_external_name_services),
         proxy=_proxy_settings(args), default_certificate=_default_certificate(args),
         publish_service=_publish_service(args.publish_service),
         publish_address=args.publish_address, lease_namespace=default_namespace(),

@@ -134,7 +134,9 @@ def body_limit(annotations: Mapping[str, str]) -> int | None:
     text = raw.strip().lower()
     unit = text[-1:] if text[-1:] in ("k", "m", "g") else ""
     number = text[: len(text) - len(unit)]
-    if not (number.isascii() and number.isdigit()):  # str.isdigit() is true for "²" too
+    # str.isdigit() is true for "²" too; 18 digits: any real size, and never Python's limit
+    # on int() of a long string (a ValueError no user should be able to cause)
+    if not (number.isascii() and number.isdigit()) or len(number) > 18:
         raise AnnotationError(key, "a size like 8m, 512k, 1g or a number of bytes (0 = no limit)")
     return int(number) * _SIZE_UNITS[unit]
 

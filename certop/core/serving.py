@@ -43,6 +43,10 @@ class Snapshot:
     certificates: Mapping[SecretKey, KeyPair] = field(
         default_factory=lambda: MappingProxyType({}), repr=False)
     """Certificates the source brings (not issued by certop), by Secret."""
+    challenges: Mapping[tuple[str, str], str] = field(
+        default_factory=lambda: MappingProxyType({}), repr=False)
+    """(host, token) -> the HTTP-01 key authorization to answer for that host only (the
+    cluster source: the operator's temporary Ingresses), after the proxy's own tokens."""
 
     @classmethod
     def empty(cls) -> Snapshot:
@@ -93,7 +97,8 @@ def build(ingresses: Sequence[Ingress],
           resolve: Callable[[ServiceBackend], Sequence[Address]],
           hsts_default: str | None = None,
           certificates: Mapping[SecretKey, KeyPair] | None = None,
-          sni: Iterable[tuple[str, SecretKey]] = ()) -> Snapshot:
+          sni: Iterable[tuple[str, SecretKey]] = (),
+          challenges: Mapping[tuple[str, str], str] | None = None) -> Snapshot:
     """The snapshot of these Ingresses; `resolve` gives a backend's endpoints (the source's
     knowledge: `--service` flags, EndpointSlices); `sni`: more SNI hosts and their Secrets
     (Certificate objects' dnsNames), for hosts no Ingress's `tls` names."""
@@ -102,4 +107,5 @@ def build(ingresses: Sequence[Ingress],
         MappingProxyType(sni_map(ingresses, sni)),
         MappingProxyType({b: tuple(resolve(b)) for b in backends(ingresses)}),
         MappingProxyType(dict(certificates or {})),
+        MappingProxyType(dict(challenges or {})),
     )

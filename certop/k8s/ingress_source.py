@@ -24,6 +24,8 @@ import binascii
 import contextlib
 import datetime
 import logging
+import queue
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -41,7 +43,6 @@ from certop.core.models import Ingress, ServiceBackend
 from certop.k8s.ingress_status import LbEntry, Seen, entries_of
 from certop.metrics import Metrics
 from certop.store.listwatch import ListWatch
-from solvers.base import TokenSink
 from solvers.http01.ingress import KEY_AUTHORIZATION, TOKEN_LABEL
 from solvers.http01.tokens import CHALLENGE_PATH
 
@@ -49,6 +50,7 @@ log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 Key = tuple[str, str]
 TLS_SECRETS = "type=kubernetes.io/tls"
+_B64URL = re.compile(r"[A-Za-z0-9_-]{1,128}")
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,8 @@ class SourceSettings:
     """Changes within this many seconds make one rebuild."""
     grace: float = 30.0
     """Seconds the API server may be unreachable before `ready()` says False."""
+    external_names: bool = False
+    """Follow ExternalName Services (--allow-external-name-services)."""
 
 
 @dataclass(frozen=True)
@@ -73,8 +77,9 @@ class _Ingress:
     version: str
     status: LbEntry = ()
     """What its status.loadBalancer.ingress says now."""
-    challenge: tuple[str, str] | None = None
-    """(token, key authorization) of a temporary HTTP-01 Ingress of certop's operator."""
+    challenge: tuple[str, str, str] | None = None
+    """(host, token, key authorization) of a temporary HTTP-01 Ingress of certop's
+    operator."""
 
 
 @dataclass(frozen=True)
@@ -109,7 +114,7 @@ class _Store(Generic[_T]):
                     if namespace is not None and k[0] != namespace}
             for raw in items:
                 key = self._key(raw)
-                value = self._parse(raw, old.get(key))
+                value = self._parsed(key, raw, old.get(key))
                 if value is not None:
                     kept[key] = value
             self._items = kept
@@ -121,12 +126,22 @@ class _Store(Generic[_T]):
             if kind == "DELETED":
                 self._items.pop(key, None)
             else:
-                value = self._parse(raw, self._items.get(key))
+                value = self._parsed(key, raw, self._items.get(key))
                 if value is None:
                     self._items.pop(key, None)
                 else:
                     self._items[key] = value
         self._changed()
+
+    def _parsed(self, key: Key, raw: Mapping[str, Any], old: _T | None) -> _T | None:
+        """One object parsed; one that cannot be (a bug of certop's, never a user's mistake:
+        the parsers turn those into errors of their own) is left out and logged, never
+        raised into the watch: one object must not stop the others from being served."""
+        try:
+            return self._parse(raw, old)
+        except Exception:
+            log.exception("%s/%s could not be read; left out", *key)
+            return None
 
     def snapshot(self) -> dict[Key, _T]:
         with self._lock:
@@ -150,13 +165,18 @@ def _parse_ingress(raw: Mapping[str, Any], _old: _Ingress | None) -> _Ingress:
         ingress = parse_ingress(doc)
     except ConfigError as exc:
         return _Ingress(Claim.of(raw), None, exc, uid, version, status)
+    except Exception as exc:  # anything else in an object is still that object's problem
+        meta = raw.get("metadata") or {}
+        error = ConfigError("", f"Ingress {meta.get('namespace')}/{meta.get('name')}", "",
+                            f"an Ingress certop can read ({type(exc).__name__}: {exc})")
+        return _Ingress(Claim.of(raw), None, error, uid, version, status)
     return _Ingress(Claim.of(raw), ingress, None, uid, version, status,
                     _challenge(raw, ingress))
 
 
-def _challenge(raw: Mapping[str, Any], ingress: Ingress) -> tuple[str, str] | None:
-    """The token and key authorization a temporary HTTP-01 Ingress carries: its label, its
-    annotation, one rule with the one challenge path of that token."""
+def _challenge(raw: Mapping[str, Any], ingress: Ingress) -> tuple[str, str, str] | None:
+    """The host, token and key authorization a temporary HTTP-01 Ingress carries: its
+    label, its annotation, one rule (a host) with the one challenge path of that token."""
     meta = raw.get("metadata") or {}
     key_authorization = ingress.annotations.get(KEY_AUTHORIZATION)
     if (meta.get("labels") or {}).get(TOKEN_LABEL) != "true" or not key_authorization \
@@ -164,9 +184,11 @@ def _challenge(raw: Mapping[str, Any], ingress: Ingress) -> tuple[str, str] | No
         return None
     path = ingress.rules[0].paths[0].path
     token = path.removeprefix(CHALLENGE_PATH)
-    if token == path or not token or key_authorization.split(".", 1)[0] != token:
-        return None
-    return token, key_authorization
+    if token == path or not _B64URL.fullmatch(token) or \
+            not re.fullmatch(re.escape(token) + r"\.[A-Za-z0-9_-]{1,128}", key_authorization):
+        return None  # RFC 8555 section 8.1: token "." base64url(thumbprint)
+    host = ingress.rules[0].host
+    return (host, token, key_authorization) if host else None
 
 
 def _parse_secret(raw: Mapping[str, Any], old: _Secret | None) -> _Secret:
@@ -180,6 +202,9 @@ def _parse_secret(raw: Mapping[str, Any], old: _Secret | None) -> _Secret:
     except (binascii.Error, ValueError) as exc:
         why = exc if isinstance(exc, crypto.CertificateUnreadable) else "data is not base64"
         return _Secret(last, f"tls.crt/tls.key: {why}", uid, version)
+    except Exception as exc:  # e.g. a key type the cryptography library does not know
+        return _Secret(last, f"tls.crt/tls.key: not a usable pair ({type(exc).__name__})",
+                       uid, version)
     return _Secret(serving.KeyPair(chain, key), None, uid, version)
 
 
@@ -213,15 +238,9 @@ class ClusterSource:
     def __init__(self, api: client.ApiClient, server: serving.Server,
                  settings: SourceSettings | None = None, metrics: Metrics | None = None,
                  events: Callable[[Mapping[str, Any], str, str, str], None] | None = None,
-                 clock: Callable[[], float] = time.monotonic,
-                 tokens: TokenSink | None = None) -> None:
-        """`tokens`: where the HTTP-01 key authorizations of the operator's temporary
-        Ingresses go (the proxy's token store: it answers them before any route)."""
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings or SourceSettings()
         self.server = server
-        self.tokens = tokens
-        self._tokens: dict[str, str] = {}
-        """The tokens this source put into `tokens` (it removes only its own)."""
         self.metrics = metrics or Metrics()
         self.clock = clock
         self.events = events if events is not None else EventPoster(api)
@@ -232,6 +251,7 @@ class ClusterSource:
         self.secrets: _Store[_Secret] = _Store(_parse_secret, self._changed)
         self.built = Built((), {})
         self.rebuilds = 0
+        self.rebuild_failed = False
         self.on_built: Callable[[Built], None] | None = None
         """Called after each swap (the status writer)."""
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -294,7 +314,7 @@ class ClusterSource:
 
     def ready(self) -> bool:
         """Listed once, and the API server answering (or not for less than the grace)."""
-        if not self.synced:
+        if not self.synced or self.rebuild_failed or not self.rebuilds:
             return False
         failing = [w.failing_since for w in self._watches if w.failing_since is not None]
         return not failing or self.clock() - min(failing) < self.settings.grace
@@ -315,7 +335,20 @@ class ClusterSource:
         self._loop.call_later(self.settings.settle, self._rebuild)
 
     def _rebuild(self) -> None:
+        """Build and swap in the snapshot; a failure (a bug of certop's) keeps the last
+        one serving, is logged and counted, and makes `ready()` False until a rebuild
+        succeeds again (the next change tries again)."""
         self._pending = False
+        try:
+            self._build_and_swap()
+        except Exception:
+            log.exception("building the configuration failed; still serving the last one")
+            self.metrics.add("proxy_rebuild_errors_total")
+            self.rebuild_failed = True
+        else:
+            self.rebuild_failed = False
+
+    def _build_and_swap(self) -> None:
         s = self.settings
         classes = {c.name: c for c in self.classes.snapshot().values()}
         services = self.services.snapshot()
@@ -327,9 +360,13 @@ class ClusterSource:
         skipped: dict[Key, str] = {}
         seen: dict[Key, Seen] = {}
         raws = self.ingresses.snapshot()
-        for key, entry in sorted(raws.items()):
+        # Oldest first (creationTimestamp, then namespace/name): the first Ingress naming a
+        # host gets its routes (`routing.build`) and its certificate (`serving.sni_map`),
+        # as in standalone mode; a newer one cannot take them over.
+        for key, entry in sorted(raws.items(), key=_age):
             ours = serves(entry.claim, classes, s.controller, s.class_name)
-            seen[key] = Seen(ours and entry.ingress is not None, entry.status)
+            seen[key] = Seen(ours and entry.ingress is not None, entry.status, entry.version,
+                             other=not ours and _foreign(entry.claim, classes, s.controller))
             if not ours:
                 continue
             if entry.ingress is None:
@@ -344,7 +381,7 @@ class ClusterSource:
         def resolve(backend: ServiceBackend) -> Sequence[endpoints.Address]:
             found, problem = endpoints.resolve(
                 backend, services.get((backend.namespace, backend.name)),
-                by_service.get((backend.namespace, backend.name), ()))
+                by_service.get((backend.namespace, backend.name), ()), s.external_names)
             if problem is not None:
                 problems[backend] = problem
             return found
@@ -365,35 +402,40 @@ class ClusterSource:
                                   else "its hosts get the default certificate"))
                 if secret.pair is not None:
                     pairs[key] = secret.pair
-        self._sync_tokens(raws[(i.ref.namespace, i.ref.name)].challenge for i in served)
-        snapshot = serving.build(served, resolve, s.hsts_default, pairs)
+        # The operator's temporary Ingresses: answered for their own host only, the oldest
+        # Ingress first (`served` is oldest first), before any route.
+        challenges: dict[tuple[str, str], str] = {}
         for ing in served:
-            for backend in serving.backends([ing]):
-                if backend in problems:
-                    meta_uid = raws[(ing.ref.namespace, ing.ref.name)]
-                    self._tell((ing.ref.namespace, ing.ref.name), "Ingress", meta_uid.uid,
-                               meta_uid.version, "BackendNotFound", problems[backend])
+            found = raws[(ing.ref.namespace, ing.ref.name)].challenge
+            if found is not None:
+                challenges.setdefault((found[0], found[1]), found[2])
+        snapshot = serving.build(served, resolve, s.hsts_default, pairs,
+                                 challenges=challenges)
+        for ing in served:
+            found_problems = [problems[b] for b in serving.backends([ing]) if b in problems]
+            if found_problems:  # one event per version of the Ingress, however many
+                entry = raws[(ing.ref.namespace, ing.ref.name)]
+                shown = "; ".join(found_problems[:5]) + (
+                    f"; and {len(found_problems) - 5} more" if len(found_problems) > 5 else "")
+                self._tell((ing.ref.namespace, ing.ref.name), "Ingress", entry.uid,
+                           entry.version, "BackendNotFound", shown)
+        for conflict in snapshot.routes.conflicts:
+            self._log_once(conflict)
         self.server.swap(snapshot)
         self.rebuilds += 1
         self.built = Built(tuple(served), skipped, seen)
         if self.on_built is not None:
             self.on_built(self.built)
 
-    def _sync_tokens(self, challenges: Iterable[tuple[str, str] | None]) -> None:
-        if self.tokens is None:
-            return
-        wanted = dict(c for c in challenges if c is not None)
-        for token in set(self._tokens) - set(wanted):
-            self.tokens.remove(token)
-        for token, key_authorization in wanted.items():
-            if self._tokens.get(token) != key_authorization:
-                self.tokens.put(token, key_authorization)
-        self._tokens = wanted
-
     def published(self, service: Key) -> LbEntry:
         """The addresses a Service's status gives (--publish-service), from the cache."""
         found = self.services.get(service)
         return found.load_balancer if found is not None else ()
+
+    def _log_once(self, message: str) -> None:
+        if ("", "", message) not in self._told:
+            self._told.add(("", "", message))
+            log.warning("%s", message)
 
     def _tell(self, key: Key, kind: str, uid: str, version: str, reason: str,
               message: str) -> None:
@@ -412,6 +454,17 @@ class ClusterSource:
         self.events(involved, "Warning", reason, message)
 
 
+def _foreign(claim: Claim, classes: Mapping[str, IngressClass], controller: str) -> bool:
+    """Does the Ingress name a class of another controller (its status is theirs)?"""
+    found = classes.get(claim.field) if claim.field is not None else None
+    return found is not None and found.controller != controller
+
+
+def _age(item: tuple[Key, _Ingress]) -> tuple[str, Key]:
+    key, entry = item
+    return (entry.ingress.creation if entry.ingress is not None else ""), key
+
+
 def _calls(all_namespaces: Callable[..., Any], namespaced: Callable[..., Any]
            ) -> Callable[..., Any]:
     def call(namespace: str | None, **kwargs: Any) -> Any:
@@ -422,17 +475,48 @@ def _calls(all_namespaces: Callable[..., Any], namespaced: Callable[..., Any]
 
 
 class EventPoster:
-    """core/v1 Events, posted from a thread of their own (never on the event loop), best
-    effort: an event that cannot be posted is logged at debug level and dropped."""
+    """core/v1 Events, posted by one thread of their own (never on the event loop), best
+    effort and bounded: at most `QUEUE` waiting (more are dropped and counted), at most
+    `BURST` per object per `WINDOW` seconds (client-go's spam filter does the same); an
+    event that cannot be posted is logged at debug level and dropped."""
+
+    QUEUE = 1000
+    BURST = 10
+    WINDOW = 300.0
 
     def __init__(self, api: client.ApiClient, component: str = "certop-proxy") -> None:
         self.core = client.CoreV1Api(api)
         self.component = component
+        self.dropped = 0
+        self._queue: queue.Queue[tuple[Mapping[str, Any], str, str, str]] = \
+            queue.Queue(self.QUEUE)
+        self._sent: dict[str, list[float]] = {}
+        self._thread: threading.Thread | None = None
 
     def __call__(self, involved: Mapping[str, Any], kind: str, reason: str,
                  message: str) -> None:
-        threading.Thread(target=self._post, args=(involved, kind, reason, message),
-                         daemon=True, name="event").start()
+        meta = involved["metadata"]
+        who = str(meta.get("uid") or f"{meta['namespace']}/{meta['name']}")
+        now = time.monotonic()
+        recent = [t for t in self._sent.get(who, []) if now - t < self.WINDOW]
+        if len(recent) >= self.BURST:
+            self.dropped += 1
+            return
+        self._sent[who] = [*recent, now]
+        if len(self._sent) > 10_000:
+            self._sent.clear()
+        try:
+            self._queue.put_nowait((involved, kind, reason, message))
+        except queue.Full:
+            self.dropped += 1
+            return
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._work, daemon=True, name="events")
+            self._thread.start()
+
+    def _work(self) -> None:
+        while True:
+            self._post(*self._queue.get())
 
     def _post(self, involved: Mapping[str, Any], kind: str, reason: str,
               message: str) -> None:

@@ -4,9 +4,10 @@ Every replica serves; one writes: the holder of a Lease (`k8s.lease`, the operat
 election). After each rebuild the holder compares what each Ingress's status says (from the
 watch cache, so nothing is read) with the address it publishes, and patches only those that
 differ: the Ingresses it serves get the address, an Ingress it no longer serves that still
-carries exactly that address gets it removed. Ingresses of other controllers are never
-written. The address is `--publish-address` (an IP, else a host name) or what the
-`--publish-service` Service's own status says (its LoadBalancer's addresses).
+carries exactly that address gets it removed, unless it now names another controller's
+class (then its status is that controller's). Nothing else is ever written. The address
+is `--publish-address` (an IP, else a host name) or what the `--publish-service` Service's
+own status says (its LoadBalancer's addresses).
 """
 
 from __future__ import annotations
@@ -60,6 +61,11 @@ class Seen:
 
     served: bool
     status: LbEntry
+    version: str = ""
+    """Its resourceVersion as the cache has it."""
+    other: bool = False
+    """It names a class of another controller: its status is that controller's, never
+    written here."""
 
 
 class StatusWriter:
@@ -70,9 +76,10 @@ class StatusWriter:
         self.published = published
         self.writes = 0
         self._wanted: dict[Key, Seen] = {}
-        self._written: dict[Key, tuple[LbEntry, LbEntry]] = {}
-        """Key -> (the status the cache showed, what we wrote over it): not written again
-        while the cache has not caught up with our own write."""
+        self._written: dict[Key, tuple[str, LbEntry]] = {}
+        """Key -> (the resourceVersion the cache showed, what we wrote over it): not written
+        again while the cache has not caught up with our own write (a later version, ours
+        or anyone's, is looked at afresh)."""
         self._dirty = asyncio.Event()
 
     def update(self, ingresses: Mapping[Key, Seen]) -> None:
@@ -125,18 +132,18 @@ class StatusWriter:
         for key, seen in self._wanted.items():
             if seen.served:
                 target = address
-            elif address and seen.status == address:
+            elif address and seen.status == address and not seen.other:
                 target = ()  # ours once (no longer served): take our address away
             else:
                 continue
             if seen.status == target or (seen.served and not target) or \
-                    self._written.get(key) == (seen.status, target):
+                    self._written.get(key) == (seen.version, target):
                 continue
             try:
                 await asyncio.to_thread(self.net.patch_namespaced_ingress_status,
                                         key[1], key[0], status_body(target))
                 self.writes += 1
-                self._written[key] = (seen.status, target)
+                self._written[key] = (seen.version, target)
             except Exception as exc:  # looked at again in RETRY seconds
                 log.warning("status of Ingress %s/%s not written: %s", key[0], key[1],
                             getattr(exc, "status", None) or exc)

@@ -62,8 +62,8 @@ async def run_proxy(run: ProxyRun, stop: asyncio.Event | None = None,
                   tokens if tokens is not None else TokenStore(), run.proxy)
     await proxy.start(run.listen, run.http_port, run.https_port)
     # The operator's temporary HTTP-01 Ingresses carry their key authorization: every replica
-    # answers them itself, whichever one the CA's request reaches.
-    source = ClusterSource(api, proxy, run.source, proxy.metrics, tokens=proxy.tokens)
+    # answers them itself (for their host), whichever one the CA's request reaches.
+    source = ClusterSource(api, proxy, run.source, proxy.metrics)
     admin = Admin(proxy, source.ready)
     if stop is None:
         stop = asyncio.Event()

@@ -307,6 +307,9 @@ class Proxy:
         if not tls:
             if path.startswith(ACME_CHALLENGE_PREFIX):
                 answer = self.tokens.answer(path)
+                if answer is None and self.serving.challenges:
+                    answer = self.serving.challenges.get(
+                        (host, path[len(ACME_CHALLENGE_PREFIX):]))
                 if answer is not None:
                     self.count(label, 200)
                     return Decision(local=self.simple(200, answer.encode(), close=close))

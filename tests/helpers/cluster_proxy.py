@@ -47,8 +47,7 @@ class ClusterProxy(LoopThread):
         await proxy.start("127.0.0.1", 0, 0)
         self.proxy, self.http_port, self.https_port = proxy, proxy.http_port, proxy.https_port
         source = ClusterSource(self.kube.proxy_client(), proxy, self.settings, proxy.metrics,
-                               events=lambda *event: self.events.append(event),  # type: ignore[arg-type]
-                               tokens=proxy.tokens)
+                               events=lambda *event: self.events.append(event))  # type: ignore[arg-type]
         self.source = source
         writing = None
         if self.publish is not None:

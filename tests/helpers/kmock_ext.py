@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import copy
 import datetime
 import itertools
@@ -399,6 +400,11 @@ class Emulator(kmock.KubernetesEmulator, _RoutedByAction):  # type: ignore[misc]
         """Bearer token -> user name."""
         self.superusers: set[str] = {ADMIN_USER}
         """Users granted everything without RBAC objects."""
+        self.unavailable = False
+        """While set every request's connection is dropped (an API server that is down);
+        `interrupt_watches("cut")` ends the open watches the same way."""
+        self._interrupts: set[asyncio.Future[str]] = set()
+        """One per open watch: resolved by `interrupt_watches`."""
         self.anonymous: str | None = None
         """Who a request without credentials is (None: 401). kubectl sends no bearer token
         over plain HTTP: its test makes it the admin, and uses `--as` for the operator."""
@@ -456,7 +462,23 @@ class Emulator(kmock.KubernetesEmulator, _RoutedByAction):  # type: ignore[misc]
         resources.update(self._objects.resources())
         return list(resources)
 
+    def interrupt_watches(self, how: str) -> int:
+        """End every open watch (on the emulator's loop): `gone` sends the ERROR event of
+        410 Gone (the client must list again), `cut` breaks the connection mid-stream.
+        Returns how many were open."""
+        open_ = list(self._interrupts)
+        for interrupt in open_:
+            if not interrupt.done():
+                interrupt.set_result(how)
+        return len(open_)
+
     async def _handle(self, request: Any) -> Any:
+        if self.unavailable:
+            # As an API server that went away: the connection is dropped, nothing answered.
+            transport = request.transport if hasattr(request, "transport") else None
+            if transport is not None:
+                transport.abort()
+            raise ConnectionResetError("the emulator is unavailable")
         try:
             user = self._authenticate(request)
             if request.url.path.startswith(ADMIN_PATH):
@@ -685,21 +707,38 @@ class Emulator(kmock.KubernetesEmulator, _RoutedByAction):  # type: ignore[misc]
             meta = raw.get("metadata") or {}
             return meta.get("namespace"), meta.get("name")
 
+        interrupt: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._interrupts.add(interrupt)
         try:
             for raw in snapshot:
                 shown.add(key(raw))
                 yield {"type": "ADDED", "object": copy.deepcopy(raw)}
             while True:
-                if deadline is None:
-                    event = await anext(events)
-                else:
-                    left = deadline - asyncio.get_running_loop().time()
-                    if left <= 0:
-                        return  # timeoutSeconds: the API server ends the stream
-                    try:
-                        event = await asyncio.wait_for(anext(events), left)
-                    except TimeoutError:
+                left = None if deadline is None else \
+                    deadline - asyncio.get_running_loop().time()
+                if left is not None and left <= 0:
+                    return  # timeoutSeconds: the API server ends the stream
+                upcoming = asyncio.ensure_future(anext(events))
+                try:
+                    await asyncio.wait({upcoming, interrupt}, timeout=left,
+                                       return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    if not upcoming.done():
+                        # The generator's pending step ends before it is closed below (also
+                        # when this stream is cancelled).
+                        upcoming.cancel()
+                        await asyncio.wait({upcoming})
+                if interrupt.done():
+                    if interrupt.result() == "gone":
+                        yield {"type": "ERROR", "object": {
+                            "kind": "Status", "apiVersion": "v1", "status": "Failure",
+                            "code": 410, "reason": "Expired",
+                            "message": "too old resource version"}}
                         return
+                    raise ConnectionResetError("watch cut by the test")
+                if upcoming.cancelled():
+                    return  # timeoutSeconds
+                event = upcoming.result()
                 obj = event.get("object", {})
                 meta = obj.get("metadata", {})
                 if request.namespace is not None and meta.get("namespace") != \
@@ -719,7 +758,9 @@ class Emulator(kmock.KubernetesEmulator, _RoutedByAction):  # type: ignore[misc]
                     event = {**event, "type": "ADDED"}
                 yield event
         finally:
-            await events.aclose()
+            self._interrupts.discard(interrupt)
+            with contextlib.suppress(Exception):
+                await events.aclose()
             await bus.unmark(marker)
 
 

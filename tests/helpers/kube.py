@@ -110,6 +110,23 @@ class EmulatorThread(LoopThread):
             raise AssertionError(f"the emulator refused {len(denied)} request(s) under "
                                  f"the {self.layout} RBAC of manifests/, first: {denied[0]}")
 
+    def interrupt_watches(self, how: str) -> int:
+        """End every open watch: `gone` (410 Gone) or `cut` (the connection breaks)."""
+        future = asyncio.run_coroutine_threadsafe(self._interrupt(how), self.loop)
+        return future.result(10)
+
+    async def _interrupt(self, how: str) -> int:
+        return int(self.emulator.interrupt_watches(how))
+
+    def set_unavailable(self, down: bool) -> None:
+        """Drop every request (an API server that went away) until called with False; the
+        open watches are cut at once."""
+        async def change() -> None:
+            self.emulator.unavailable = down
+            if down:
+                self.emulator.interrupt_watches("cut")
+        asyncio.run_coroutine_threadsafe(change(), self.loop).result(10)
+
     def api_client(self, token: str = ADMIN_TOKEN) -> client.ApiClient:
         """A client as the test's admin (granted everything)."""
         config = client.Configuration()

@@ -209,7 +209,8 @@ def test_endpoint_and_port_changes_reach_the_data_path(kube: EmulatorThread) -> 
             assert served_by(proxy.wait_status("c.example.test", 200)) == "two"
 
 
-def test_an_external_name_service_and_a_default_backend(kube: EmulatorThread) -> None:
+def test_an_external_name_service_only_when_allowed_and_a_default_backend(
+        kube: EmulatorThread) -> None:
     with Echo("external") as external, Echo("fallback") as fallback:
         default = ingress("default", "unused.test")
         default["spec"] = {"ingressClassName": "certop", "defaultBackend": {
@@ -220,13 +221,21 @@ def test_an_external_name_service_and_a_default_backend(kube: EmulatorThread) ->
                service("fallback"), endpoint_slice("fallback-1", "fallback", fallback.port,
                                                    ["127.0.0.1"]),
                default)
+        from certop.k8s.ingress_source import SourceSettings
+
+        # Not followed unless allowed (a tenant's ExternalName could point anywhere).
         with ClusterProxy(kube) as proxy:
-            assert served_by(proxy.wait_status("ext.example.test", 200)) == "external"
+            assert proxy.get("ext.example.test")[0] == 503
             assert served_by(proxy.wait_status("anything.example.test", 200)) == "fallback"
+            wait_for(lambda: any(e[2] == "BackendNotFound" and "ExternalName" in e[3]
+                                 for e in proxy.events), what="the refusal told")
+        allowed = SourceSettings(settle=0.01, external_names=True)
+        with ClusterProxy(kube, allowed) as proxy:
+            assert served_by(proxy.wait_status("ext.example.test", 200)) == "external"
 
 
-def lb_status(kube: EmulatorThread, name: str) -> list[dict[str, Any]]:
-    found = client.NetworkingV1Api(kube.api_client()).read_namespaced_ingress(name, NS)
+def lb_status(kube: EmulatorThread, name: str, namespace: str = NS) -> list[dict[str, Any]]:
+    found = client.NetworkingV1Api(kube.api_client()).read_namespaced_ingress(name, namespace)
     balancer = found.status.load_balancer if found.status else None
     return [{k: v for k, v in (("ip", i.ip), ("hostname", i.hostname)) if v}
             for i in (balancer.ingress or [])] if balancer else []
@@ -235,8 +244,9 @@ def lb_status(kube: EmulatorThread, name: str) -> list[dict[str, Any]]:
 def test_the_lease_holder_writes_the_address_into_served_ingresses_only(
         kube: EmulatorThread) -> None:
     """status.loadBalancer.ingress: set on the Ingresses this proxy serves, never on
-    another controller's, and removed when an Ingress moves to another class; two replicas,
-    one writer (the Lease holder)."""
+    another controller's, removed when an Ingress is no longer served (unless it now names
+    another controller's class: then the status is that controller's); two replicas, one
+    writer (the Lease holder)."""
     with Echo("web") as web:
         create(kube, NS, ingress_class("certop"), ingress_class("other", "example.com/x"),
                service("web"), endpoint_slice("web-1", "web", web.port, ["127.0.0.1"]),
@@ -247,11 +257,20 @@ def test_the_lease_holder_writes_the_address_into_served_ingresses_only(
                      what="the served Ingress's status")
             assert lb_status(kube, "theirs") == []
             net = client.NetworkingV1Api(kube.api_client())
-            net.patch_namespaced_ingress("ours", NS, {"spec": {"ingressClassName": "other"}})
+            net.patch_namespaced_ingress("ours", NS, {"spec": {"ingressClassName": "gone"}})
             wait_for(lambda: lb_status(kube, "ours") == [], what="the status removed")
             assert one.get("ours.test")[0] == 404
+            # Back to certop, then to another controller's class: that controller's status
+            # to write (not touched here, even when it shows certop's address).
+            net.patch_namespaced_ingress("ours", NS, {"spec": {"ingressClassName": "certop"}})
+            wait_for(lambda: lb_status(kube, "ours") == [{"ip": "127.0.0.1"}],
+                     what="the status back")
+            net.patch_namespaced_ingress("ours", NS, {"spec": {"ingressClassName": "other"}})
+            wait_for(lambda: one.get("ours.test")[0] == 404, what="not served any more")
             assert one.writer is not None and two.writer is not None
-            assert sorted((one.writer.writes, two.writer.writes)) == [0, 2]
+            writes = sorted((one.writer.writes, two.writer.writes))
+            assert lb_status(kube, "ours") == [{"ip": "127.0.0.1"}]
+            assert writes == [0, 3], writes
 
 
 def test_the_operators_temporary_ingress_is_answered_by_every_replica_itself(
@@ -284,3 +303,184 @@ def test_the_operators_temporary_ingress_is_answered_by_every_replica_itself(
                 body["metadata"]["name"], NS)
             wait_for(lambda: proxy.get("h.example.test", path)[1] != f"{token}.thumbprint"
                      .encode(), what="the token no longer answered")
+
+
+@pytest.mark.slow
+def test_a_410_a_cut_watch_and_an_api_server_away_for_10s_keep_the_proxy_serving(
+        kube: EmulatorThread) -> None:
+    """Each watch answering 410 Gone, then each connection cut: listed again, later changes
+    still arrive. The API server away for 10 s: every request is still answered from the
+    last configuration; ready until the grace (3 s) has passed, not ready after, ready
+    again once the API answers."""
+    import time
+
+    from certop.k8s.ingress_source import SourceSettings
+
+    with Echo("one") as one, Echo("two") as two, Echo("three") as three:
+        create(kube, NS, ingress_class("certop"), service("web"),
+               endpoint_slice("web-1", "web", one.port, ["127.0.0.1"]),
+               ingress("web", "r.example.test"))
+        discovery = client.DiscoveryV1Api(kube.api_client())
+        with ClusterProxy(kube, SourceSettings(settle=0.01, grace=3.0)) as proxy:
+            source = proxy.source
+            assert source is not None
+            assert served_by(proxy.wait_status("r.example.test", 200)) == "one"
+            for how, echo in (("gone", two), ("cut", three)):
+                assert kube.interrupt_watches(how) >= 5, how  # one per watched kind
+                discovery.patch_namespaced_endpoint_slice(
+                    "web-1", NS, endpoint_slice("web-1", "web", echo.port, ["127.0.0.1"]))
+                wait_for(lambda e=echo: served_by(proxy.get("r.example.test")[1]) == e.name,
+                         timeout=15, what=f"a change after the watches were {how}")
+            assert source.ready()
+            kube.set_unavailable(True)
+            down = time.monotonic()
+            try:
+                while time.monotonic() - down < 10:
+                    status, body = proxy.get("r.example.test")
+                    assert (status, served_by(body)) == (200, "three")
+                    if time.monotonic() - down < 2.0:
+                        assert source.ready()  # within the grace
+                    time.sleep(0.2)  # requests spread over the outage
+                assert not source.ready()  # past the grace
+            finally:
+                kube.set_unavailable(False)
+            wait_for(source.ready, timeout=30, what="ready again once the API answers")
+            discovery.patch_namespaced_endpoint_slice(
+                "web-1", NS, endpoint_slice("web-1", "web", one.port, ["127.0.0.1"]))
+            wait_for(lambda: served_by(proxy.get("r.example.test")[1]) == "one", timeout=15,
+                     what="changes arriving again")
+
+
+@pytest.mark.slow
+def test_changes_while_64_clients_keep_asking_fail_no_request(kube: EmulatorThread) -> None:
+    """64 clients for 20 s (56 over HTTPS keep-alive connections, 8 opening a new TLS
+    connection per request) while endpoints are added and removed, the Service port is
+    renamed (the zero-downtime way: both names, the Ingress moved, the old name dropped), the
+    TLS Secret is rotated and the Ingress is edited: every request answers 200 from a backend
+    it may reach, and none reaches the removed endpoint once the change has settled."""
+    import http.client
+    import threading
+    import time
+
+    host = "busy.example.test"
+    with Echo("a") as a, Echo("b") as b, Echo("extra") as extra:
+        secret = tls_secret("busy-tls", (host,))
+        create(kube, NS, ingress_class("certop"), service("web"), service("extra"),
+               endpoint_slice("web-a", "web", a.port, ["127.0.0.1"]),
+               endpoint_slice("extra-1", "extra", extra.port, ["127.0.0.1"]), secret,
+               ingress("busy", host, tls_secret="busy-tls"))
+        api = kube.api_client()
+        core, net = client.CoreV1Api(api), client.NetworkingV1Api(api)
+        discovery = client.DiscoveryV1Api(api)
+        failures: list[str] = []
+        answered: list[int] = []
+        progress = [0] * 64
+        """Requests each client has completed so far."""
+        stop = threading.Event()
+
+        with ClusterProxy(kube) as proxy:
+            proxy.wait_status(host, 308)  # a TLS host: plain HTTP is redirected
+            tls_port = proxy.https_port
+
+            def keepalive_client(me: int) -> None:
+                ctx = ssl.create_default_context()
+                ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+                conn = http.client.HTTPSConnection("127.0.0.1", tls_port, timeout=10,
+                                                   context=ctx)
+                count = 0
+                while not stop.is_set():
+                    try:
+                        conn.request("GET", "/", headers={"Host": host})
+                        response = conn.getresponse()
+                        body = response.read()
+                        if response.status != 200 or served_by(body) not in ("a", "b"):
+                            failures.append(f"{response.status} {body[:80]!r}")
+                        count += 1
+                        progress[me] = count
+                    except Exception as exc:
+                        failures.append(f"keep-alive: {type(exc).__name__}: {exc}")
+                        conn.close()
+                answered.append(count)
+                conn.close()
+
+            def tls_client(me: int) -> None:
+                count = 0
+                while not stop.is_set():
+                    try:
+                        with socket.create_connection(("127.0.0.1", tls_port), timeout=10) \
+                                as raw:
+                            ctx = ssl.create_default_context()
+                            ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+                            with ctx.wrap_socket(raw, server_hostname=host) as tls:
+                                tls.sendall(f"GET / HTTP/1.1\r\nHost: {host}\r\n"
+                                            "Connection: close\r\n\r\n".encode())
+                                data = b""
+                                while chunk := tls.recv(65536):
+                                    data += chunk
+                        status = int(data.split(b" ", 2)[1])
+                        if status != 200:
+                            failures.append(f"new TLS: {status}")
+                        count += 1
+                        progress[me] = count
+                    except Exception as exc:
+                        failures.append(f"new TLS: {type(exc).__name__}: {exc}")
+                answered.append(count)
+
+            threads = [threading.Thread(target=keepalive_client, args=(i,)) for i in range(56)]
+            threads += [threading.Thread(target=tls_client, args=(56 + i,)) for i in range(8)]
+            for thread in threads:
+                thread.start()
+            try:
+                time.sleep(1)  # load running before the first change
+                create(kube, NS, endpoint_slice("web-b", "web", b.port, ["127.0.0.1"]))
+                wait_for(lambda: len(b.requests) > 0, what="the added endpoint used")
+                discovery.delete_namespaced_endpoint_slice("web-a", NS)
+                removed_at = time.monotonic()
+                # Settled: the proxy serves without A, and every client has finished a
+                # request since (so none sent before the change is still in flight).
+                assert proxy.proxy is not None
+                web = next(b for b in proxy.proxy.serving.endpoints if b.name == "web")
+                wait_for(lambda: ("127.0.0.1", a.port) not in
+                         proxy.proxy.serving.endpoints[web],  # type: ignore[union-attr]
+                         what="the endpoint removed from the data path")
+                seen = list(progress)
+                wait_for(lambda: all(now > then for now, then in zip(progress, seen,
+                                                                      strict=True)),
+                         what="a request of every client after the change")
+                after_removal = len(a.requests)
+                # The port renamed: both names, the Ingress moved, the old name dropped.
+                both = endpoint_slice("web-b", "web", b.port, ["127.0.0.1"])
+                both["ports"].append({"name": "web", "port": b.port, "protocol": "TCP"})
+                core.patch_namespaced_service("web", NS, service(
+                    "web", (("http", 80), ("web", 81))))
+                discovery.patch_namespaced_endpoint_slice("web-b", NS, both)
+                time.sleep(0.5)
+                net.patch_namespaced_ingress("busy", NS, ingress(
+                    "busy", host, port="web", tls_secret="busy-tls"))
+                time.sleep(0.5)
+                core.patch_namespaced_service("web", NS, service("web", (("web", 81),)))
+                discovery.patch_namespaced_endpoint_slice(
+                    "web-b", NS, endpoint_slice("web-b", "web", b.port, ["127.0.0.1"],
+                                                port_name="web"))
+                time.sleep(2)
+                rotated = tls_secret("busy-tls", (host,))
+                core.patch_namespaced_secret("busy-tls", NS, {"data": rotated["data"]})
+                wait_for(lambda: _served_certificate(tls_port, host) == _der(rotated),
+                         what="the rotated certificate served")
+                edited = ingress("busy", host, port="web", tls_secret="busy-tls")
+                edited["spec"]["rules"][0]["http"]["paths"].append({
+                    "path": "/extra", "pathType": "Prefix",
+                    "backend": {"service": {"name": "extra", "port": {"name": "http"}}}})
+                net.patch_namespaced_ingress("busy", NS, edited)
+                wait_for(lambda: proxy.get(host, "/extra", port=None)[0] in (200, 308),
+                         what="the edited Ingress")
+                left = 20 - (time.monotonic() - removed_at + 2)
+                time.sleep(max(left, 0))  # the load keeps going to 20 s
+            finally:
+                stop.set()
+                for thread in threads:
+                    thread.join(30)
+        assert not failures, (len(failures), failures[:5])
+        assert len(answered) == 64 and all(n > 0 for n in answered), answered
+        assert len(a.requests) == after_removal  # nothing to the removed endpoint
+        assert not extra.requests  # the clients ask for / only

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import http.client
-import json
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from conformance_cases import DEFAULT_BACKEND, MANIFESTS, SERVICES, Client, backend
 from echo import Echo
 from spec_table import SPEC_TABLE
 
@@ -21,84 +20,6 @@ from certop.proxy.tls import CertBook
 from certop.standalone import loader
 from certop.standalone.services import StaticBackends
 from solvers.http01 import TokenStore
-
-SERVICES = ["echo-service", "wildcard-foo-com", "foo-bar-com", "foo-exact", "foo-prefix",
-            "aaa-slash-bbb-prefix", "aaa-prefix", "aaa-slash-bbb-slash-prefix",
-            "foo-slash-exact"]
-
-
-def backend(name: str, port: str = "number: 8080") -> str:
-    return f"backend: {{service: {{name: {name}, port: {{{port}}}}}}}"
-
-
-MANIFESTS = f"""
-apiVersion: networking.k8s.io/v1
-kind: Ingress
-metadata: {{name: host-rules, namespace: conformance}}
-spec:
-  rules:
-    - host: "*.foo.com"
-      http:
-        paths: [{{path: /, pathType: Prefix, {backend("wildcard-foo-com")}}}]
-    - host: foo.bar.com
-      http:
-        paths: [{{path: /, pathType: Prefix, {backend("foo-bar-com", "name: http")}}}]
----
-apiVersion: networking.k8s.io/v1
-kind: Ingress
-metadata: {{name: path-rules, namespace: conformance}}
-spec:
-  rules:
-    - host: exact-path-rules
-      http:
-        paths: [{{path: /foo, pathType: Exact, {backend("foo-exact")}}}]
-    - host: prefix-path-rules
-      http:
-        paths:
-          - {{path: /foo, pathType: Prefix, {backend("foo-prefix")}}}
-          - {{path: /aaa/bbb, pathType: Prefix, {backend("aaa-slash-bbb-prefix")}}}
-          - {{path: /aaa, pathType: Prefix, {backend("aaa-prefix")}}}
-    - host: mixed-path-rules
-      http:
-        paths:
-          - {{path: /foo, pathType: Prefix, {backend("foo-prefix")}}}
-          - {{path: /foo, pathType: Exact, {backend("foo-exact")}}}
-    - host: trailing-slash-path-rules
-      http:
-        paths:
-          - {{path: /aaa/bbb/, pathType: Prefix, {backend("aaa-slash-bbb-slash-prefix")}}}
-          - {{path: /foo/, pathType: Exact, {backend("foo-slash-exact")}}}
-"""
-
-DEFAULT_BACKEND = """
-apiVersion: networking.k8s.io/v1
-kind: Ingress
-metadata: {name: default-backend, namespace: conformance}
-spec:
-  defaultBackend: {service: {name: echo-service, port: {number: 8080}}}
-"""
-
-
-class Client:
-    def __init__(self, port: int) -> None:
-        self.port = port
-
-    def request(self, host: str | None, path: str, method: str = "GET"
-                ) -> tuple[int, dict[str, object] | None, http.client.HTTPResponse]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-        try:
-            conn.putrequest(method, path, skip_host=True)
-            if host is not None:
-                conn.putheader("Host", host)
-            conn.putheader("User-Agent", "Go-http-client/1.1")
-            conn.endheaders()
-            resp = conn.getresponse()
-            body = resp.read()
-            data = json.loads(body) if resp.getheader("Content-Type") == "application/json" \
-                else None
-            return resp.status, data, resp
-        finally:
-            conn.close()
 
 
 async def serve(tmp: Path, manifests: str, echoes: dict[str, Echo]) -> tuple[Proxy, int]:

@@ -63,12 +63,30 @@ def test_ready_endpoints_first_then_serving_terminating_never_the_others() -> No
 def test_external_name_and_slices_that_name_no_service() -> None:
     external = svc([{"name": "http", "port": 8443}], type="ExternalName",
                    externalName="api.example.com.")
-    assert endpoints.resolve(ServiceBackend("ns", "web", "http"), external, []) == \
+    backend = ServiceBackend("ns", "web", "http")
+    found, why = endpoints.resolve(backend, external, [])  # not followed by default
+    assert found == () and why is not None and "--allow-external-name-services" in why
+    assert endpoints.resolve(backend, external, [], external_names=True) == \
         ((("api.example.com", 8443),), None)
     no_ports = svc([], type="ExternalName", externalName="api.example.com")
-    assert endpoints.resolve(ServiceBackend("ns", "web", 443), no_ports, []) == \
+    assert endpoints.resolve(ServiceBackend("ns", "web", 443), no_ports, [], True) == \
         ((("api.example.com", 443),), None)
+    metadata = svc([{"port": 80}], type="ExternalName", externalName="169.254.169.254")
+    found, why = endpoints.resolve(ServiceBackend("ns", "web", 80), metadata, [], True)
+    assert found == () and why is not None and "no backend may have" in why
     assert piece({"": 80}, [("10.0.0.1", {})], service=None) is None
+
+
+def test_addresses_no_backend_may_have_are_left_out_of_slices() -> None:
+    """Link-local (cloud metadata), unspecified, multicast, and FQDN slices: never dialled."""
+    found = piece({"": 8080}, [("169.254.169.254", {}), ("0.0.0.0", {}), ("fe80::1", {}),
+                               ("224.0.0.1", {}), ("10.0.0.7", {})])
+    assert found is not None
+    assert [e.address for e in found.endpoints] == ["10.0.0.7"]
+    fqdn = endpoints.parse_slice({"metadata": {"namespace": "ns", "name": "x", "labels": {
+        "kubernetes.io/service-name": "web"}}, "addressType": "FQDN",
+        "ports": [{"port": 80}], "endpoints": [{"addresses": ["example.com"]}]})
+    assert fqdn is None
 
 
 def test_the_ingress_class_rules() -> None:
