@@ -146,3 +146,29 @@ def test_kubectl_applies_the_layout_and_its_rbac_holds(
                      'API group "coordination.k8s.io" in the namespace "default"',
                      'cannot delete resource "secrets"', 'cannot patch resource "ingresses"'):
         assert expected in denied, denied
+
+
+def test_the_readmes_kubectl_create_ingress_makes_an_ingress_certop_serves() -> None:
+    """The README's cluster walk-through creates its Ingress with `kubectl create ingress`:
+    what kubectl makes of that command line parses, asks for the Let's Encrypt issuer, and
+    is of certop's class."""
+    import json
+    import re
+    import shlex
+
+    from certop.core.ingress import parse_ingress
+    from certop.core.ingress_class import Claim, IngressClass, serves
+
+    readme = (ROOT.parent / "README.md").read_text()
+    found = re.search(r"^kubectl create ingress (.*?)(?<!\\)$", readme.replace("\\\n", " "),
+                      re.MULTILINE)
+    assert found is not None
+    args = shlex.split(found.group(1))
+    made = subprocess.run(["kubectl", "create", "ingress", *args, "--dry-run=client", "-o",
+                           "json"], capture_output=True, text=True, timeout=60, check=True)
+    doc = json.loads(made.stdout)
+    ingress = parse_ingress({**doc, "metadata": {**doc["metadata"], "namespace": "default"}})
+    assert ingress.annotations["cert-manager.io/cluster-issuer"] == "letsencrypt-staging"
+    assert [t.secret_name for t in ingress.tls] == ["web-tls"]
+    classes = {"certop": IngressClass("certop", "certop.dev/ingress-controller")}
+    assert serves(Claim.of(doc), classes, "certop.dev/ingress-controller", "certop")
