@@ -461,7 +461,8 @@ async def run_standalone(settings: StandaloneSettings, args: argparse.Namespace,
 
 
 def _operator_run(args: argparse.Namespace, admin: bool = True) -> OperatorRun:
-    from certop.k8s.operator import OperatorRun, default_namespace
+    from certop.k8s.login import default_namespace
+    from certop.k8s.operator import OperatorRun
 
     return OperatorRun(
         namespaces=tuple(args.namespace), default_issuer=args.default_issuer,
@@ -489,7 +490,7 @@ def _operator(args: argparse.Namespace) -> int:
 def _proxy_run(args: argparse.Namespace) -> ProxyRun:
     """`certop proxy`'s (and `run`'s) settings; ConfigError for a bad flag."""
     from certop.k8s.ingress_source import SourceSettings
-    from certop.k8s.operator import default_namespace
+    from certop.k8s.login import default_namespace
     from certop.k8s.proxy_run import ProxyRun
 
     return ProxyRun(

@@ -10,18 +10,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 import socket
 import uuid
 from dataclasses import dataclass
-from typing import Any
 
 import kopf
 import kubernetes
 
 from certop.k8s.certificates import CertificateController, OperatorSettings, StageHook
 from certop.k8s.lease import Lease
+from certop.k8s.login import API_TIMEOUT, load_kubernetes_config
 from certop.k8s.shim import Shim
 from certop.metrics import Metrics
 from certop.proxy.admin import Admin
@@ -62,8 +61,6 @@ class OperatorRun:
     controller that serves the temporary Ingresses; None: certop's own responder."""
 
 
-API_TIMEOUT = 10.0
-"""Seconds any single Kubernetes API request may take (connect included) before it fails."""
 KOPF_WORKERS = 128
 """kopf's per-object workers per watched resource at once (events of other objects wait in
 the watch stream: backpressure, nothing is lost)."""
@@ -93,25 +90,6 @@ def configure_kopf(settings: kopf.OperatorSettings) -> None:
 
 def _configure_kopf_handler(settings: kopf.OperatorSettings, **_: object) -> None:
     configure_kopf(settings)
-
-
-class TimedApiClient(kubernetes.client.ApiClient):
-    """The `kubernetes` client with a timeout on every request that names none (its own
-    default is to wait forever on a connection that stopped answering)."""
-
-    def call_api(self, method: Any, url: Any, header_params: Any = None, body: Any = None,
-                 post_params: Any = None, _request_timeout: Any = None) -> Any:
-        return super().call_api(method, url, header_params, body, post_params,
-                                _request_timeout if _request_timeout is not None
-                                else API_TIMEOUT)
-
-
-def load_kubernetes_config() -> kubernetes.client.ApiClient:
-    try:
-        kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
-    except kubernetes.config.ConfigException:
-        kubernetes.config.load_kube_config()  # type: ignore[no-untyped-call]
-    return TimedApiClient()
 
 
 @dataclass(frozen=True)
@@ -212,8 +190,3 @@ async def run_operator(run: OperatorRun, api: kubernetes.client.ApiClient | None
         await admin.close()
         await responder.close(grace=1.0)
     return code
-
-
-def default_namespace() -> str:
-    """The operator's own namespace (the Downward API's POD_NAMESPACE), else "certop"."""
-    return os.environ.get("POD_NAMESPACE", "certop")
