@@ -25,6 +25,7 @@ import socket
 import ssl
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pebblectl
@@ -58,6 +59,21 @@ def _exchange(port: int, tls: bool, count: int) -> None:
             sock.close()
 
 
+def _exchange_new(port: int, count: int) -> None:
+    """`count` requests over TLS, each on a new connection (a full handshake each)."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    for _ in range(count):
+        with socket.create_connection(("127.0.0.1", port), timeout=60) as raw, \
+                ctx.wrap_socket(raw, server_hostname=proxy.HOST) as sock:
+            sock.sendall(REQUEST.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"))
+            got = b""
+            while chunk := sock.recv(65536):
+                got += chunk
+            if not got.endswith(proxy.BODY):
+                raise RuntimeError("no answer on a new TLS connection")
+
+
 def _total(dump: str) -> int:
     with open(dump) as lines:
         for line in lines:
@@ -66,14 +82,21 @@ def _total(dump: str) -> int:
     raise RuntimeError(f"no totals in {dump}")
 
 
-def count(bench: proxy.Bench, python: Path, requests: int) -> dict[str, float]:
-    """{"http": instructions per request, "https": ...} for the certop `python` runs."""
+def count(bench: proxy.Bench, python: Path, requests: int,
+          args: Callable[[int, int], list[str]] | None = None, env: dict[str, str] | None = None,
+          ready: Callable[[int, int], bool] | None = None,
+          new_connections: int = 0) -> dict[str, float]:
+    """{"http": instructions per request, "https": ...} for the certop `python` runs: with
+    `args(http_port, https_port)` (certop's arguments; by default `certop standalone` with the
+    benchmark's Ingress), counted once `ready(http_port, https_port)` (by default: listening).
+    `new_connections`: also "https_new", per request on a new TLS connection, over so many."""
     http, https = pebblectl.free_port(), pebblectl.free_port()
     out = bench.work / f"callgrind-{http}.out"
+    certop_args = args(http, https) if args is not None else bench._certop(http, https)[1:]
     cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", str(python), "-m",
-           "certop.cli", *bench._certop(http, https)[1:]]
+           "certop.cli", *certop_args]
     log = open(bench.work / f"callgrind-{http}.log", "wb")  # noqa: SIM115 (closed below)
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     result: dict[str, float] = {}
     try:
         deadline = time.monotonic() + 300  # start-up under valgrind is slow
@@ -86,18 +109,29 @@ def count(bench: proxy.Bench, python: Path, requests: int) -> dict[str, float]:
             if time.monotonic() > deadline:
                 raise RuntimeError("certop under callgrind did not listen")
             time.sleep(0.5)  # polling the port until the server listens
-        for name, port, tls in (("http", http, False), ("https", https, True)):
+        while ready is not None and not ready(http, https):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("certop under callgrind did not get ready")
+            time.sleep(0.5)  # polling until it serves the benchmark's Ingress
+        modes = [("http", http, False), ("https", https, True)]
+        if new_connections:
+            modes.append(("https_new", https, True))
+        for name, port, tls in modes:
             _exchange(port, tls, 200)  # warm-up: imports, pools, caches
             subprocess.run(["callgrind_control", "-z", str(proc.pid)], check=True,
                            capture_output=True)
-            _exchange(port, tls, requests)
+            if name == "https_new":
+                _exchange_new(port, new_connections)
+            else:
+                _exchange(port, tls, requests)
             before = set(glob.glob(f"{out}.*"))
             subprocess.run(["callgrind_control", "-d", str(proc.pid)], check=True,
                            capture_output=True)
             dumps = set(glob.glob(f"{out}.*")) - before
             if len(dumps) != 1:
                 raise RuntimeError(f"expected one callgrind dump, found {sorted(dumps)}")
-            sent = max(1, requests // CONNECTIONS) * CONNECTIONS
+            sent = new_connections if name == "https_new" else \
+                max(1, requests // CONNECTIONS) * CONNECTIONS
             result[name] = _total(dumps.pop()) / sent
     finally:
         proc.terminate()

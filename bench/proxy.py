@@ -209,18 +209,23 @@ backend b
         cmd = {"nginx": self._nginx, "haproxy": self._haproxy, "caddy": self._caddy,
                "certop": self._certop, "certop-baseline": self._baseline}[name](http, https)
         env = dict(os.environ, GOMAXPROCS="1")
-        out: dict[str, Result] = {}
         with started(["taskset", "-c", "0", *cmd], https, name, self.work, env):
             _wait_port(http, None, name)
-            wrk(f"http://127.0.0.1:{http}/", 1)  # warm-up
-            out["http_keepalive"] = wrk(f"http://127.0.0.1:{http}/", self.seconds)
-            # Latency below saturation: 4 connections (at 64 the p99 is mostly queueing).
-            out["http_latency_c4"] = wrk(f"http://127.0.0.1:{http}/", self.seconds,
-                                         connections=4)
-            # "localhost" (127.0.0.1 here) so that wrk sends a name as SNI, never an IP.
-            out["https_keepalive"] = wrk(f"https://localhost:{https}/", self.seconds)
-            out["https_new_connections"] = wrk(f"https://localhost:{https}/", self.seconds,
-                                               connections=16, close=True)
+            return self.measure(http, https)
+
+    def measure(self, http: int, https: int) -> dict[str, Result]:
+        """The scenarios of the table against a proxy listening on `http` and `https`
+        (pinned to core 0 by the caller), wrk on core 1."""
+        out: dict[str, Result] = {}
+        wrk(f"http://127.0.0.1:{http}/", 1)  # warm-up
+        out["http_keepalive"] = wrk(f"http://127.0.0.1:{http}/", self.seconds)
+        # Latency below saturation: 4 connections (at 64 the p99 is mostly queueing).
+        out["http_latency_c4"] = wrk(f"http://127.0.0.1:{http}/", self.seconds,
+                                     connections=4)
+        # "localhost" (127.0.0.1 here) so that wrk sends a name as SNI, never an IP.
+        out["https_keepalive"] = wrk(f"https://localhost:{https}/", self.seconds)
+        out["https_new_connections"] = wrk(f"https://localhost:{https}/", self.seconds,
+                                           connections=16, close=True)
         return out
 
     def handshakes(self, name: str, workers: int, clients: int = 4) -> dict[str, float]:

@@ -10,16 +10,21 @@ Handshakes: full and resumed TLS handshakes per second, certop and nginx, 1 and 
 DNS-01: a wildcard + apex certificate through RFC 2136 against one local BIND and Pebble, certop
 vs. `lego --dns rfc2136`, one certificate (median of --dns01-runs) and --dns01-count at once
 (bench/dns01.py).
+Cluster proxy: `certop proxy` fed from the emulator (bench/cluster_proxy.py): reconfiguration
+latency after an EndpointSlice or Ingress change, start-up time and RSS with --cluster-ingresses
+Ingresses, Secrets and Services (5 endpoints each), throughput API-fed vs file-fed.
 Instructions: instructions per proxied request under valgrind, certop and --baseline-certop
 (bench/instructions.py): the per-request cost, deterministic where req/s is noisy.
 Everything in the same run so the ratios compare like with like; raw results also go to
 bench/results/*.json.
 
-Usage: bench/run.py [--only issuance|dns01|proxy|operator|handshakes|instructions] [--runs 5]
+Usage: bench/run.py [--only issuance|dns01|proxy|operator|handshakes|instructions|cluster-proxy]
+                    [--runs 5]
                     [--sizes 20,100] [--dns01-runs 11] [--dns01-count 20] [--seconds 8]
                     [--requests 3000]
                     [--baseline-certop OTHER/.venv/bin/certop]
                     [--ingresses 1000[,5000,10000]] [--no-standalone]
+                    [--cluster-ingresses 2000] [--changes 100] [--rounds 2]
 """
 
 from __future__ import annotations
@@ -60,6 +65,8 @@ INSTRUCTIONS_BEGIN = "<!-- instructions:begin -->"
 INSTRUCTIONS_END = "<!-- instructions:end -->"
 HANDSHAKES_BEGIN = "<!-- handshakes:begin -->"
 HANDSHAKES_END = "<!-- handshakes:end -->"
+CLUSTER_PROXY_BEGIN = "<!-- cluster-proxy:begin -->"
+CLUSTER_PROXY_END = "<!-- cluster-proxy:end -->"
 DNS01_BEGIN = "<!-- dns01:begin -->"
 DNS01_END = "<!-- dns01:end -->"
 DNS01_TARGET_MEDIAN = 0.5
@@ -378,6 +385,109 @@ def render_operator(results: dict[str, Any], command: str) -> str:
     ])
 
 
+def _plural(kind: str) -> str:
+    return kind + ("es" if kind.endswith("s") else "s")
+
+
+def _met(ok: bool) -> str:
+    return "met" if ok else "**missed**"
+
+
+def render_cluster_proxy(results: dict[str, Any], command: str) -> str:
+    """`certop proxy` fed from the API (bench/cluster_proxy.py): latency, start-up, RSS,
+    throughput API-fed vs file-fed, each against its target."""
+    count = results["ingresses"]
+    lines = ["| change | configuration | seen: median | p99 | max | emulator's write: "
+             "median / p99 |", "|---|---|---|---|---|---|"]
+    worst = 0.0
+    for config, label in (("latency_small", "3 Ingresses"),
+                          ("latency_large", f"{count + 3:,} Ingresses")):
+        for kind, name in (("endpointslice", "EndpointSlice"), ("ingress", "Ingress")):
+            r = results[config][kind]
+            seen, write = r["seen_ms"], r["write_ms"]
+            worst = max(worst, seen["p99"])
+            lines.append(f"| {name} | {label} | {seen['median']:.0f} ms | {seen['p99']:.0f} ms "
+                         f"| {seen['max']:.0f} ms | {write['median']:.1f} / {write['p99']:.1f} "
+                         "ms |")
+    up = results["startup"]
+    made = results["create"]
+    logged = up.get("logged") or {}
+    listed = max((v for k, v in logged.items() if k.endswith("listed")), default=float("nan"))
+    snapshot = next((v for k, v in logged.items() if k.startswith("serving")), float("nan"))
+    per = results["endpoints_per_service"]
+    start = ["| Ingresses / TLS Secrets / Services / endpoints | /readyz 200 | last host served "
+             "| all listed / first snapshot (its log) | RSS at serving (peak) | RSS after the "
+             "latency runs (peak) | CPU s: proxy / emulator |", "|---|---|---|---|---|---|---|",
+             f"| {count:,} / {count:,} / {count:,} / {count * per:,} | {up['ready_seconds']:.2f} s "
+             f"| {up['served_seconds']:.2f} s | {listed:.2f} s / {snapshot:.2f} s "
+             f"| {up['rss_mb']:.0f} MB ({up['peak_rss_mb']:.0f}) "
+             f"| {up['rss_after_latency_mb']:.0f} MB ({up['peak_rss_after_latency_mb']:.0f}) "
+             f"| {up['proxy_cpu_seconds']:.1f} / {up['emulator_cpu_seconds']:.1f} |"]
+    peak = max(up["peak_rss_mb"], up["peak_rss_after_latency_mb"])
+    targets = [
+        f"- Reconfiguration latency p99 <= 200 ms: worst p99 **{worst:.0f} ms**: "
+        f"{_met(worst <= 200)}.",
+        f"- Start-up to serving with {count:,} Ingresses < 10 s: **{up['served_seconds']:.1f} s**: "
+        f"{_met(up['served_seconds'] < 10)}.",
+        f"- RSS <= 150 MB: peak **{peak:.0f} MB**: {_met(peak <= 150)}.",
+    ]
+    created = ", ".join(f"{count:,} {_plural(kind)} {t:.1f} s"
+                        for kind, t in made["create_seconds"].items())
+    notes = [f"- Created before the proxy started (8 threads): {created}; the emulator's "
+             f"write: median {made['create_ms']['median']:.1f} ms, p99 "
+             f"{made['create_ms']['p99']:.1f} ms."]
+    through: list[str] = []
+    tp = results.get("throughput")
+    if tp:
+        through = ["| feed | " + " | ".join(f"{label} req/s | p99" for _, label in SCENARIOS)
+                   + " |", "|---" * (1 + 2 * len(SCENARIOS)) + "|"]
+        for feed, label in (("file", "file-fed (`certop standalone`)"),
+                            ("api", "API-fed (`certop proxy`)")):
+            cells = [label]
+            for key, _ in SCENARIOS:
+                r = tp[feed][key]
+                cells += [f"{r['rps']:,.0f}" + (f" ({r['errors']} errors)" if r["errors"]
+                                                 else ""), f"{r['p99_ms']:.2f} ms"]
+            through.append("| " + " | ".join(cells) + " |")
+        ratios = {label: tp["api"][key]["rps"] / tp["file"][key]["rps"]
+                  for key, label in SCENARIOS if tp["file"][key]["rps"]}
+        spread = max(abs(a[key]["rps"] / b[key]["rps"] - 1)
+                     for runs in (tp["file_rounds"], tp["api_rounds"])
+                     for a in runs for b in runs for key, _ in SCENARIOS if b[key]["rps"])
+        notes.append(
+            "- wrk, API-fed / file-fed (best of "
+            f"{results['rounds']} rounds each): "
+            + ", ".join(f"{label} **{r:.2f}x**" for label, r in ratios.items())
+            + f"; rounds of one feed differ by up to {spread:.0%} on this shared machine, "
+            "hence the instruction count for the target.")
+    counted = results.get("instructions")
+    if counted:
+        modes = [("http", "HTTP keep-alive"), ("https", "HTTPS keep-alive"),
+                 ("https_new", "new TLS connections")]
+        modes = [(key, label) for key, label in modes if key in counted["file"]]
+        through += ["", "| feed | " + " | ".join(f"{label}, instructions per request"
+                                                for _, label in modes) + " |",
+                    "|---" * (1 + len(modes)) + "|"]
+        for feed, label in (("file", "file-fed"), ("api", "API-fed")):
+            through.append(f"| {label} | " + " | ".join(
+                f"{counted[feed][key]:,.0f}" for key, _ in modes) + " |")
+        ratio = {label: counted["api"][key] / counted["file"][key] for key, label in modes}
+        targets.append(
+            f"- Throughput API-fed = file-fed: instructions per request (callgrind, "
+            f"{results.get('requests', 3000)} keep-alive requests, a tenth as many new TLS "
+            "connections), API-fed / file-fed: "
+            + ", ".join(f"{label} **{r:.3f}x**" for label, r in ratio.items())
+            + f": {_met(max(ratio.values()) <= 1.02)} (at most 2% more).")
+    when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return "\n".join([
+        CLUSTER_PROXY_BEGIN,
+        f"Measured {when} on {os.cpu_count()} cores, {results['changes']} changes of each kind, "
+        f"{results['seconds']} s per wrk run. Command: `{command}`.",
+        "", *lines, "", *start, "", *([*through, ""] if through else []), *targets, *notes,
+        CLUSTER_PROXY_END,
+    ])
+
+
 def _replace(text: str, begin: str, end: str, section: str) -> str:
     if begin not in text:
         return text.rstrip("\n") + "\n\n" + section + "\n"
@@ -393,7 +503,7 @@ def main() -> int:
     parser.add_argument("--proxies", default="certop,nginx,haproxy,caddy")
     parser.add_argument("--seconds", type=int, default=8, help="length of each proxy run")
     parser.add_argument("--only", choices=["issuance", "dns01", "proxy", "operator",
-                                           "handshakes", "instructions"],
+                                           "handshakes", "instructions", "cluster-proxy"],
                         help="run one of the benchmarks (default: all)")
     parser.add_argument("--dns01-count", type=int, default=20,
                         help="DNS-01 certificates (wildcard + apex each) for the rate row")
@@ -407,6 +517,13 @@ def main() -> int:
     parser.add_argument("--no-standalone", action="store_true",
                         help="operator benchmark: skip standalone mode's time for the same "
                              "counts")
+    parser.add_argument("--cluster-ingresses", type=int, default=2000,
+                        help="cluster proxy benchmark: Ingresses, TLS Secrets and Services (5 "
+                             "endpoints each) when measuring start-up and RSS")
+    parser.add_argument("--changes", type=int, default=100,
+                        help="cluster proxy benchmark: changes of each kind for the latency")
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="cluster proxy benchmark: throughput rounds of each feed")
     parser.add_argument("--no-doc", action="store_true", help="do not update docs/")
     parser.add_argument("--baseline-certop", type=Path, metavar="PATH",
                         help="another build's certop executable, measured in the same run as "
@@ -494,6 +611,19 @@ def main() -> int:
         plot.operator_svg(oresults, out / "operator.svg")
         if not args.no_doc:
             plot.operator_svg(oresults, ROOT / "docs" / "benchmarks-operator.svg")
+    if args.only in (None, "cluster-proxy"):
+        print(f"bench: cluster-proxy: {args.cluster_ingresses} Ingresses", flush=True)
+        out_json = subprocess.run(
+            [sys.executable, str(HERE / "cluster_proxy.py"), "--ingresses",
+             str(args.cluster_ingresses), "--changes", str(args.changes), "--seconds",
+             str(args.seconds), "--rounds", str(args.rounds), "--requests",
+             str(args.requests)],
+            stdout=subprocess.PIPE, text=True, check=True).stdout.strip().splitlines()[-1]
+        cresults = json.loads(out_json)
+        (out / "cluster-proxy.json").write_text(json.dumps(cresults, indent=2))
+        section = render_cluster_proxy(cresults, command)
+        print(section)
+        text = _replace(text, CLUSTER_PROXY_BEGIN, CLUSTER_PROXY_END, section)
     if not args.no_doc:
         DOC.write_text(text)
     return 0
