@@ -507,27 +507,19 @@ def _proxy_run(args: argparse.Namespace) -> ProxyRun:
         status_lease=args.status_lease)
 
 
-def _proxy(args: argparse.Namespace) -> int:
-    from certop.k8s.proxy_run import run_proxy
+def _serve_in_cluster(args: argparse.Namespace) -> int:
+    """`certop proxy`, or `certop run` (the operator too; one admin port, the proxy's:
+    every replica that serves is ready)."""
+    from certop.k8s.proxy_run import run_both, run_proxy
 
     try:
         run = _proxy_run(args)
     except ConfigError as exc:
         print(f"certop: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    return _run_in_cluster(run_proxy(run), args)
-
-
-def _run(args: argparse.Namespace) -> int:
-    from certop.k8s.proxy_run import run_both
-
-    try:
-        run = _proxy_run(args)
-    except ConfigError as exc:
-        print(f"certop: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    # One admin port: the proxy's (every replica serving is ready).
-    return _run_in_cluster(run_both(_operator_run(args, admin=False), run), args)
+    main = run_proxy(run) if args.command == "proxy" else \
+        run_both(_operator_run(args, admin=False), run)
+    return _run_in_cluster(main, args)
 
 
 def _publish_service(value: str | None) -> tuple[str, str] | None:
@@ -605,10 +597,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.command == "operator":
         return _operator(args)
-    if args.command == "proxy":
-        return _proxy(args)
-    if args.command == "run":
-        return _run(args)
+    if args.command in ("proxy", "run"):
+        return _serve_in_cluster(args)
     try:
         settings = _check_input(args)
         # One set of session-ticket keys for all workers: a session one of them issued

@@ -87,3 +87,35 @@ class Client:
             conn.close()
 
 
+
+
+HOST_CASES = [
+    ("foo.bar.com", "/", "foo-bar-com", "host-exact"),
+    ("subdomain.bar.com", "/", None, "host-unknown"),
+    ("bar.foo.com", "/", "wildcard-foo-com", "host-wildcard"),
+    ("baz.bar.foo.com", "/", None, "host-wildcard-two-labels"),
+    ("foo.com", "/", None, "host-wildcard-apex"),
+    ("exact-path-rules", "/foo", "foo-exact", "exact"),
+    ("exact-path-rules", "/foo/", None, "exact-trailing-slash"),
+    ("exact-path-rules", "/FOO", None, "exact-case"),
+    ("exact-path-rules", "/bar", None, "exact-other"),
+    ("prefix-path-rules", "/foo", "foo-prefix", "prefix"),
+    ("prefix-path-rules", "/foo/", "foo-prefix", "prefix-trailing"),
+    ("prefix-path-rules", "/FOO", None, "prefix-case"),
+    ("prefix-path-rules", "/aaa/bbb", "aaa-slash-bbb-prefix", "prefix-long"),
+    ("prefix-path-rules", "/aaa/bbb/ccc", "aaa-slash-bbb-prefix", "prefix-subpath"),
+    ("prefix-path-rules", "/aaa/ccc", "aaa-prefix", "prefix-shorter"),
+    ("prefix-path-rules", "/aaaccc", None, "prefix-not-element"),
+    ("mixed-path-rules", "/foo", "foo-exact", "mixed-exact-wins"),
+    ("trailing-slash-path-rules", "/aaa/bbb", "aaa-slash-bbb-slash-prefix",
+     "trailing-rule-without"),
+    ("trailing-slash-path-rules", "/aaa/bbb/", "aaa-slash-bbb-slash-prefix",
+     "trailing-rule-with"),
+    ("trailing-slash-path-rules", "/foo", None, "exact-slash-rule"),
+]
+"""(host, path, the service expected or None for a 404, id): the host and path rules."""
+
+METHOD_CASES = [("GET", "my-host", "/"), ("GET", "my-host", "/sub-path"),
+                ("POST", "some-host", "/"), ("PUT", "127.0.0.1", "/resource"),
+                ("DELETE", "some-host", "/resource"), ("PATCH", "my-host", "/resource")]
+"""(method, host, path): requests the default backend answers."""

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 from cluster_proxy import ClusterProxy, create, endpoint_slice, ingress_class, service
-from conformance_cases import DEFAULT_BACKEND, MANIFESTS, SERVICES, Client
+from conformance_cases import DEFAULT_BACKEND, HOST_CASES, MANIFESTS, METHOD_CASES, SERVICES, Client
 from echo import Echo
 from kube import EmulatorThread
 from spec_table import SPEC_TABLE
@@ -22,22 +22,6 @@ from spec_table import SPEC_TABLE
 from certop.core.models import PathType
 
 NS = "conformance"
-HOSTS = [
-    ("foo.bar.com", "/", "foo-bar-com"), ("subdomain.bar.com", "/", None),
-    ("bar.foo.com", "/", "wildcard-foo-com"), ("baz.bar.foo.com", "/", None),
-    ("foo.com", "/", None), ("exact-path-rules", "/foo", "foo-exact"),
-    ("exact-path-rules", "/foo/", None), ("exact-path-rules", "/FOO", None),
-    ("exact-path-rules", "/bar", None), ("prefix-path-rules", "/foo", "foo-prefix"),
-    ("prefix-path-rules", "/foo/", "foo-prefix"), ("prefix-path-rules", "/FOO", None),
-    ("prefix-path-rules", "/aaa/bbb", "aaa-slash-bbb-prefix"),
-    ("prefix-path-rules", "/aaa/bbb/ccc", "aaa-slash-bbb-prefix"),
-    ("prefix-path-rules", "/aaa/ccc", "aaa-prefix"), ("prefix-path-rules", "/aaaccc", None),
-    ("mixed-path-rules", "/foo", "foo-exact"),
-    ("trailing-slash-path-rules", "/aaa/bbb", "aaa-slash-bbb-slash-prefix"),
-    ("trailing-slash-path-rules", "/aaa/bbb/", "aaa-slash-bbb-slash-prefix"),
-    ("trailing-slash-path-rules", "/foo", None),
-]
-"""The same cases as test_conformance.test_host_and_path_rules."""
 
 
 @pytest.fixture(scope="module")
@@ -77,8 +61,8 @@ def default_backend(echoes: dict[str, Echo]) -> Iterator[Client]:
         yield found
 
 
-@pytest.mark.parametrize(("host", "path", "expected"), HOSTS,
-                         ids=[f"{h}{p}" for h, p, _ in HOSTS])
+@pytest.mark.parametrize(("host", "path", "expected"), [c[:3] for c in HOST_CASES],
+                         ids=[c[3] for c in HOST_CASES])
 def test_host_and_path_rules(rules: Client, host: str, path: str,
                              expected: str | None) -> None:
     status, seen, _ = rules.request(host, path)
@@ -91,12 +75,7 @@ def test_host_and_path_rules(rules: Client, host: str, path: str,
         assert isinstance(headers, dict) and headers["host"] == host
 
 
-@pytest.mark.parametrize(
-    ("method", "host", "path"),
-    [("GET", "my-host", "/"), ("GET", "my-host", "/sub-path"), ("POST", "some-host", "/"),
-     ("PUT", "127.0.0.1", "/resource"), ("DELETE", "some-host", "/resource"),
-     ("PATCH", "my-host", "/resource")],
-)
+@pytest.mark.parametrize(("method", "host", "path"), METHOD_CASES)
 def test_default_backend_serves_everything(default_backend: Client, method: str,
                                            host: str, path: str) -> None:
     status, seen, resp = default_backend.request(host, path, method)

@@ -9,7 +9,15 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from conformance_cases import DEFAULT_BACKEND, MANIFESTS, SERVICES, Client, backend
+from conformance_cases import (
+    DEFAULT_BACKEND,
+    HOST_CASES,
+    MANIFESTS,
+    METHOD_CASES,
+    SERVICES,
+    Client,
+    backend,
+)
 from echo import Echo
 from spec_table import SPEC_TABLE
 
@@ -55,34 +63,8 @@ async def default_backend(tmp_path: Path, echoes: dict[str, Echo]) -> AsyncItera
     await proxy.close()
 
 
-@pytest.mark.parametrize(
-    ("host", "path", "expected"),
-    [
-        pytest.param("foo.bar.com", "/", "foo-bar-com", id="host-exact"),
-        pytest.param("subdomain.bar.com", "/", None, id="host-unknown"),
-        pytest.param("bar.foo.com", "/", "wildcard-foo-com", id="host-wildcard"),
-        pytest.param("baz.bar.foo.com", "/", None, id="host-wildcard-two-labels"),
-        pytest.param("foo.com", "/", None, id="host-wildcard-apex"),
-        pytest.param("exact-path-rules", "/foo", "foo-exact", id="exact"),
-        pytest.param("exact-path-rules", "/foo/", None, id="exact-trailing-slash"),
-        pytest.param("exact-path-rules", "/FOO", None, id="exact-case"),
-        pytest.param("exact-path-rules", "/bar", None, id="exact-other"),
-        pytest.param("prefix-path-rules", "/foo", "foo-prefix", id="prefix"),
-        pytest.param("prefix-path-rules", "/foo/", "foo-prefix", id="prefix-trailing"),
-        pytest.param("prefix-path-rules", "/FOO", None, id="prefix-case"),
-        pytest.param("prefix-path-rules", "/aaa/bbb", "aaa-slash-bbb-prefix", id="prefix-long"),
-        pytest.param("prefix-path-rules", "/aaa/bbb/ccc", "aaa-slash-bbb-prefix",
-                     id="prefix-subpath"),
-        pytest.param("prefix-path-rules", "/aaa/ccc", "aaa-prefix", id="prefix-shorter"),
-        pytest.param("prefix-path-rules", "/aaaccc", None, id="prefix-not-element"),
-        pytest.param("mixed-path-rules", "/foo", "foo-exact", id="mixed-exact-wins"),
-        pytest.param("trailing-slash-path-rules", "/aaa/bbb", "aaa-slash-bbb-slash-prefix",
-                     id="trailing-rule-without"),
-        pytest.param("trailing-slash-path-rules", "/aaa/bbb/", "aaa-slash-bbb-slash-prefix",
-                     id="trailing-rule-with"),
-        pytest.param("trailing-slash-path-rules", "/foo", None, id="exact-slash-rule"),
-    ],
-)
+@pytest.mark.parametrize(("host", "path", "expected"), [c[:3] for c in HOST_CASES],
+                         ids=[c[3] for c in HOST_CASES])
 async def test_host_and_path_rules(rules: Client, host: str, path: str,
                                    expected: str | None) -> None:
     status, seen, _ = await asyncio.to_thread(rules.request, host, path)
@@ -96,12 +78,7 @@ async def test_host_and_path_rules(rules: Client, host: str, path: str,
         assert isinstance(headers, dict) and headers["host"] == host
 
 
-@pytest.mark.parametrize(
-    ("method", "host", "path"),
-    [("GET", "my-host", "/"), ("GET", "my-host", "/sub-path"), ("POST", "some-host", "/"),
-     ("PUT", "127.0.0.1", "/resource"), ("DELETE", "some-host", "/resource"),
-     ("PATCH", "my-host", "/resource")],
-)
+@pytest.mark.parametrize(("method", "host", "path"), METHOD_CASES)
 async def test_default_backend_serves_everything(default_backend: Client, method: str,
                                                  host: str | None, path: str) -> None:
     status, seen, resp = await asyncio.to_thread(default_backend.request, host, path, method)
