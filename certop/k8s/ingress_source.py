@@ -373,7 +373,9 @@ class ClusterSource:
                 assert entry.error is not None
                 skipped[key] = str(entry.error)
                 self._tell(key, "Ingress", entry.uid, entry.version, "InvalidIngress",
-                           f"not served: {entry.error.field}: {entry.error.expected}")
+                           "not served: " + ": ".join(
+                               part for part in (entry.error.field, entry.error.expected)
+                               if part))
                 continue
             served.append(entry.ingress)
         problems: dict[ServiceBackend, str] = {}
