@@ -83,13 +83,15 @@ def start_operator(tmp_path: Path, emulator_url: str, name: str, *args: str,
     return proc, log_path
 
 
-def clusterissuer(api: client.ApiClient, info: pebblectl.PebbleInfo) -> None:
+def clusterissuer(api: client.ApiClient, info: pebblectl.PebbleInfo,
+                  server: str | None = None) -> None:
+    """The ClusterIssuer `pebble` (HTTP-01), at `server` (Pebble's directory by default)."""
     client.CustomObjectsApi(api).create_cluster_custom_object(
         "certop.dev", "v1", "clusterissuers", {
             "apiVersion": "certop.dev/v1", "kind": "ClusterIssuer",
             "metadata": {"name": "pebble"},
             "spec": {"acme": {
-                "server": info.directory_url, "email": "ops@certop.test",
+                "server": server or info.directory_url, "email": "ops@certop.test",
                 "caBundle": base64.b64encode(Path(info.api_ca).read_bytes()).decode(),
                 "privateKeySecretRef": {"name": "pebble-account"},
                 "solvers": [{"http01": {"ingress": {}}}]}}})

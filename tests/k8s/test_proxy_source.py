@@ -25,6 +25,8 @@ from echo import Echo
 from kube import EmulatorThread, wait_for
 from kubernetes import client
 
+from certop.core.models import ServiceBackend
+
 NS = "shop"
 
 
@@ -454,15 +456,28 @@ def test_changes_while_64_clients_keep_asking_fail_no_request(kube: EmulatorThre
                 core.patch_namespaced_service("web", NS, service(
                     "web", (("http", 80), ("web", 81))))
                 discovery.patch_namespaced_endpoint_slice("web-b", NS, both)
-                time.sleep(0.5)
+                source = proxy.source
+                assert source is not None
+
+                def ports() -> tuple[set[str], set[str]]:
+                    svc, piece = source.services.get((NS, "web")), source.slices.get(
+                        (NS, "web-b"))
+                    return ({p.name for p in svc.ports} if svc else set(),
+                            set(piece.ports) if piece else set())
+
+                wait_for(lambda: ports() == ({"http", "web"}, {"http", "web"}),
+                         what="both port names seen")
                 net.patch_namespaced_ingress("busy", NS, ingress(
                     "busy", host, port="web", tls_secret="busy-tls"))
-                time.sleep(0.5)
+                moved = ServiceBackend(NS, "web", "web")
+                wait_for(lambda: proxy.proxy is not None and  # type: ignore[union-attr]
+                         ("127.0.0.1", b.port) in proxy.proxy.serving.endpoints.get(moved, ()),
+                         what="the Ingress served through the new port name")
                 core.patch_namespaced_service("web", NS, service("web", (("web", 81),)))
                 discovery.patch_namespaced_endpoint_slice(
                     "web-b", NS, endpoint_slice("web-b", "web", b.port, ["127.0.0.1"],
                                                 port_name="web"))
-                time.sleep(2)
+                wait_for(lambda: ports() == ({"web"}, {"web"}), what="the old name dropped")
                 rotated = tls_secret("busy-tls", (host,))
                 core.patch_namespaced_secret("busy-tls", NS, {"data": rotated["data"]})
                 wait_for(lambda: _served_certificate(tls_port, host) == _der(rotated),

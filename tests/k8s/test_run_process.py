@@ -22,7 +22,13 @@ from cluster_proxy import endpoint_slice, ingress_class, service
 from echo import Echo
 from kube import wait_for
 from kubernetes import client
-from test_operator_process import api_client, emulator_process, kubeconfig, status
+from test_operator_process import (
+    api_client,
+    clusterissuer,
+    emulator_process,
+    kubeconfig,
+    status,
+)
 
 from certop.acme import ari
 
@@ -95,15 +101,7 @@ def test_issued_through_certops_proxy_served_renewed_live_and_unrouted(
         ca.ari_window = (now + datetime.timedelta(days=1), now + datetime.timedelta(days=2))
         ca.ari_due_first = True  # the first certificate is to be renewed at once
         api = api_client(url)
-        client.CustomObjectsApi(api).create_cluster_custom_object(
-            "certop.dev", "v1", "clusterissuers", {
-                "apiVersion": "certop.dev/v1", "kind": "ClusterIssuer",
-                "metadata": {"name": "pebble"},
-                "spec": {"acme": {
-                    "server": ca.directory_url, "email": "ops@certop.test",
-                    "caBundle": base64.b64encode(Path(info.api_ca).read_bytes()).decode(),
-                    "privateKeySecretRef": {"name": "pebble-account"},
-                    "solvers": [{"http01": {"ingress": {}}}]}}})
+        clusterissuer(api, info, server=ca.directory_url)
         net = client.NetworkingV1Api(api)
         net.create_ingress_class(ingress_class("certop"))
         core, discovery = client.CoreV1Api(api), client.DiscoveryV1Api(api)
