@@ -9,7 +9,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT := DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint bench deps-debian deps-bench deps-sslyze venv clean
+.PHONY: demo test lint bench image wheels deps-debian deps-bench deps-image deps-sslyze venv clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,8 +33,9 @@ demo: venv deps-debian
 	$(BIN)/python examples/demo.py
 
 lint: venv
-	$(BIN)/ruff check certop solvers tests pebble examples bench
+	$(BIN)/ruff check certop solvers tests pebble examples bench image
 	$(BIN)/mypy
+	$(BIN)/mypy --strict image
 	$(BIN)/lint-imports
 
 # sslyze (the TLS scanner tests/proxy/test_tls_clients.py runs) pins cryptography<47: it
@@ -44,8 +45,29 @@ deps-sslyze:
 	@[ -x $(SSLYZE_VENV)/bin/sslyze ] || { $(PYTHON) -m venv $(SSLYZE_VENV) && \
 	  $(SSLYZE_VENV)/bin/pip install --quiet --disable-pip-version-check sslyze==6.3.1; }
 
-test: lint deps-debian deps-sslyze
+test: lint deps-debian deps-sslyze deps-image
 	$(BIN)/pytest -q $(PYTEST_ARGS)
+
+# The container image (image/build.py): a bookworm root filesystem from Debian's archive by
+# mmdebstrap, certop's wheels (strip(1) from binutils trims their shared objects), an OCI archive
+# under dist/ loaded into podman (runc runs it; the tests run it too; uidmap lets a user who is
+# not root build and run it; skopeo reads the archive as Docker and containerd would).
+IMAGE_DEBS := mmdebstrap binutils podman runc uidmap skopeo
+deps-image:
+	@if ! command -v mmdebstrap >/dev/null || ! command -v strip >/dev/null \
+	    || ! command -v podman >/dev/null || ! command -v runc >/dev/null \
+	    || ! command -v newuidmap >/dev/null || ! command -v skopeo >/dev/null; then \
+	  echo "installing Debian packages: $(IMAGE_DEBS)"; \
+	  $(APT) update -qq && $(APT) install -y -qq $(IMAGE_DEBS) >/dev/null; \
+	fi
+
+IMAGE_ARGS ?=
+image: venv deps-image
+	$(BIN)/python image/build.py $(IMAGE_ARGS)
+
+# dist/wheels alone: what the Containerfile installs (`make wheels && podman build .`).
+wheels: venv
+	$(BIN)/python image/build.py --wheels-only
 
 CERTBOT_VENV := bench/.venv-certbot
 
@@ -68,4 +90,4 @@ bench: venv deps-bench
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) $(SSLYZE_VENV) .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(SSLYZE_VENV) .mypy_cache .pytest_cache .ruff_cache dist

@@ -12,10 +12,12 @@ import http.client
 import socket
 import ssl
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import pebblectl
+import podmanctl
 import pytest
 from fakeclock import FakeClock
 
@@ -44,6 +46,39 @@ def pebble(tmp_path_factory: pytest.TempPathFactory) -> Iterator[pebblectl.Pebbl
     workdir = tmp_path_factory.mktemp("pebble")
     with pebblectl.running(workdir, http_port=pebblectl.free_port()) as info:
         yield info
+
+
+# tests/image: one `make image` build and one podman store for the session (here and not in a
+# tests/image/conftest.py, which would shadow this module for `from conftest import ...`).
+@pytest.fixture(scope="session")
+def image_builds(tmp_path_factory: pytest.TempPathFactory
+                 ) -> Iterator[tuple[podmanctl.Built, Future[podmanctl.Built]]]:
+    """Two `make image` runs of this commit: the first waited for, the second (only compared
+    with it, for reproducibility) built meanwhile on the other core."""
+    with ThreadPoolExecutor(1) as pool:
+        again = pool.submit(podmanctl.make_image, tmp_path_factory.mktemp("image-again"))
+        try:
+            yield podmanctl.make_image(tmp_path_factory.mktemp("image")), again
+        finally:
+            again.result()
+
+
+@pytest.fixture(scope="session")
+def built(image_builds: tuple[podmanctl.Built, Future[podmanctl.Built]]) -> podmanctl.Built:
+    return image_builds[0]
+
+
+@pytest.fixture(scope="session")
+def podman(tmp_path_factory: pytest.TempPathFactory,
+           built: podmanctl.Built) -> Iterator[podmanctl.Podman]:
+    """A podman store of the session's own with the built image loaded."""
+    store = podmanctl.Podman(tmp_path_factory.mktemp("podman"))
+    try:
+        loaded = store("load", "--input", str(built.archive))
+        assert f"Loaded image: {podmanctl.IMAGE}" in loaded.stdout + loaded.stderr, loaded
+        yield store
+    finally:
+        store.close()
 
 
 @pytest.fixture(scope="session")

@@ -16,6 +16,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from certop import __version__
 from certop.cli import build_parser
 from certop.core.issuers import parse_issuer
 
@@ -131,7 +132,8 @@ def test_every_deployment_runs_unprivileged_with_a_read_only_root(
     assert container["securityContext"] == {"allowPrivilegeEscalation": False,
                                             "readOnlyRootFilesystem": True,
                                             "capabilities": {"drop": ["ALL"]}}
-    assert (container["image"], container["imagePullPolicy"]) == ("certop:0.1.0",
+    # The name `make image` gives the image (and kind/k3s/minikube load): never pulled.
+    assert (container["image"], container["imagePullPolicy"]) == (f"certop:{__version__}",
                                                                    "IfNotPresent")
     assert container["args"][0] == command
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}

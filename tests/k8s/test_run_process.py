@@ -22,7 +22,7 @@ from cluster_proxy import endpoint_slice, ingress_class, service
 from echo import Echo
 from kube import wait_for
 from kubernetes import client
-from test_operator_process import (
+from operatorctl import (
     api_client,
     clusterissuer,
     emulator_process,
