@@ -10,7 +10,7 @@ Reproducible: SOURCE_DATE_EPOCH (the commit's time unless set) dates every file 
 document, and the wheels are the exact versions of image/requirements.txt, so two builds of
 one commit from the same Debian archive give the same digests.
 
-Usage: python image/build.py [--out DIR] [--no-load] [--wheels-only] [--print-lock]
+Usage: python image/build.py [--out DIR] [--no-load] [--wheels-only] [--write-lock]
 """
 
 from __future__ import annotations
@@ -34,6 +34,12 @@ from oci import Image, ImageConfig, write_archive
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCK = ROOT / "image" / "requirements.txt"
+LOCK_HEADER = """\
+# The image's Python distributions, exact, with their wheels' hashes (x86_64 and aarch64): what
+# certop needs at run time (pyproject.toml's dependencies and theirs) and nothing else.
+# tests/unit/image/test_lock.py holds it to pyproject.toml. Written by
+# `.venv/bin/python image/build.py --write-lock` after a change of dependencies.
+"""
 NAME = "certop"
 SUITE = "bookworm"
 MIRRORS = (
@@ -93,7 +99,30 @@ def run(argv: list[str], quiet: bool = False, **kwargs: object) -> None:
 
 
 def runtime_lock() -> list[str]:
-    """certop's run-time closure as installed in this venv: `name==version` lines."""
+    """image/requirements.txt's lines: certop's run-time closure as installed in this venv,
+    each pinned with the sha256 of its wheel for every architecture the image is built for
+    (downloaded from the package index to hash them), so that every build of a commit, on
+    any machine, installs the same bytes (pip then requires the hashes)."""
+    pins = runtime_pins()
+    hashes: dict[str, set[str]] = {name: set() for name in pins}
+    for wheel_arch in sorted({arch for _, arch in ARCHES.values()}):
+        with tempfile.TemporaryDirectory(prefix="certop-lock-") as tmp:
+            pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--quiet"]
+            run([*pip, "download", "--no-deps", "--only-binary=:all:", "-d", tmp,
+                 "--python-version", "3.11", "--implementation", "cp", "--abi", "cp311",
+                 *platforms(wheel_arch), *(f"{n}=={v}" for n, v in pins.items())],
+                quiet=True)  # fmt: skip
+            for wheel in Path(tmp).glob("*.whl"):
+                name = wheel.name.split("-", 1)[0].lower().replace("_", "-")
+                hashes[name].add(hashlib.sha256(wheel.read_bytes()).hexdigest())
+    return [
+        f"{name}=={version}" + "".join(f" \\\n    --hash=sha256:{h}" for h in sorted(hashes[name]))
+        for name, version in sorted(pins.items())
+    ]
+
+
+def runtime_pins() -> dict[str, str]:
+    """certop's run-time closure as installed in this venv: name -> version."""
     import importlib.metadata as md
 
     from packaging.requirements import Requirement
@@ -110,7 +139,7 @@ def runtime_lock() -> list[str]:
             req = Requirement(text)
             if req.marker is None or req.marker.evaluate({"extra": ""}):
                 todo.append(req.name)
-    return [f"{k}=={v}" for k, v in sorted(seen.items()) if k != NAME]
+    return {k: v for k, v in sorted(seen.items()) if k != NAME}
 
 
 def platforms(arch: str) -> list[str]:
@@ -304,11 +333,13 @@ def main() -> int:
                         help="where the archive and wheels/ go (default: dist/)")  # fmt: skip
     parser.add_argument("--no-load", action="store_true", help="do not load into podman")
     parser.add_argument("--wheels-only", action="store_true", help="only build dist/wheels")
-    parser.add_argument("--print-lock", action="store_true",
-                        help="print image/requirements.txt's lines from this venv")  # fmt: skip
+    parser.add_argument("--write-lock", action="store_true",
+                        help="rewrite image/requirements.txt from this venv (after a change of "
+                             "dependencies; asks the package index for the wheels' hashes)")
     args = parser.parse_args()
-    if args.print_lock:
-        print("\n".join(runtime_lock()))
+    if args.write_lock:
+        LOCK.write_text(LOCK_HEADER + "\n".join(runtime_lock()) + "\n")
+        print(f"wrote {LOCK.relative_to(ROOT)}")
         return 0
     machine = platform.machine()
     if machine not in ARCHES:

@@ -157,6 +157,7 @@ def main() -> None:
     parser.add_argument("--requirement", required=True, help="what to install, e.g. certop==0.1")
     args = parser.parse_args()
     os.environ["PYTHONDONTWRITEBYTECODE"] = "1"
+    os.umask(0o022)  # not the caller's: files readable by uid 65532, and the same in every build
     install(args.wheels, args.requirement, PREFIX)
     prune(PREFIX)
     compile_all(PREFIX)

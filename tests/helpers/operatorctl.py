@@ -104,3 +104,11 @@ def status(port: int, path: str) -> int:
         return 0
     finally:
         conn.close()
+
+
+def read_secret(api: client.ApiClient, name: str, namespace: str) -> Any:
+    """The Secret, or None while it does not exist."""
+    try:
+        return client.CoreV1Api(api).read_namespaced_secret(name, namespace)
+    except client.ApiException:
+        return None

@@ -23,7 +23,15 @@ from echo import Echo
 from kube import wait_for
 from kubernetes import client
 from manifest_yaml import ingress_yaml, write_ingress
-from operatorctl import api_client, clusterissuer, emulator_process, kubeconfig, status, web_ingress
+from operatorctl import (
+    api_client,
+    clusterissuer,
+    emulator_process,
+    kubeconfig,
+    read_secret,
+    status,
+    web_ingress,
+)
 from podmanctl import IMAGE as NAME
 from podmanctl import ROOT, Built, Podman, build
 from proxy_helpers import self_signed_files
@@ -275,15 +283,9 @@ def test_the_operator_in_its_container_issues_a_secret_through_the_emulator(
             body = web_ingress("img.certop.test", "img-tls")
             client.NetworkingV1Api(api).create_namespaced_ingress("shop", body)
 
-            def secret() -> Any:
-                try:
-                    return client.CoreV1Api(api).read_namespaced_secret("img-tls", "shop")
-                except client.ApiException:
-                    return None
-
-            wait_for(lambda: secret() is not None, timeout=90,
+            wait_for(lambda: read_secret(api, "img-tls", "shop") is not None, timeout=90,
                      what=f"the Secret: {container.text()[-3000:]}")  # fmt: skip
-            tls = secret()
+            tls = read_secret(api, "img-tls", "shop")
             assert tls.type == "kubernetes.io/tls"
             assert {"tls.crt", "tls.key"} <= set(tls.data)
             assert container.stop() == 0, container.text()

@@ -15,7 +15,15 @@ import pebblectl
 import pytest
 from kube import wait_for
 from kubernetes import client
-from operatorctl import api_client, clusterissuer, emulator_process, kubeconfig, status, web_ingress
+from operatorctl import (
+    api_client,
+    clusterissuer,
+    emulator_process,
+    kubeconfig,
+    read_secret,
+    status,
+    web_ingress,
+)
 
 
 @pytest.fixture
@@ -54,15 +62,9 @@ def test_certop_operator_issues_a_secret_for_an_annotated_ingress(
         body["metadata"]["annotations"]["kubernetes.io/tls-acme"] = "true"
         client.NetworkingV1Api(api).create_namespaced_ingress("shop", body)
 
-        def secret() -> Any:
-            try:
-                return client.CoreV1Api(api).read_namespaced_secret("op-tls", "shop")
-            except client.ApiException:
-                return None
-
-        wait_for(lambda: secret() is not None, timeout=60,
+        wait_for(lambda: read_secret(api, "op-tls", "shop") is not None, timeout=60,
                  what=f"the Secret: {log_path.read_text()[-2000:]}")
-        assert secret().type == "kubernetes.io/tls"
+        assert read_secret(api, "op-tls", "shop").type == "kubernetes.io/tls"
         lease = client.CoordinationV1Api(api).read_namespaced_lease("certop-leader", "certop")
         assert lease.spec.holder_identity
     finally:
