@@ -157,6 +157,13 @@ def _serving_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--listen", default="0.0.0.0", metavar="ADDR", help="address to listen on")
     p.add_argument("--http-port", type=int, default=80, help="plain HTTP port (HTTP-01, redirects)")
     p.add_argument("--https-port", type=int, default=443, help="HTTPS port")
+    p.add_argument("--public-http-port", type=int, metavar="PORT",
+                   help="the port clients reach plain HTTP on when a Service, a NAT or a "
+                        "published container port maps it to --http-port: told to backends "
+                        "as X-Forwarded-Port (default: --http-port)")
+    p.add_argument("--public-https-port", type=int, metavar="PORT",
+                   help="the same for HTTPS, and where plain HTTP is redirected (default: "
+                        "--https-port; 443 gives redirects without a port)")
     p.add_argument("--default-certificate", metavar="CERT.pem,KEY.pem",
                    help="certificate for unknown SNI (default: a generated self-signed one)")
     p.add_argument("--hsts", action="store_true",
@@ -372,7 +379,14 @@ def _proxy_settings(args: argparse.Namespace) -> ProxySettings:
         if not _TOKEN.fullmatch(name):
             raise ConfigError("--allowed-upgrades", "", "",
                               f"protocol names separated by commas, not {name!r}")
+    for flag in ("public_http_port", "public_https_port"):
+        port = getattr(args, flag)
+        if port is not None and not 0 < port < 65536:
+            raise ConfigError(f"--{flag.replace('_', '-')}", str(port), "",
+                              "a port from 1 to 65535")
     return ProxySettings(body_limit=limit or None, access_log=args.access_log,
+                         public_http_port=args.public_http_port,
+                         public_https_port=args.public_https_port,
                          trusted_proxies=tuple(trusted),
                          allowed_upgrades=frozenset(u.lower().encode() for u in upgrades),
                          header_timeout=args.client_header_timeout,

@@ -9,7 +9,8 @@ under /opt/certop:
    type stubs, activate scripts);
 3. every module compiled to an unchecked-hash .pyc (reproducible, and a read-only root
    filesystem costs nothing: no source is stat'ed or recompiled at import);
-4. the user and group 65532 ("nonroot") the image runs as, and no set-user-ID programs;
+4. the user and group 65532 ("nonroot") the image runs as, its state folder /var/lib/certop,
+   and no set-user-ID programs;
 5. python3-venv and the wheels it brings purged, and /usr/share/certop/packages.txt listing
    every Debian package and Python distribution the image holds.
 
@@ -31,6 +32,7 @@ from pathlib import Path
 PREFIX = Path("/opt/certop")
 UID = GID = 65532
 VERSIONS = Path("/usr/share/certop/packages.txt")
+STATE = Path("/var/lib/certop")
 
 # Relative to site-packages: never imported by certop or what it imports.
 PRUNE = (
@@ -108,6 +110,16 @@ def add_user(root: Path) -> None:
             f.write(f"nonroot:x:{GID}:\n")
 
 
+def make_state_dir(root: Path) -> None:
+    """/var/lib/certop, the user's own (0700): a named volume mounted there starts with this
+    owner (Docker and podman copy it up), so `certop standalone --state-dir /var/lib/certop`
+    works with no chown on the host."""
+    state = root / STATE.relative_to("/")
+    state.mkdir(mode=0o700, parents=True, exist_ok=True)
+    state.chmod(0o700)
+    os.chown(state, UID, GID)
+
+
 def drop_setuid(root: Path) -> None:
     """No set-user-ID or set-group-ID programs (su, newgrp, unix_chkpwd): certop needs none,
     and the manifests' no-new-privileges is then not the only thing standing in their way."""
@@ -162,6 +174,7 @@ def main() -> None:
     prune(PREFIX)
     compile_all(PREFIX)
     add_user(Path("/"))
+    make_state_dir(Path("/"))
     purge_build_only()
     drop_setuid(Path("/"))
     write_versions(PREFIX)

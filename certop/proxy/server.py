@@ -129,6 +129,7 @@ class Proxy:
         self.https_port = 443
         self.http_port = 80
         self._https_port_bytes = b"443"
+        """The HTTPS port clients reach (settings.public_https_port or the bound one)."""
         self._http_port_bytes = b"80"
         self.connections: set[ClientConn] = set()
         self.handshaking: weakref.WeakSet[ClientConn] = weakref.WeakSet()
@@ -178,7 +179,7 @@ class Proxy:
             )
             self._servers.append(server)
             self.https_port = _port(server) or https_port
-            self._https_port_bytes = str(self.https_port).encode()
+            self._https_port_bytes = b"%d" % (self.settings.public_https_port or self.https_port)
         if http_port is not None:
             server = await loop.create_server(
                 lambda: self._accept(False), listen, http_port, reuse_address=True,
@@ -186,7 +187,7 @@ class Proxy:
             )
             self._servers.append(server)
             self.http_port = _port(server) or http_port
-            self._http_port_bytes = str(self.http_port).encode()
+            self._http_port_bytes = b"%d" % (self.settings.public_http_port or self.http_port)
 
     def _accept(self, tls: bool) -> asyncio.Protocol:
         """The protocol for a connection just accepted (before any TLS handshake)."""
@@ -314,8 +315,8 @@ class Proxy:
                     self.count(label, 200)
                     return Decision(local=self.simple(200, answer.encode(), close=close))
             elif routes.redirect:
-                port = "" if self.https_port == 443 else f":{self.https_port}"
-                location = f"https://{host}{port}".encode() + target
+                port = b"" if self._https_port_bytes == b"443" else b":" + self._https_port_bytes
+                location = b"https://" + host.encode() + port + target
                 self.count(label, 308)
                 return Decision(local=self.simple(308, b"", [(b"Location", location)], close))
         route = routes.match(path)
@@ -358,7 +359,7 @@ class Proxy:
                 host = value
             out.append(raw_name + b": " + value)
         proto = b"https" if tls else b"http"
-        port = b"%d" % (self.https_port if tls else self.http_port)
+        port = self._https_port_bytes if tls else self._http_port_bytes
         xff, real_ip = [client_ip], client_ip
         if forwarded and self.settings.trusted_proxies and self.trusts(client_ip):
             chain = [a.strip(b" \t") for v in forwarded.get(b"x-forwarded-for", ())

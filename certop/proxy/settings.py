@@ -35,6 +35,12 @@ class ProxySettings:
     closed at once (0: no limit)."""
     access_log: bool = False
     """Log one line per request to the `certop.access` logger."""
+    public_http_port: int | None = None
+    """The port clients reach plain HTTP on when something maps it to certop's (a Service, a
+    NAT, a container's published port): told to backends as X-Forwarded-Port. None: the port
+    certop listens on."""
+    public_https_port: int | None = None
+    """The same for HTTPS, and where plain HTTP is redirected (443: no port in the Location)."""
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     """Peers whose X-Forwarded-For/-Proto/-Host/-Port certop believes (extends, keeps)."""
     allowed_upgrades: frozenset[bytes] = frozenset({b"websocket"})

@@ -170,13 +170,13 @@ class Podman:
 
     @contextlib.contextmanager
     def started(self, image: str, *args: str, log: Path, mounts: Sequence[str] = (),
-                env: Sequence[str] = ()) -> Iterator[Container]:
+                env: Sequence[str] = (), publish: Sequence[str] = ()) -> Iterator[Container]:
         """A container of `image` as the manifests run it, in the background, its output in
         `log`; stopped with SIGTERM (forwarded to certop) and removed on the way out."""
         name = f"certop-test-{uuid.uuid4().hex[:12]}"
         with log.open("wb") as out:
             proc = subprocess.Popen(
-                self.argv(*self.run_args(image, args, mounts, env, name=name)),
+                self.argv(*self.run_args(image, args, mounts, env, name=name, publish=publish)),
                 stdout=out, stderr=subprocess.STDOUT, env=self.env)
         try:
             yield Container(self, name, proc, log)
@@ -191,8 +191,12 @@ class Podman:
             self("rm", "--force", "--ignore", name, check=False)
 
     def run_args(self, image: str, args: Sequence[str], mounts: Sequence[str],
-                  env: Sequence[str], name: str | None = None) -> list[str]:  # fmt: skip
-        return ["run", "--rm", "--network=host", *manifest_flags(),
+                 env: Sequence[str], name: str | None = None,
+                 publish: Sequence[str] = ()) -> list[str]:  # fmt: skip
+        """`run` arguments: the host's network (loopback shared with the test), or the
+        default bridge with `publish`ed ports (`127.0.0.1:HOSTPORT:PORT`)."""
+        network = [f"--publish={p}" for p in publish] if publish else ["--network=host"]
+        return ["run", "--rm", *network, *manifest_flags(),
                 *(["--name", name] if name else []),
                 *(f"--volume={m}" for m in mounts), *(f"--env={e}" for e in env),
                 image, *args]  # fmt: skip

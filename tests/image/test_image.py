@@ -13,6 +13,7 @@ import struct
 import subprocess
 import tarfile
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -227,6 +228,50 @@ def test_standalone_serves_a_supplied_certificate_to_curl(
     assert "Traceback" not in container.text()
 
 
+def test_standalone_as_the_readme_runs_it_published_ports_and_a_named_volume(
+        podman: Podman, tmp_path: Path) -> None:
+    """README's line: the default bridge network, ports 8080/8443 inside published on the host
+    (here on 127.0.0.1 only), the state in a named volume. The backend is the container's own
+    loopback, where nothing listens: certop answers 502 itself, over a certificate curl
+    verifies, and redirects plain HTTP to HTTPS."""
+    files = owned_dir(tmp_path / "in")
+    (files / "ingress.yaml").write_text(ingress_yaml("web", HOST))
+    cert, _ = self_signed_files(files, "web", (HOST,))
+    for path in files.iterdir():
+        os.chown(path, UID, UID)
+    http, https = pebblectl.free_port(), pebblectl.free_port()
+    volume = f"certop-state-{uuid.uuid4().hex[:8]}"
+    with podman.started(
+        NAME, "standalone", "-f", "/etc/certop/ingress.yaml", "--state-dir", "/var/lib/certop",
+        "--http-port", "8080", "--https-port", "8443",
+        "--public-http-port", "80", "--public-https-port", "443",
+        "--certificate", "web-tls=/etc/certop/web.crt,/etc/certop/web.key",
+        "--service", "web:80=127.0.0.1:9",
+        log=tmp_path / "certop.log", publish=[f"127.0.0.1:{http}:8080", f"127.0.0.1:{https}:8443"],
+        mounts=[f"{files}:/etc/certop:ro", f"{volume}:/var/lib/certop"],
+    ) as container:  # fmt: skip
+        deadline = time.monotonic() + 60
+        while (done := curl_status(https, HOST, cert)) != "502":
+            assert container.running(), container.text()
+            assert time.monotonic() < deadline, (done, container.text()[-3000:])
+            time.sleep(0.1)  # not listening yet: ask again
+        redirect = subprocess.run(
+            ["curl", "-sS", "--max-time", "5", "-o", "/dev/null", "-w",
+             "%{http_code} %{redirect_url}", "-H", f"Host: {HOST}", f"http://127.0.0.1:{http}/shop"],
+            capture_output=True, text=True, check=True).stdout  # fmt: skip
+        assert redirect == f"308 https://{HOST}/shop", redirect  # 443 outside, not 8443
+        assert container.stop() == 0, container.text()
+
+
+def curl_status(port: int, host: str, cacert: Path) -> str:
+    """The HTTP status curl gets over a verified TLS connection, or curl's error."""
+    done = subprocess.run(
+        ["curl", "-sS", "--max-time", "5", "-o", "/dev/null", "-w", "%{http_code}",
+         "--cacert", str(cacert), "--resolve", f"{host}:{port}:127.0.0.1", f"https://{host}:{port}/"],
+        capture_output=True, text=True, check=False)  # fmt: skip
+    return done.stdout if done.returncode == 0 else done.stderr.strip()
+
+
 def wait_status(port: int, path: str) -> int:
     wait_for(lambda: status(port, path) == 200, timeout=30, what=f"{path} on :{port}")
     return status(port, path)
@@ -241,19 +286,24 @@ def test_standalone_gets_its_certificate_from_pebble_through_the_containers_http
         os.chown(path, UID, UID)
     root = tmp_path / "pebble-root.pem"
     root.write_text(pebble.root_pem())
-    state = owned_dir(tmp_path / "state")
+    # The state in a named volume, as a user keeps it: it starts as the image's /var/lib/certop
+    # (uid 65532, 0700), with no chown on the host.
+    volume = f"certop-state-{uuid.uuid4().hex[:8]}"
+    podman("volume", "create", volume)
     https = pebblectl.free_port()
     with podman.started(
-        NAME, "standalone", "-f", "/in/web.yaml", "--state-dir", "/state",
+        NAME, "standalone", "-f", "/in/web.yaml", "--state-dir", "/var/lib/certop",
         "--acme-directory", pebble.directory_url, "--acme-ca-bundle", "/in/pebble-api-ca.pem",
         "--email", "test@certop.test", "--listen", "127.0.0.1",
         "--http-port", str(pebble.http_port), "--https-port", str(https),
         "--service", f"web=127.0.0.1:{backend.port}",
-        log=tmp_path / "certop.log", mounts=[f"{files}:/in:ro", f"{state}:/state"],
+        log=tmp_path / "certop.log", mounts=[f"{files}:/in:ro", f"{volume}:/var/lib/certop"],
     ) as container:  # fmt: skip
         done = wait_curl(container, https, HOST, root)
         assert json.loads(done.stdout)["service"] == "web"
         assert container.stop() == 0, container.text()
+    state = Path(podman("volume", "inspect", "--format", "{{.Mountpoint}}", volume).stdout.strip())
+    assert (state.stat().st_uid, oct(state.stat().st_mode & 0o777)) == (UID, "0o700")
     key = state / "certs/default/web-tls/current/tls.key"
     assert key.stat().st_uid == UID
     assert oct(key.stat().st_mode & 0o777) == "0o600"

@@ -185,6 +185,11 @@ def test_the_load_balancer_maps_80_and_443_to_the_proxy_it_publishes(
     (container,) = pod["spec"]["template"]["spec"]["containers"]
     assert {"--http-port=8080", "--https-port=8443",
             f"--publish-service=certop/{service}"} <= set(container["args"])
+    # Clients reach the Service's ports: redirects and X-Forwarded-Port name those.
+    args = build_parser().parse_args(container["args"])
+    by_target = {p["targetPort"]: p["port"] for p in lb["spec"]["ports"]}
+    assert (args.public_http_port, args.public_https_port) == (by_target["http"],
+                                                               by_target["https"])
     # Only one LoadBalancer per layout: the other Services are in-cluster.
     assert [d["metadata"]["name"] for d in docs if d["kind"] == "Service"
             and d["spec"].get("type") == "LoadBalancer"] == [service]

@@ -100,6 +100,19 @@ async def test_redirect_annotations(tmp_path: Path, echoes: list[Echo]) -> None:
         assert (await status("tls.test", "/.well-known/acme-challenge/x"))[0] == 200
 
 
+@pytest.mark.parametrize(("public", "location"), [
+    (443, "https://tls.test/x?y=1"),  # a Service or a published port maps 443 to --https-port
+    (8443, "https://tls.test:8443/x?y=1"),
+])
+async def test_redirects_name_the_public_https_port(tmp_path: Path, echoes: list[Echo],
+                                                    public: int, location: str) -> None:
+    certs = certs_for(tmp_path, ("tls", "tls.test"))
+    async with serving(tmp_path, ingress("tls", "tls.test"), [f"web=127.0.0.1:{echoes[0].port}"],
+                       certs, proxy_settings=ProxySettings(public_https_port=public)) as s:
+        code, headers, _ = await asyncio.to_thread(request, s.http_port, "tls.test", "/x?y=1")
+        assert (code, headers.get("location")) == (308, location)
+
+
 async def test_a_token_certop_holds_cannot_be_shadowed_by_a_route(tmp_path: Path,
                                                                   echoes: list[Echo]) -> None:
     async with serving(tmp_path, ingress("plain", "plain.test", tls=False),

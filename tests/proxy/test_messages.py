@@ -273,6 +273,16 @@ async def test_forwarded_headers_from_an_untrusted_client_are_replaced(
         assert seen.one("cookie") == "_ga=1"  # an underscore in a value is fine
 
 
+@pytest.mark.parametrize("headers", [pytest.param(b"", id="fast-path"),
+                                     pytest.param(SPOOF, id="headers-replaced")])
+async def test_backends_are_told_the_public_port(tmp_path: Path, rec: Recorder,
+                                                 headers: bytes) -> None:
+    async with proxy_for(tmp_path, rec.port, public_http_port=80) as p:
+        out = await send(p, b"GET /p HTTP/1.1\r\nHost: web.test\r\n" + headers + b"\r\n")
+        assert p.http_port != 80
+        assert rec.requests[recorded(out)[0]].one("x-forwarded-port") == "80"
+
+
 async def test_a_trusted_proxy_extends_x_forwarded_for_and_its_proto_is_kept(
         tmp_path: Path, rec: Recorder) -> None:
     trusted = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("10.9.0.0/16"))
