@@ -51,12 +51,13 @@ test: lint deps-debian deps-sslyze deps-image
 # The container image (image/build.py): a bookworm root filesystem from Debian's archive by
 # mmdebstrap, certop's wheels (strip(1) from binutils trims their shared objects), an OCI archive
 # under dist/ loaded into podman (runc runs it; the tests run it too; uidmap lets a user who is
-# not root build and run it; skopeo reads the archive as Docker and containerd would).
-IMAGE_DEBS := mmdebstrap binutils podman runc uidmap skopeo
+# not root build and run it; skopeo and containerd read the archive as Docker, kind and k3s do).
+IMAGE_DEBS := mmdebstrap binutils podman runc uidmap skopeo containerd
 deps-image:
 	@if ! command -v mmdebstrap >/dev/null || ! command -v strip >/dev/null \
 	    || ! command -v podman >/dev/null || ! command -v runc >/dev/null \
-	    || ! command -v newuidmap >/dev/null || ! command -v skopeo >/dev/null; then \
+	    || ! command -v newuidmap >/dev/null || ! command -v skopeo >/dev/null \
+	    || ! command -v containerd >/dev/null; then \
 	  echo "installing Debian packages: $(IMAGE_DEBS)"; \
 	  $(APT) update -qq && $(APT) install -y -qq $(IMAGE_DEBS) >/dev/null; \
 	fi

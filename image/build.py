@@ -232,6 +232,9 @@ def build_rootfs(out: Path, wheels: Path, epoch: int, requirement: str) -> None:
         f" LANG=C.UTF-8 SOURCE_DATE_EPOCH={epoch} python3 {stage}/install.py"
         f" --wheels {stage}/wheels --requirement {requirement}",
         f"--customize-hook=rm -rf \"$1{stage}\" \"$1/var/cache/ldconfig/aux-cache\"",
+        # mmdebstrap copies the build machine's: the runtime provides both, and they would
+        # make images of one commit differ between machines.
+        "--customize-hook=rm -f \"$1/etc/hostname\" && : > \"$1/etc/resolv.conf\"",
     ]
     run(
         [
@@ -249,6 +252,9 @@ def labels(tag: str, epoch: int) -> dict[str, str]:
     from datetime import UTC, datetime
 
     revision = git("rev-parse", "HEAD")
+    if git("status", "--porcelain", "--", *SOURCES, "image"):
+        print(f"warning: the work tree differs from {revision[:12]}: labelled -dirty")
+        revision += "-dirty"
     found = {
         "org.opencontainers.image.title": NAME,
         "org.opencontainers.image.description": "Automatic HTTPS for Kubernetes Ingress: "

@@ -6,7 +6,6 @@ Debian's, still puts its shims' sockets in /run/containerd/s: a path it does not
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -17,13 +16,7 @@ from podmanctl import IMAGE, Built
 
 from certop import __version__
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        not all(shutil.which(tool) for tool in ("containerd", "ctr", "runc")),
-        reason="containerd, ctr and runc are needed (Debian: containerd runc)",
-    ),
-]
+pytestmark = pytest.mark.slow  # containerd and runc: make test installs them (deps-image)
 
 CONFIG = """version = 2
 root = "{home}/root"

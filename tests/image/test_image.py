@@ -94,7 +94,8 @@ def test_the_image_config_is_what_the_manifests_expect(built: Built) -> None:
     assert "PYTHONDONTWRITEBYTECODE=1" in run["Env"]
     labels = run["Labels"]
     revision = git("rev-parse", "HEAD")
-    assert labels["org.opencontainers.image.revision"] == revision
+    dirty = git("status", "--porcelain", "--", *build.SOURCES, "image")
+    assert labels["org.opencontainers.image.revision"] == revision + ("-dirty" if dirty else "")
     assert labels["org.opencontainers.image.version"] == __version__
     assert labels["org.opencontainers.image.licenses"] == "Apache-2.0"
     # Where the source is published, when the build knows it (never a guessed address).
@@ -110,7 +111,7 @@ def test_the_layer_holds_a_compiled_venv_and_nothing_the_install_needed(built: B
     pycs: dict[str, int] = {}
     names: set[str] = set()
     unsafe: list[str] = []
-    packages = shebang = ""
+    packages = shebang = resolv = ""
     with built.layer() as layer:
         for member in layer:
             name = member.name.removeprefix("./")
@@ -129,11 +130,16 @@ def test_the_layer_holds_a_compiled_venv_and_nothing_the_install_needed(built: B
             elif name.startswith(SITE) and name.endswith(".pyc"):
                 head = layer.extractfile(member).read(8)  # type: ignore[union-attr]
                 pycs[name] = struct.unpack("<I", head[4:8])[0]
+            elif name == "etc/resolv.conf":
+                resolv = layer.extractfile(member).read().decode()  # type: ignore[union-attr]
             elif name == "usr/share/certop/packages.txt":
                 packages = layer.extractfile(member).read().decode()  # type: ignore[union-attr]
             elif name == "opt/certop/bin/certop":
                 shebang = layer.extractfile(member).readline().decode()  # type: ignore[union-attr]
     assert not unsafe, unsafe
+    # Nothing of the build machine: the runtime provides both.
+    assert "etc/hostname" not in names
+    assert resolv == "", resolv
     assert shebang == "#!/opt/certop/bin/python\n"
     # Every module has its .pyc, hash-based and unchecked: nothing to write or re-stat at import
     # on a read-only root filesystem, and the same bytes in every build.
