@@ -83,6 +83,8 @@ def git(*args: str) -> str:
 def source_date_epoch() -> int:
     given = os.environ.get("SOURCE_DATE_EPOCH")
     if given:
+        if not given.isdigit():
+            raise BuildError(f"SOURCE_DATE_EPOCH={given!r}: seconds since 1970 expected")
         return int(given)
     committed = git("log", "-1", "--format=%ct")
     if not committed:

@@ -58,20 +58,22 @@ def owned_dir(path: Path) -> Path:
     return path
 
 
-def curl(port: int, host: str, cacert: Path | str) -> subprocess.CompletedProcess[str]:
+def curl(port: int, host: str, cacert: Path | str,
+         *extra: str) -> subprocess.CompletedProcess[str]:  # fmt: skip
     return subprocess.run(
-        ["curl", "-sS", "--max-time", "5", "--cacert", str(cacert),
+        ["curl", "-sS", "--max-time", "5", "--cacert", str(cacert), *extra,
          "--resolve", f"{host}:{port}:127.0.0.1", f"https://{host}:{port}/"],
         capture_output=True, text=True, check=False)  # fmt: skip
 
 
-def wait_curl(container: Any, port: int, host: str, cacert: Path | str,
+def wait_curl(container: Any, port: int, host: str, cacert: Path | str, *extra: str,
               timeout: float = 60) -> subprocess.CompletedProcess[str]:  # fmt: skip
-    """curl until certop answers with a certificate curl verifies; fail fast if it exits."""
+    """curl (with `extra` options) until certop answers over a certificate curl verifies;
+    fail fast if it exits."""
     deadline = time.monotonic() + timeout
     while True:
         assert container.running(), f"certop exited: {container.text()}"
-        done = curl(port, host, cacert)
+        done = curl(port, host, cacert, *extra)
         if done.returncode == 0:
             return done
         assert time.monotonic() < deadline, f"curl: {done.stderr} / {container.text()[-3000:]}"
@@ -256,26 +258,14 @@ def test_standalone_as_the_readme_runs_it_published_ports_and_a_named_volume(
         log=tmp_path / "certop.log", publish=[f"127.0.0.1:{http}:8080", f"127.0.0.1:{https}:8443"],
         mounts=[f"{files}:/etc/certop:ro", f"{volume}:/var/lib/certop"],
     ) as container:  # fmt: skip
-        deadline = time.monotonic() + 60
-        while (done := curl_status(https, HOST, cert)) != "502":
-            assert container.running(), container.text()
-            assert time.monotonic() < deadline, (done, container.text()[-3000:])
-            time.sleep(0.1)  # not listening yet: ask again
+        done = wait_curl(container, https, HOST, cert, "-o", "/dev/null", "-w", "%{http_code}")
+        assert done.stdout == "502", done.stdout
         redirect = subprocess.run(
             ["curl", "-sS", "--max-time", "5", "-o", "/dev/null", "-w",
              "%{http_code} %{redirect_url}", "-H", f"Host: {HOST}", f"http://127.0.0.1:{http}/shop"],
             capture_output=True, text=True, check=True).stdout  # fmt: skip
         assert redirect == f"308 https://{HOST}/shop", redirect  # 443 outside, not 8443
         assert container.stop() == 0, container.text()
-
-
-def curl_status(port: int, host: str, cacert: Path) -> str:
-    """The HTTP status curl gets over a verified TLS connection, or curl's error."""
-    done = subprocess.run(
-        ["curl", "-sS", "--max-time", "5", "-o", "/dev/null", "-w", "%{http_code}",
-         "--cacert", str(cacert), "--resolve", f"{host}:{port}:127.0.0.1", f"https://{host}:{port}/"],
-        capture_output=True, text=True, check=False)  # fmt: skip
-    return done.stdout if done.returncode == 0 else done.stderr.strip()
 
 
 def wait_status(port: int, path: str) -> int:
